@@ -1,0 +1,178 @@
+"""Config loading: YAML files composed with Hydra's compose API, checked against a schema.
+
+A run's config is ``load_config("configs/maml_5shot.yaml", ["solver.lr=3e-4", ...])``.
+Files compose from shared bases through Hydra's ``defaults:`` list (``configs/base.yaml``
+pulls in the schema below, so every key has a default and a type). Overrides use Hydra's
+grammar: ``key=value`` sets an existing key, ``+key=value`` adds one (e.g. an extra argument
+of a user-registered algorithm). A typo or a wrongly typed value is a :class:`ConfigError`
+that names the key and suggests the closest valid one.
+
+Component sections (``algorithm``, ``model.backbone``, ``data.args``) are open dicts: their
+keys are checked against the component's constructor when it is built (see
+:mod:`engine.registry`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from engine.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["load_config", "save_config", "import_extra_modules", "Config"]
+
+
+@dataclass
+class DataConfig:
+    name: str = "glyphs"
+    root: str | None = None
+    way: int = 5
+    shot: int = 5
+    query: int = 15
+    image_size: int = 28
+    channels: int = 1
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelConfig:
+    backbone: dict[str, Any] = field(default_factory=lambda: {"name": "conv4"})
+
+
+@dataclass
+class SolverConfig:
+    meta_batch: int = 4
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    warmup_iters: int = 0
+    max_iter: int = 2000
+    checkpoint_period: int = 500
+    keep_checkpoints: int = 3
+
+
+@dataclass
+class TestConfig:
+    tasks: int = 600
+    val_tasks: int = 200
+    batch: int = 25
+    eval_period: int = 500
+    seed: int = 2024
+
+
+@dataclass
+class LogConfig:
+    period: int = 20
+    tensorboard: bool = True
+
+
+@dataclass
+class Config:
+    algorithm: dict[str, Any] = field(
+        default_factory=lambda: {
+            "name": "maml",
+            "inner_lr": 0.5,
+            "inner_steps": 3,
+            "inner_steps_test": 3,
+            "engine": "auto",
+        }
+    )
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    seed: int = 0
+    device: str = "auto"
+    output_dir: str | None = None
+    extra_modules: list[str] = field(default_factory=list)
+
+
+ConfigStore.instance().store(name="lil_schema", node=Config)
+
+
+def _all_keys(node, prefix: str = "") -> list[str]:
+    keys = []
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            path = f"{prefix}.{k}" if prefix else str(k)
+            keys.append(path)
+            keys.extend(_all_keys(node._get_node(k), path))
+    return keys
+
+
+def _explain(exc: BaseException, where: str) -> ConfigError:
+    """Turn a Hydra/OmegaConf exception into one line naming the key and a suggestion."""
+    cause = exc
+    while cause.__cause__ is not None and not isinstance(cause, OmegaConfBaseException):
+        cause = cause.__cause__
+    key = getattr(cause, "full_key", None)
+    first = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    if key and ("not in" in first or "is not in struct" in first):
+        schema = OmegaConf.structured(Config)
+        hint = difflib.get_close_matches(key, _all_keys(schema), n=1, cutoff=0.5)
+        hint_text = f"; did you mean '{hint[0]}'?" if hint else ""
+        open_section = key.startswith(("algorithm.", "model.backbone.", "data.args."))
+        add = f" (a registered component's extra argument is added with +{key}=...)" if open_section else ""
+        return ConfigError(f"{where}: unknown config key '{key}'{hint_text}{add}")
+    if key:
+        return ConfigError(f"{where}: bad value for '{key}': {first}")
+    return ConfigError(f"{where}: {first}")
+
+
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose the YAML file at ``path`` with its bases and ``key=value`` overrides."""
+    file = Path(path).expanduser().resolve()
+    if not file.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    if file.suffix not in (".yaml", ".yml"):
+        raise ConfigError(f"{path}: expected a .yaml config file")
+    try:
+        with initialize_config_dir(version_base=None, config_dir=str(file.parent)):
+            composed = compose(config_name=file.stem, overrides=list(overrides))
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), composed)
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise _explain(exc, str(path)) from None
+    if cfg.output_dir is None:
+        cfg.output_dir = str(Path("output") / file.stem)
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def save_config(cfg: DictConfig, output_dir: str | os.PathLike) -> Path:
+    """Write the resolved config to ``output_dir/config.yaml`` and make ``cfg`` read-only."""
+    out = Path(output_dir) / "config.yaml"
+    tmp = out.with_suffix(".yaml.tmp")
+    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    os.replace(tmp, out)
+    OmegaConf.set_readonly(cfg, True)
+    return out
+
+
+def import_extra_modules(cfg: DictConfig) -> None:
+    """Import the user modules listed in ``extra_modules`` so their components register."""
+    modules = cfg.get("extra_modules") or []
+    if not isinstance(modules, (list, ListConfig)):
+        raise ConfigError(f"extra_modules: expected a list of module names, got {modules!r}")
+    for name in modules:
+        try:
+            importlib.import_module(str(name))
+        except ImportError as exc:
+            raise ConfigError(f"extra_modules: cannot import '{name}': {exc}") from None
+        logger.info("imported extra module %s", name)
