@@ -39,6 +39,10 @@ class TaskBatch(NamedTuple):
                 )
             if not t.is_floating_point():
                 raise ValueError(f"TaskBatch.{name}: expected a floating-point tensor, got {t.dtype}")
+        if self.query_x.shape[0] != self.support_x.shape[0]:
+            raise ValueError(
+                f"TaskBatch.query_x: {self.query_x.shape[0]} tasks but support_x has {self.support_x.shape[0]}"
+            )
         for xname, yname in (("support_x", "support_y"), ("query_x", "query_y")):
             x, y = getattr(self, xname), getattr(self, yname)
             if not isinstance(y, torch.Tensor):
@@ -49,10 +53,6 @@ class TaskBatch(NamedTuple):
                 raise ValueError(
                     f"TaskBatch.{yname}: expected shape {tuple(x.shape[:2])} to match {xname}, got {tuple(y.shape)}"
                 )
-        if self.query_x.shape[0] != self.support_x.shape[0]:
-            raise ValueError(
-                f"TaskBatch.query_x: {self.query_x.shape[0]} tasks but support_x has {self.support_x.shape[0]}"
-            )
         if self.query_x.shape[2:] != self.support_x.shape[2:]:
             raise ValueError(
                 f"TaskBatch.query_x: image shape {tuple(self.query_x.shape[2:])} differs from "

@@ -119,8 +119,8 @@ def _all_keys(node, prefix: str = "") -> list[str]:
 def _explain(exc: BaseException, where: str) -> ConfigError:
     """Turn a Hydra/OmegaConf exception into one line naming the key and a suggestion."""
     cause = exc
-    while cause.__cause__ is not None and not isinstance(cause, OmegaConfBaseException):
-        cause = cause.__cause__
+    while not isinstance(cause, OmegaConfBaseException) and (cause.__cause__ or cause.__context__):
+        cause = cause.__cause__ or cause.__context__
     key = getattr(cause, "full_key", None)
     first = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
     if key and ("not in" in first or "is not in struct" in first):

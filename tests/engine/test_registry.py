@@ -1,0 +1,58 @@
+import pytest
+
+from engine.errors import ConfigError
+from engine.registry import Registry
+
+
+def make_registry():
+    reg = Registry("widget")
+
+    @reg.register("square")
+    class Square:
+        def __init__(self, size: int, color: str = "red"):
+            self.size, self.color = size, color
+
+    reg.register("blue_square", Square, color="blue")
+    return reg, Square
+
+
+def test_build_passes_remaining_keys_as_kwargs():
+    reg, square = make_registry()
+    obj = reg.build({"name": "square", "size": 3, "color": "green"}, "shape")
+    assert isinstance(obj, square) and (obj.size, obj.color) == (3, "green")
+
+
+def test_presets_and_defaults():
+    reg, _ = make_registry()
+    obj = reg.build({"name": "blue_square"}, "shape", defaults={"size": 7, "unused": 1})
+    assert (obj.size, obj.color) == (7, "blue")
+
+
+def test_unknown_name_lists_registered_names():
+    reg, _ = make_registry()
+    with pytest.raises(ConfigError, match=r"shape.name: unknown widget 'sqare'; did you mean 'square'\? \(registered: blue_square, square\)"):
+        reg.build({"name": "sqare", "size": 1}, "shape")
+
+
+def test_unknown_keyword_names_path_and_accepted_arguments():
+    reg, _ = make_registry()
+    with pytest.raises(ConfigError, match=r"shape.colour: unknown argument .*did you mean 'color'\? \(accepted: size, color\)"):
+        reg.build({"name": "square", "size": 1, "colour": "red"}, "shape")
+
+
+def test_missing_required_argument():
+    reg, _ = make_registry()
+    with pytest.raises(ConfigError, match="shape: cannot build widget 'square'.*size"):
+        reg.build({"name": "square"}, "shape")
+
+
+def test_missing_name():
+    reg, _ = make_registry()
+    with pytest.raises(ConfigError, match="shape.name: missing"):
+        reg.build({"size": 1}, "shape")
+
+
+def test_double_registration_is_refused():
+    reg, _ = make_registry()
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register("square", object)

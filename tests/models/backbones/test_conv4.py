@@ -1,0 +1,40 @@
+import pytest
+import torch
+
+from models.backbones.conv4 import Conv4
+from models.backbones.layers import TaskBatchNorm2d
+
+
+@pytest.mark.parametrize("image_size,channels,feat", [(84, 3, 64 * 5 * 5), (28, 1, 64), (32, 3, 64 * 2 * 2)])
+def test_shapes_and_parameter_count(image_size, channels, feat):
+    model = Conv4(num_classes=5, in_channels=channels, image_size=image_size)
+    assert model(torch.rand(7, channels, image_size, image_size)).shape == (7, 5)
+    assert model.head.in_features == feat
+    convs = 9 * channels * 64 + 3 * 9 * 64 * 64
+    bns = 4 * 2 * 64
+    assert sum(p.numel() for p in model.parameters()) == convs + bns + feat * 5 + 5
+
+
+def test_batch_norm_uses_batch_statistics_and_keeps_none():
+    model = Conv4(num_classes=5, in_channels=1, image_size=28)
+    bns = [m for m in model.modules() if isinstance(m, TaskBatchNorm2d)]
+    assert len(bns) == 4 and all(m.running_mean is None for m in bns)
+    assert not list(model.buffers())
+    x = torch.rand(10, 1, 28, 28)
+    model.eval()
+    assert torch.equal(model(x), model.train()(x))
+
+
+def test_task_batch_norm_matches_functional_batch_norm():
+    bn = TaskBatchNorm2d(4)
+    with torch.no_grad():
+        bn.weight.uniform_()
+        bn.bias.uniform_()
+    x = torch.randn(6, 4, 5, 5, dtype=torch.float64)
+    expected = torch.nn.functional.batch_norm(x, None, None, bn.weight.double(), bn.bias.double(), training=True, eps=bn.eps)
+    torch.testing.assert_close(bn.double()(x), expected)
+
+
+def test_too_small_image_is_refused():
+    with pytest.raises(ValueError, match="image_size must be >= 16"):
+        Conv4(image_size=8)
