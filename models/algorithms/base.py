@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from datasets.task_batch import TaskBatch
+from engine.errors import ConfigError
 from engine.inner_loop import ENGINES, Params, adapt, logits_at, map_tasks
 
 
@@ -46,9 +47,9 @@ class GBML(nn.Module):
     ):
         super().__init__()
         if engine not in (*ENGINES, "auto"):
-            raise ValueError(f"algorithm.engine: expected one of vmap, loop, auto; got '{engine}'")
+            raise ConfigError(f"algorithm.engine: expected one of vmap, loop, auto; got '{engine}'")
         if inner_steps < 0 or (inner_steps_test is not None and inner_steps_test < 0):
-            raise ValueError("algorithm.inner_steps: must be >= 0")
+            raise ConfigError("algorithm.inner_steps / inner_steps_test: must be >= 0")
         self.model = model
         self.inner_lr = float(inner_lr)
         self.inner_steps = int(inner_steps)

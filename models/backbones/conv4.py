@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from engine.errors import ConfigError
 from engine.registry import BACKBONES
 from models.backbones.layers import TaskBatchNorm2d
 
@@ -36,7 +37,12 @@ class Conv4(nn.Module):
     def __init__(self, num_classes: int = 5, in_channels: int = 3, image_size: int = 84, hidden: int = 64):
         super().__init__()
         if image_size < 16:
-            raise ValueError(f"conv4: image_size must be >= 16 (four 2x poolings), got {image_size}")
+            raise ConfigError(f"data.image_size: conv4 needs >= 16 (four 2x poolings), got {image_size}")
+        if hidden < 1 or num_classes < 1 or in_channels < 1:
+            raise ConfigError(
+                f"model.backbone: conv4 needs positive hidden/num_classes/in_channels, got "
+                f"{hidden}/{num_classes}/{in_channels}"
+            )
         self.features = nn.Sequential(
             conv_block(in_channels, hidden),
             conv_block(hidden, hidden),

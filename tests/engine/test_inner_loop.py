@@ -33,10 +33,10 @@ def reference_meta_gradient(model, batch, first_order, steps=STEPS, lr=LR):
     for i in range(batch.num_tasks):
         fast = theta0
         for _ in range(steps):
-            logits = torch.func.functional_call(model, dict(zip(names, fast)), (batch.support_x[i],))
+            logits = torch.func.functional_call(model, dict(zip(names, fast, strict=True)), (batch.support_x[i],))
             grads = torch.autograd.grad(F.cross_entropy(logits, batch.support_y[i]), fast, create_graph=not first_order)
-            fast = [p - lr * g for p, g in zip(fast, grads)]
-        logits = torch.func.functional_call(model, dict(zip(names, fast)), (batch.query_x[i],))
+            fast = [p - lr * g for p, g in zip(fast, grads, strict=True)]
+        logits = torch.func.functional_call(model, dict(zip(names, fast, strict=True)), (batch.query_x[i],))
         total = total + F.cross_entropy(logits, batch.query_y[i]) / batch.num_tasks
     return total.detach(), torch.autograd.grad(total, theta0)
 
@@ -49,7 +49,7 @@ def engine_meta_gradient(algo, batch):
 
 
 def assert_close_rel(actual, expected, rtol):
-    for a, e in zip(actual, expected):
+    for a, e in zip(actual, expected, strict=True):
         scale = e.abs().max().clamp_min(1e-12)
         assert ((a - e).abs().max() / scale).item() < rtol
 
@@ -74,7 +74,7 @@ def test_second_order_differs_from_first_order():
     batch = make_batch()
     _, so = reference_meta_gradient(model, batch, first_order=False)
     _, fo = reference_meta_gradient(model, batch, first_order=True)
-    assert max((a - b).abs().max().item() for a, b in zip(so, fo)) > 1e-4
+    assert max((a - b).abs().max().item() for a, b in zip(so, fo, strict=True)) > 1e-4
 
 
 def test_vmap_and_loop_agree_fp32():
@@ -86,7 +86,7 @@ def test_vmap_and_loop_agree_fp32():
         algo = GBML(model, inner_lr=LR, inner_steps=STEPS, engine=engine)
         results[engine] = engine_meta_gradient(algo, batch)
     torch.testing.assert_close(results["vmap"][0], results["loop"][0], rtol=1e-5, atol=1e-5)
-    for a, b in zip(results["vmap"][1], results["loop"][1]):
+    for a, b in zip(results["vmap"][1], results["loop"][1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
@@ -118,14 +118,14 @@ def test_second_order_meta_gradient_matches_finite_differences():
     for _ in range(5):
         direction = [torch.randn_like(p) for p in params]
         with torch.no_grad():
-            for p, v in zip(params, direction):
+            for p, v in zip(params, direction, strict=True):
                 p.add_(eps * v)
             plus = algo(batch)["loss"].item()
-            for p, v in zip(params, direction):
+            for p, v in zip(params, direction, strict=True):
                 p.sub_(2 * eps * v)
             minus = algo(batch)["loss"].item()
-            for p, v in zip(params, direction):
+            for p, v in zip(params, direction, strict=True):
                 p.add_(eps * v)
         numeric = (plus - minus) / (2 * eps)
-        analytic = sum((gr * v).sum() for gr, v in zip(grads, direction)).item()
+        analytic = sum((gr * v).sum() for gr, v in zip(grads, direction, strict=True)).item()
         assert abs(numeric - analytic) <= 1e-6 * max(1.0, abs(analytic))

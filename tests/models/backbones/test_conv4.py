@@ -36,5 +36,5 @@ def test_task_batch_norm_matches_functional_batch_norm():
 
 
 def test_too_small_image_is_refused():
-    with pytest.raises(ValueError, match="image_size must be >= 16"):
+    with pytest.raises(ValueError, match="data.image_size: conv4 needs >= 16"):
         Conv4(image_size=8)
