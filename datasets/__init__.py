@@ -1,0 +1,48 @@
+"""Few-shot data: ``TaskBatch``, episodic samplers and the registered datasets.
+
+Datasets register themselves in :data:`engine.registry.DATASETS` when imported below. A dataset
+is any object with ``split(name) -> SplitData`` for ``"train"``, ``"val"`` and ``"test"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import datasets.glyphs  # noqa: F401  (registers "glyphs")
+from datasets.baselines import nearest_class_mean_accuracy
+from datasets.sampler import EpisodicSampler, SplitData, TaskList
+from datasets.task_batch import TaskBatch
+from engine.errors import ConfigError
+from engine.registry import DATASETS
+
+__all__ = [
+    "TaskBatch",
+    "SplitData",
+    "EpisodicSampler",
+    "TaskList",
+    "nearest_class_mean_accuracy",
+    "build_dataset",
+]
+
+
+def build_dataset(cfg: Mapping[str, Any]) -> Any:
+    """Build the dataset named by a config ``data`` section.
+
+    ``name``, ``root``, ``image_size``, ``channels`` and ``seed`` are passed when set (an empty
+    ``root`` keeps the dataset's default); the optional ``args`` mapping adds dataset-specific
+    keyword arguments. Unknown names or arguments raise :class:`ConfigError` naming the key.
+    """
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"data: expected a mapping, got {type(cfg).__name__}")
+    spec: dict[str, Any] = {"name": cfg.get("name")}
+    for key in ("root", "image_size", "channels", "seed"):
+        if cfg.get(key) not in (None, ""):
+            spec[key] = cfg[key]
+    args = cfg.get("args") or {}
+    if not isinstance(args, Mapping):
+        raise ConfigError(f"data.args: expected a mapping of dataset arguments, got {args!r}")
+    clash = sorted(set(args) & set(spec))
+    if clash:
+        raise ConfigError(f"data.args.{clash[0]}: set it as data.{clash[0]}, not inside data.args")
+    return DATASETS.build({**spec, **args}, "data")
