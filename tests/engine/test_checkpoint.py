@@ -1,0 +1,130 @@
+"""Checkpointer: atomic saves, rotation, last_checkpoint, weights_only loads, refusals."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from engine.checkpoint import Checkpointer, config_fingerprint, get_rng_state, set_rng_state
+from engine.config import Config
+from engine.errors import CheckpointError
+
+
+def make_cfg(**overrides):
+    cfg = OmegaConf.structured(Config)
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value)
+    return cfg
+
+
+def model_state():
+    return torch.nn.Linear(3, 2).state_dict()
+
+
+def test_save_writes_atomically_and_tags_last(tmp_path, monkeypatch):
+    ck = Checkpointer(tmp_path / "run", keep=3, cfg=make_cfg())
+    assert not (tmp_path / "run").exists(), "constructing must not write anything"
+    path = ck.save("model_0000009", model=model_state(), iteration=10)
+    assert path.name == "model_0000009.pth"
+    assert (tmp_path / "run" / "last_checkpoint").read_text() == "model_0000009.pth"
+    assert ck.get_checkpoint_file() == path
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
+
+    # A crash while writing leaves the previous file and last_checkpoint untouched.
+    before = path.read_bytes()
+
+    def boom(obj, f):
+        f.write(b"partial")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        ck.save("model_0000009", model=model_state(), iteration=10)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["last_checkpoint", "model_0000009.pth"]
+
+
+def test_keep_last_k_and_named_checkpoints_survive(tmp_path):
+    ck = Checkpointer(tmp_path, keep=2, cfg=make_cfg())
+    ck.save("model_best", model=model_state())
+    for it in range(4, 25, 5):
+        ck.save(f"model_{it:07d}", model=model_state(), iteration=it + 1)
+    ck.save("model_final", model=model_state())
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["last_checkpoint", "model_0000019.pth", "model_0000024.pth", "model_best.pth",
+                     "model_final.pth"]
+    # named checkpoints do not move last_checkpoint (they lack the optimizer state etc.)
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000024.pth"
+
+
+def test_load_roundtrip_weights_only_with_rng_and_cpu_tensors(tmp_path):
+    cfg = make_cfg()
+    ck = Checkpointer(tmp_path, cfg=cfg)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    rng = get_rng_state()
+    ck.save("model_0000000", model=model.state_dict(), optimizer=opt.state_dict(), rng=rng,
+            iteration=1, sampler={"generator": torch.Generator().get_state()})
+    # the file must load with the safe unpickler on its own, not only through Checkpointer
+    raw = torch.load(tmp_path / "model_0000000.pth", weights_only=True)
+    assert raw["fingerprint"] == config_fingerprint(cfg)[0]
+    state = ck.resume_or_load()
+    assert all(torch.equal(a, b) for a, b in zip(state["model"].values(), model.state_dict().values(), strict=True))
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    set_rng_state(state["rng"])
+    assert torch.equal(torch.rand(3), expected[0])
+    assert np.array_equal(np.random.rand(3), expected[1])
+    assert random.random() == expected[2]
+    opt2 = torch.optim.Adam(torch.nn.Linear(3, 2).parameters())
+    opt2.load_state_dict(state["optimizer"])
+
+
+def test_resume_or_load_without_checkpoint_returns_none(tmp_path):
+    ck = Checkpointer(tmp_path / "absent", cfg=make_cfg())
+    assert ck.resume_or_load() is None
+    assert not (tmp_path / "absent").exists()
+
+
+def test_missing_truncated_corrupt_files_name_the_file(tmp_path):
+    ck = Checkpointer(tmp_path, cfg=make_cfg())
+    with pytest.raises(CheckpointError, match="nope.pth: checkpoint not found"):
+        ck.load(tmp_path / "nope.pth")
+    good = ck.save("model_0000001", model=model_state())
+    data = good.read_bytes()
+    (tmp_path / "trunc.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"trunc\.pth: cannot read checkpoint"):
+        ck.load(tmp_path / "trunc.pth")
+    (tmp_path / "junk.pth").write_bytes(b"\x00not a checkpoint" * 10)
+    with pytest.raises(CheckpointError, match=r"junk\.pth: cannot read checkpoint"):
+        ck.load(tmp_path / "junk.pth")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match=r"other\.pth: not a checkpoint"):
+        ck.load(tmp_path / "other.pth")
+    # last_checkpoint naming a file that has gone
+    (tmp_path / "last_checkpoint").write_text("model_0000077.pth")
+    with pytest.raises(CheckpointError, match="model_0000077.pth: checkpoint not found"):
+        ck.resume_or_load()
+
+
+def test_foreign_config_is_refused_naming_file_and_key(tmp_path):
+    Checkpointer(tmp_path, cfg=make_cfg(**{"solver.lr": 0.01})).save("model_0000001", model=model_state())
+    ck = Checkpointer(tmp_path, cfg=make_cfg())
+    with pytest.raises(CheckpointError, match=r"model_0000001\.pth: .*another config.*solver\.lr"):
+        ck.resume_or_load()
+
+
+def test_volatile_keys_do_not_change_the_fingerprint():
+    base = config_fingerprint(make_cfg())[0]
+    changed = make_cfg(**{"solver.max_iter": 7, "output_dir": "/x", "test.tasks": 3, "log.period": 1,
+                          "solver.checkpoint_period": 2, "device": "cpu"})
+    assert config_fingerprint(changed)[0] == base
+    assert config_fingerprint(make_cfg(seed=3))[0] != base

@@ -1,0 +1,125 @@
+"""End to end: tools/train_net.py as a user runs it, in subprocesses, on tests/configs/tiny.yaml."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "tools" / "train_net.py"
+TINY = ROOT / "tests" / "configs" / "tiny.yaml"
+
+
+def train_net(*args: str, config: Path = TINY) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(SCRIPT), "--config-file", str(config), *map(str, args)]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]] | None:
+    if not folder.exists():
+        return None
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*"))}
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("full") / "run"
+    return out, ok(train_net("--output-dir", out))
+
+
+def test_full_run_writes_everything(full_run):
+    out, proc = full_run
+    for name in ("config.yaml", "metrics.jsonl", "log.txt", "last_checkpoint", "model_0000002.pth",
+                 "model_0000005.pth", "model_best.pth", "model_final.pth", "results.json"):
+        assert (out / name).is_file(), name
+    assert list(out.glob("events.out.tfevents.*"))
+    assert (out / "last_checkpoint").read_text() == "model_0000005.pth"
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["iter"] for m in metrics] == [1, 2, 3, 4, 5, 6]
+    assert {"loss", "acc", "lr", "tasks_per_s"} <= metrics[0].keys()
+    assert "val/acc" in metrics[2] and "val/acc" in metrics[5]
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"test_acc", "test_ci95", "test_tasks", "best_val_acc", "best_val_iter",
+                            "best_test_acc", "best_test_ci95", "iterations", "wall_time_s"}
+    assert results["test_tasks"] == 10 and results["iterations"] == 6
+    assert results["best_val_iter"] in (3, 6) and 0 <= results["test_acc"] <= 100
+    last = proc.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"test accuracy: \d+\.\d\d ± \d+\.\d\d % \(10 tasks, 3-way 2-shot\)", last), last
+    assert f"{results['test_acc']:.2f}" in last
+
+
+def test_eval_only_reproduces_the_test_accuracy(full_run):
+    out, _ = full_run
+    proc = ok(train_net("--output-dir", out, "--eval-only"))
+    results = json.loads((out / "results.json").read_text())
+    assert proc.stdout.strip().splitlines()[-1].startswith(f"test accuracy: {results['test_acc']:.2f} ")
+
+
+def test_stop_and_resume_is_bit_identical(full_run, tmp_path):
+    out_a, _ = full_run
+    out_b = tmp_path / "b"
+    ok(train_net("--output-dir", out_b, "solver.max_iter=3"))
+    assert (out_b / "last_checkpoint").read_text() == "model_0000002.pth"
+    ok(train_net("--output-dir", out_b, "--resume", "solver.max_iter=6"))
+    a, b = weights(out_a / "model_final.pth"), weights(out_b / "model_final.pth")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    results = json.loads((out_b / "results.json").read_text())
+    assert results["iterations"] == 6
+    assert results["test_acc"] == json.loads((out_a / "results.json").read_text())["test_acc"]
+    iters = [json.loads(x)["iter"] for x in (out_b / "metrics.jsonl").read_text().splitlines()]
+    assert iters == [1, 2, 3, 4, 5, 6]
+
+
+def refused(proc: subprocess.CompletedProcess, pattern: str) -> None:
+    assert proc.returncode == 2, f"exit {proc.returncode}\n{proc.stderr}"
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+@pytest.mark.parametrize("overrides, pattern", [
+    (["solver.lrr=0.1"], r"unknown config key 'solver\.lrr'; did you mean 'solver\.lr'"),
+    (["--resume", "seed=4"], r"model_0000005\.pth: checkpoint was written by a run with another config"),
+    (["--eval-only", "--weights", "absent.pth"], r"absent\.pth: checkpoint not found"),
+    (["seed=4"], r"already holds a run with a different config; pass --resume"),
+    ([], r"already holds a run; pass --resume or choose another --output-dir"),
+])
+def test_bad_input_leaves_existing_run_untouched(full_run, overrides, pattern):
+    out, _ = full_run
+    before = snapshot(out)
+    refused(train_net("--output-dir", out, *overrides), pattern)
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("overrides, pattern", [
+    (["algorithm.name=mamll"], r"algorithm\.name: unknown algorithm 'mamll'; did you mean 'maml'"),
+    (["model.backbone.name=conv5"], r"model\.backbone\.name: unknown backbone 'conv5'"),
+    (["--eval-only"], r"model_final\.pth: checkpoint not found"),
+])
+def test_bad_input_writes_nothing(tmp_path, overrides, pattern):
+    fresh, used = tmp_path / "fresh", tmp_path / "used"
+    used.mkdir()
+    (used / "notes.txt").write_text("mine")
+    before = snapshot(used)
+    refused(train_net("--output-dir", fresh, *overrides), pattern)
+    refused(train_net("--output-dir", used, *overrides), pattern)
+    assert not fresh.exists()
+    assert snapshot(used) == before
