@@ -92,6 +92,7 @@ class Config:
             "engine": "auto",
         }
     )
+    losses: list[Any] = field(default_factory=lambda: [{"name": "cross_entropy"}])
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)

@@ -12,6 +12,7 @@ detach every ``gᵏ``, so ``∂θˢ/∂θ⁰ = I``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -20,10 +21,23 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
+from engine.kernels import group_norms
+
 Params = dict[str, torch.Tensor]
 UpdateRule = Callable[[Params, Params, int], Params]
 
 ENGINES = ("vmap", "loop")
+
+_TASKS_VMAPPED: ContextVar[bool] = ContextVar("tasks_vmapped", default=False)
+
+
+def tasks_vmapped() -> bool:
+    """True while :func:`map_tasks` runs the per-task function under ``torch.func.vmap``.
+
+    Layers whose fused kernels are wrong or slow under vmap consult it to pick another form
+    (see :class:`models.backbones.layers.TaskBatchNorm2d`).
+    """
+    return _TASKS_VMAPPED.get()
 
 
 def logits_at(model: nn.Module, adapted: Mapping[str, torch.Tensor], frozen: Mapping[str, torch.Tensor], x):
@@ -31,9 +45,10 @@ def logits_at(model: nn.Module, adapted: Mapping[str, torch.Tensor], frozen: Map
     return functional_call(model, {**frozen, **adapted}, (x,))
 
 
-def support_loss(model: nn.Module, adapted: Params, frozen: Params, x, y) -> torch.Tensor:
-    """Inner-loop objective: ``CE(f(xs|θ), ys)``."""
-    return F.cross_entropy(logits_at(model, adapted, frozen, x), y)
+
+
+def _flat(dicts: Sequence[Params]) -> list[torch.Tensor]:
+    return [t for d in dicts for t in d.values()]
 
 
 def adapt(
@@ -45,15 +60,41 @@ def adapt(
     steps: int,
     update: UpdateRule,
     first_order: bool,
-) -> Params:
-    """Run ``steps`` inner steps ``θᵏ⁺¹ = update(θᵏ, gᵏ, k)`` on one task; return θˢ."""
-    support_grad = grad(lambda a, f, x, y: support_loss(model, a, f, x, y))
+    final_grad: bool = False,
+    inner_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+) -> tuple[Params, dict[str, Any]]:
+    """Run ``steps`` inner steps ``θᵏ⁺¹ = update(θᵏ, gᵏ, k)`` on one task.
+
+    ``gᵏ`` is the gradient of ``inner_loss(f(xs|θᵏ), ys)`` (cross-entropy by default) with
+    respect to the adapted tensors.
+
+    Returns θˢ and the trajectory record: ``step_norms`` ``[S]`` (dₖ = ‖θᵏ⁺¹ − θᵏ‖),
+    ``disp_norm`` (‖θˢ − θ⁰‖), ``grad_norms`` (‖gᵏ‖ for k = 0..S-1, and k = S when
+    ``final_grad``: one extra support gradient at θˢ, taken without graph, for AC) and ``g0``.
+    The norms come from one fused call each (:func:`engine.kernels.group_norms`) over the
+    parameter copies the loop holds anyway; they are differentiable where the loop is.
+    """
+    support_grad = grad(lambda a, f, x, y: inner_loss(logits_at(model, a, f, x), y))
+    thetas, grads = [adapted], []
     for step in range(steps):
-        grads = support_grad(adapted, frozen, support_x, support_y)
+        g = support_grad(thetas[-1], frozen, support_x, support_y)
         if first_order:
-            grads = {name: g.detach() for name, g in grads.items()}
-        adapted = update(adapted, grads, step)
-    return adapted
+            g = {name: t.detach() for name, t in g.items()}
+        grads.append(g)
+        thetas.append(update(thetas[-1], g, step))
+    record: dict[str, Any] = {}
+    if steps:
+        if final_grad:
+            with torch.no_grad():
+                grads.append({n: t.detach() for n, t in support_grad(thetas[-1], frozen, support_x, support_y).items()})
+        norms = group_norms(_flat(thetas[1:] + thetas[-1:]), _flat(thetas[:-1] + thetas[:1]), steps + 1)
+        record = {
+            "step_norms": norms[:steps],
+            "disp_norm": norms[steps],
+            "grad_norms": group_norms(_flat(grads), [], len(grads)),
+            "g0": grads[0],
+        }
+    return thetas[-1], record
 
 
 def map_tasks(fn: Callable[..., Any], shared: Sequence[Any], per_task: Sequence[torch.Tensor], engine: str):
@@ -64,7 +105,11 @@ def map_tasks(fn: Callable[..., Any], shared: Sequence[Any], per_task: Sequence[
     """
     if engine == "vmap":
         in_dims = (None,) * len(shared) + (0,) * len(per_task)
-        return vmap(fn, in_dims=in_dims, randomness="different")(*shared, *per_task)
+        token = _TASKS_VMAPPED.set(True)
+        try:
+            return vmap(fn, in_dims=in_dims, randomness="different")(*shared, *per_task)
+        finally:
+            _TASKS_VMAPPED.reset(token)
     if engine != "loop":
         raise ValueError(f"algorithm.engine: expected one of {ENGINES} or 'auto', got '{engine}'")
     outputs = [fn(*shared, *(t[i] for t in per_task)) for i in range(per_task[0].shape[0])]

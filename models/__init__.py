@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from engine.config import import_extra_modules
 from engine.registry import ALGORITHMS, BACKBONES
+from losses import build_losses
 from models import algorithms, backbones  # noqa: F401  (explicit registration)
 from models.algorithms.base import GBML
 
@@ -35,4 +36,8 @@ def build_backbone(cfg: DictConfig):
 def build_algorithm(cfg: DictConfig) -> GBML:
     """The meta-learner named by ``algorithm.name``, wrapping :func:`build_backbone`'s network."""
     import_extra_modules(cfg)
-    return ALGORITHMS.build(_plain(cfg.algorithm), "algorithm", build_backbone(cfg))
+    losses = build_losses([_plain(spec) for spec in cfg.losses])
+    return ALGORITHMS.build(
+        _plain(cfg.algorithm), "algorithm", build_backbone(cfg),
+        losses=losses, defaults={"ac_period": cfg.log.period},
+    )

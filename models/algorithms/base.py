@@ -4,6 +4,7 @@ Variants differ in a few small hooks, not in copies of the loop:
 
 - :meth:`GBML.adapted_names` — which parameters adapt in the inner loop (the set ``A``);
 - :meth:`GBML.inner_update` — the inner step ``θᵏ⁺¹ = θᵏ − α ⊙ gᵏ``;
+- :meth:`GBML.inner_loss` — the support objective (cross-entropy);
 - ``first_order`` — whether the inner gradients ``gᵏ`` are detached (FOMAML).
 
 ``forward(task_batch)`` returns a dict: ``loss`` (what the meta-optimizer minimises), its
@@ -21,6 +22,8 @@ from torch import nn
 from datasets.task_batch import TaskBatch
 from engine.errors import ConfigError
 from engine.inner_loop import ENGINES, Params, adapt, logits_at, map_tasks
+from losses import OuterInputs, OuterLoss
+from losses.cross_entropy import CrossEntropy
 
 
 class GBML(nn.Module):
@@ -34,6 +37,9 @@ class GBML(nn.Module):
         engine: ``"vmap"`` (tasks batched with ``torch.func.vmap``), ``"loop"`` (one task at a
             time) or ``"auto"`` (vmap on GPU, loop on CPU, where it measured faster).
         first_order: detach the inner gradients (FOMAML).
+        losses: the outer-loss terms (default: cross-entropy alone); see :mod:`losses`.
+        ac_period: take the extra support gradient at θˢ that AC (eq. 4) needs on every
+            ``ac_period``-th training forward (the logging steps); 0 never.
     """
 
     def __init__(
@@ -44,6 +50,8 @@ class GBML(nn.Module):
         inner_steps_test: int | None = None,
         engine: str = "auto",
         first_order: bool = False,
+        losses: list[OuterLoss] | None = None,
+        ac_period: int = 20,
     ):
         super().__init__()
         if engine not in (*ENGINES, "auto"):
@@ -56,11 +64,18 @@ class GBML(nn.Module):
         self.inner_steps_test = int(inner_steps if inner_steps_test is None else inner_steps_test)
         self.engine = engine
         self.first_order = bool(first_order)
+        self.losses = nn.ModuleList(losses if losses is not None else [CrossEntropy()])
+        self.ac_period = int(ac_period)
+        self._forwards = 0
 
     # ---- hooks a variant overrides -------------------------------------------------------
     def adapted_names(self) -> list[str]:
         """Names of the parameters adapted in the inner loop (MAML: all of them)."""
         return [name for name, _ in self.model.named_parameters()]
+
+    def inner_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The support-set objective the inner loop descends: ``CE(f(xs|θ), ys)``."""
+        return F.cross_entropy(logits, labels)
 
     def inner_update(self, params: Params, grads: Params, step: int) -> Params:
         """One inner step ``θᵏ⁺¹ = θᵏ − α gᵏ`` (override for per-tensor or learned rates)."""
@@ -87,14 +102,29 @@ class GBML(nn.Module):
             raise ValueError(f"adapted_names(): not parameters of the model: {sorted(unknown)}")
         return adapted, frozen
 
-    def task_forward(self, adapted: Params, frozen: Params, support_x, support_y, query_x):
-        """One task: adapt on the support set, return query logits after and before adaptation."""
+    def task_forward(self, adapted: Params, frozen: Params, support_x, support_y, query_x, final_grad: bool):
+        """One task: adapt on the support set; return query logits and the trajectory record.
+
+        When a loss term asks for it, also the logits at the straight step
+        θ̂ = θ⁰ − T · g⁰/‖g⁰‖ (DESIGN.md §1, paper eq. 7–8).
+        """
         steps = self.inner_steps if self.training else self.inner_steps_test
-        final = adapt(self.model, adapted, frozen, support_x, support_y, steps, self.inner_update, self.first_order)
-        logits = logits_at(self.model, final, frozen, query_x)
+        final, record = adapt(
+            self.model, adapted, frozen, support_x, support_y, steps, self.inner_update, self.first_order,
+            final_grad, self.inner_loss,
+        )
+        out = {"logits": logits_at(self.model, final, frozen, query_x), **record}
+        g0 = out.pop("g0", None)
         with torch.no_grad():
-            logits_init = logits_at(self.model, adapted, frozen, query_x)
-        return logits, logits_init
+            out["logits_init"] = logits_at(self.model, adapted, frozen, query_x)
+        if any(term.needs_straight_step for term in self.losses):
+            if g0 is None:
+                out["straight_logits"] = out["logits"]
+            else:
+                scale = record["step_norms"].sum() / record["grad_norms"][0].clamp_min(1e-12)
+                straight = {name: p - scale * g0[name] for name, p in adapted.items()}
+                out["straight_logits"] = logits_at(self.model, straight, frozen, query_x)
+        return out
 
     def forward(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
         batch = TaskBatch(*batch).validate(way=self.way)
@@ -104,19 +134,57 @@ class GBML(nn.Module):
                 f"TaskBatch.support_y: tasks are {support_way}-way but the model's head has "
                 f"{self.way} outputs (set data.way to match)"
             )
+        final_grad = self.training and self.ac_period > 0 and self._forwards % self.ac_period == 0
+        if self.training:
+            self._forwards += 1
         adapted, frozen = self.split_parameters()
-        engine = self.resolved_engine(batch.support_x.device)
-        logits, logits_init = map_tasks(
-            self.task_forward, (adapted, frozen), (batch.support_x, batch.support_y, batch.query_x), engine
+
+        def task_fn(adapted, frozen, sx, sy, qx):
+            return self.task_forward(adapted, frozen, sx, sy, qx, final_grad)
+
+        per_task = map_tasks(
+            task_fn, (adapted, frozen), (batch.support_x, batch.support_y, batch.query_x),
+            self.resolved_engine(batch.support_x.device),
         )
-        query_y = batch.query_y
-        loss_ce = F.cross_entropy(logits.flatten(0, 1), query_y.flatten())
+        return self.outer_terms(per_task, batch.query_y)
+
+    def outer_terms(self, per_task: dict[str, torch.Tensor], query_y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The output dict: weighted loss terms, their sum ``loss``, and metrics (no graph)."""
+        logits = per_task["logits"]
+        step_norms = per_task.get("step_norms")
+        traj_len = step_norms.sum(-1) if step_norms is not None else logits.new_zeros(logits.shape[0])
+        inputs = OuterInputs(logits, query_y, traj_len, per_task.get("straight_logits"))
+        out: dict[str, torch.Tensor] = {}
+        total = 0.0
+        for term in self.losses:
+            value = term(inputs)
+            weighted = term.weight * value
+            total = total + weighted
+            out[f"loss_{term.key}"] = weighted.detach()
+            if term.metric:
+                out[term.metric] = value.detach()
+        out["loss"] = total
         task_acc = (logits.argmax(-1) == query_y).float().mean(1).detach()
-        acc_init = (logits_init.argmax(-1) == query_y).float().mean()
-        return {
-            "loss": loss_ce,
-            "loss_ce": loss_ce.detach(),
-            "acc": task_acc.mean(),
-            "acc_init": acc_init,
-            "task_acc": task_acc,
+        out["acc"] = task_acc.mean()
+        out["acc_init"] = (per_task["logits_init"].argmax(-1) == query_y).float().mean()
+        out["task_acc"] = task_acc
+        out.update(linearity_metrics(per_task))
+        return out
+
+
+def linearity_metrics(per_task: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """PC (eq. 3) and, when ‖gˢ‖ was taken, AC (eq. 4): per task, then the mean; no graph."""
+    if "step_norms" not in per_task:
+        return {}
+    with torch.no_grad():
+        step_norms, grad_norms = per_task["step_norms"], per_task["grad_norms"]
+        traj_len = step_norms.sum(-1)
+        metrics = {
+            "traj_len": traj_len.mean(),
+            "pc": (traj_len / per_task["disp_norm"].clamp_min(1e-12)).mean(),
         }
+        steps = step_norms.shape[-1]
+        if grad_norms.shape[-1] == steps + 1:
+            g0 = grad_norms[..., :1].clamp_min(1e-12)
+            metrics["ac"] = (grad_norms[..., 1:] / g0).mean(-1).mean()
+        return metrics

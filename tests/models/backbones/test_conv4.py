@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from engine.inner_loop import map_tasks
 from models.backbones.conv4 import Conv4
 from models.backbones.layers import TaskBatchNorm2d
 
@@ -25,14 +26,23 @@ def test_batch_norm_uses_batch_statistics_and_keeps_none():
     assert torch.equal(model(x), model.train()(x))
 
 
-def test_task_batch_norm_matches_functional_batch_norm():
-    bn = TaskBatchNorm2d(4)
+def test_task_batch_norm_is_the_same_under_vmap_and_in_a_loop():
+    """Outside vmap it is F.batch_norm; under vmap the elementary form must give the same."""
+    bn = TaskBatchNorm2d(4).double()
     with torch.no_grad():
         bn.weight.uniform_()
         bn.bias.uniform_()
-    x = torch.randn(6, 4, 5, 5, dtype=torch.float64)
-    expected = torch.nn.functional.batch_norm(x, None, None, bn.weight.double(), bn.bias.double(), training=True, eps=bn.eps)
-    torch.testing.assert_close(bn.double()(x), expected)
+    x = torch.randn(3, 6, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+    outs = {engine: map_tasks(lambda xi: bn(xi).square().sum(), (), (x,), engine) for engine in ("vmap", "loop")}
+    torch.testing.assert_close(outs["vmap"], outs["loop"])
+    expected = torch.stack([
+        torch.nn.functional.batch_norm(xi, None, None, bn.weight, bn.bias, training=True, eps=bn.eps).square().sum()
+        for xi in x
+    ])
+    torch.testing.assert_close(outs["loop"], expected)
+    grads = [torch.autograd.grad(outs[e].sum(), [x, bn.weight]) for e in ("vmap", "loop")]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def test_too_small_image_is_refused():
