@@ -48,7 +48,8 @@ def evaluate(algorithm: torch.nn.Module, task_list, batch_size: int, device: tor
         algorithm.eval()
         with torch.no_grad():
             for batch in tqdm(task_list.batches(batch_size), desc=desc, leave=False, unit="batch",
-                              total=math.ceil(len(task_list) / batch_size), dynamic_ncols=True):
+                              total=math.ceil(len(task_list) / batch_size), dynamic_ncols=True,
+                              disable=None):
                 out = algorithm(batch.to(device))
                 accs.append(out["task_acc"].detach().double().flatten().cpu())
     finally:

@@ -158,7 +158,7 @@ class PeriodicWriter(HookBase):
     """Every ``period`` iterations (and after the last): TensorBoard, ``metrics.jsonl``, console.
 
     Each logged value is the mean over the iterations since the previous log step. One tqdm
-    bar over ``max_iter`` advances every iteration; on log steps the main metrics go to its
+    bar over ``max_iter`` advances every iteration (shown on a terminal only); on log steps the main metrics go to its
     postfix and a full line to the logger (console and ``log.txt``). On resume, lines of
     ``metrics.jsonl`` past the resumed iteration (logged after the last checkpoint by the
     interrupted run) are dropped, so the file reads like one uninterrupted run.
@@ -184,7 +184,7 @@ class PeriodicWriter(HookBase):
 
             self._tb = SummaryWriter(log_dir=str(self.output_dir), purge_step=start + 1 if start else None)
         self._bar = tqdm(total=self.trainer.max_iter, initial=start, desc="train",
-                         dynamic_ncols=True, leave=True)
+                         dynamic_ncols=True, leave=True, disable=None)
         self._window_start = start
 
     def after_step(self) -> None:
