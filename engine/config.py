@@ -61,17 +61,17 @@ class SolverConfig:
     weight_decay: float = 0.0
     lr_schedule: str = "constant"
     warmup_iters: int = 0
-    max_iter: int = 2000
-    checkpoint_period: int = 500
+    max_iter: int = 300
+    checkpoint_period: int = 100
     keep_checkpoints: int = 3
 
 
 @dataclass
 class TestConfig:
     tasks: int = 600
-    val_tasks: int = 200
+    val_tasks: int = 100
     batch: int = 25
-    eval_period: int = 500
+    eval_period: int = 100
     seed: int = 2024
 
 

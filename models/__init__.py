@@ -39,5 +39,5 @@ def build_algorithm(cfg: DictConfig) -> GBML:
     losses = build_losses([_plain(spec) for spec in cfg.losses])
     return ALGORITHMS.build(
         _plain(cfg.algorithm), "algorithm", build_backbone(cfg),
-        losses=losses, defaults={"ac_period": cfg.log.period},
+        losses=losses, defaults={"metrics_period": cfg.log.period},
     )

@@ -170,7 +170,9 @@ def run(args: argparse.Namespace) -> dict:
     final = _test(cfg, algorithm, test_tasks, device, "test (final)")
     best_path = out / "model_best.pth"
     best = None
-    if eval_hook.best_iter is not None and best_path.is_file():
+    if eval_hook.best_iter == iterations:  # the final weights are the best-on-validation ones
+        best = final
+    elif eval_hook.best_iter is not None and best_path.is_file():
         algorithm.load_state_dict(checkpointer.load(best_path)["model"])
         best = _test(cfg, algorithm, test_tasks, device, "test (best val)")
     results = {

@@ -38,8 +38,10 @@ class GBML(nn.Module):
             time) or ``"auto"`` (vmap on GPU, loop on CPU, where it measured faster).
         first_order: detach the inner gradients (FOMAML).
         losses: the outer-loss terms (default: cross-entropy alone); see :mod:`losses`.
-        ac_period: take the extra support gradient at θˢ that AC (eq. 4) needs on every
-            ``ac_period``-th training forward (the logging steps); 0 never.
+        metrics_period: compute the diagnostics that cost extra work — AC (eq. 4), which needs
+            one more support gradient at θˢ, and ``acc_init``, one more query forward at θ⁰ —
+            on every ``metrics_period``-th training forward (the logging steps; 0: never).
+            In ``eval()`` mode ``acc_init`` is always computed and AC never.
     """
 
     def __init__(
@@ -51,7 +53,7 @@ class GBML(nn.Module):
         engine: str = "auto",
         first_order: bool = False,
         losses: list[OuterLoss] | None = None,
-        ac_period: int = 20,
+        metrics_period: int = 20,
     ):
         super().__init__()
         if engine not in (*ENGINES, "auto"):
@@ -65,7 +67,7 @@ class GBML(nn.Module):
         self.engine = engine
         self.first_order = bool(first_order)
         self.losses = nn.ModuleList(losses if losses is not None else [CrossEntropy()])
-        self.ac_period = int(ac_period)
+        self.metrics_period = int(metrics_period)
         self._forwards = 0
 
     # ---- hooks a variant overrides -------------------------------------------------------
@@ -102,7 +104,9 @@ class GBML(nn.Module):
             raise ValueError(f"adapted_names(): not parameters of the model: {sorted(unknown)}")
         return adapted, frozen
 
-    def task_forward(self, adapted: Params, frozen: Params, support_x, support_y, query_x, final_grad: bool):
+    def task_forward(
+        self, adapted: Params, frozen: Params, support_x, support_y, query_x, final_grad: bool, init_logits: bool
+    ):
         """One task: adapt on the support set; return query logits and the trajectory record.
 
         When a loss term asks for it, also the logits at the straight step
@@ -115,8 +119,9 @@ class GBML(nn.Module):
         )
         out = {"logits": logits_at(self.model, final, frozen, query_x), **record}
         g0 = out.pop("g0", None)
-        with torch.no_grad():
-            out["logits_init"] = logits_at(self.model, adapted, frozen, query_x)
+        if init_logits:
+            with torch.no_grad():
+                out["logits_init"] = logits_at(self.model, adapted, frozen, query_x)
         if any(term.needs_straight_step for term in self.losses):
             if g0 is None:
                 out["straight_logits"] = out["logits"]
@@ -134,13 +139,15 @@ class GBML(nn.Module):
                 f"TaskBatch.support_y: tasks are {support_way}-way but the model's head has "
                 f"{self.way} outputs (set data.way to match)"
             )
-        final_grad = self.training and self.ac_period > 0 and self._forwards % self.ac_period == 0
+        logging_step = self.metrics_period > 0 and self._forwards % self.metrics_period == 0
+        final_grad = self.training and logging_step
+        init_logits = not self.training or logging_step
         if self.training:
             self._forwards += 1
         adapted, frozen = self.split_parameters()
 
         def task_fn(adapted, frozen, sx, sy, qx):
-            return self.task_forward(adapted, frozen, sx, sy, qx, final_grad)
+            return self.task_forward(adapted, frozen, sx, sy, qx, final_grad, init_logits)
 
         per_task = map_tasks(
             task_fn, (adapted, frozen), (batch.support_x, batch.support_y, batch.query_x),
@@ -166,7 +173,8 @@ class GBML(nn.Module):
         out["loss"] = total
         task_acc = (logits.argmax(-1) == query_y).float().mean(1).detach()
         out["acc"] = task_acc.mean()
-        out["acc_init"] = (per_task["logits_init"].argmax(-1) == query_y).float().mean()
+        if "logits_init" in per_task:
+            out["acc_init"] = (per_task["logits_init"].argmax(-1) == query_y).float().mean()
         out["task_acc"] = task_acc
         out.update(linearity_metrics(per_task))
         return out

@@ -57,7 +57,7 @@ def naive_lil(model, batch, first_order, lr=LR, steps=STEPS):
 
 def lil_algo(model, engine, first_order):
     losses = [CrossEntropy(), PhaseLoss(weight=W_PHASE), PseudoAmplitudeLoss(weight=W_AMP)]
-    return GBML(model, inner_lr=LR, inner_steps=STEPS, engine=engine, first_order=first_order, losses=losses, ac_period=1)
+    return GBML(model, inner_lr=LR, inner_steps=STEPS, engine=engine, first_order=first_order, losses=losses, metrics_period=1)
 
 
 @pytest.mark.parametrize("engine", ["loop", "vmap"])
@@ -107,7 +107,7 @@ def test_linear_inner_loop_gives_pc_ac_one_and_zero_phase_loss():
         torch.randn(3, 15, 1, 2, 3, generator=g, dtype=torch.float64),
         torch.arange(5).repeat(3).repeat(3, 1),
     )
-    algo = LinearObjective(model, inner_lr=0.5, inner_steps=4, losses=[CrossEntropy(), PhaseLoss(0.1)], ac_period=1)
+    algo = LinearObjective(model, inner_lr=0.5, inner_steps=4, losses=[CrossEntropy(), PhaseLoss(0.1)], metrics_period=1)
     out = algo(batch)
     torch.testing.assert_close(out["pc"], torch.tensor(1.0, dtype=torch.float64), rtol=1e-12, atol=0)
     torch.testing.assert_close(out["ac"], torch.tensor(1.0, dtype=torch.float64), rtol=1e-12, atol=0)
@@ -117,7 +117,7 @@ def test_linear_inner_loop_gives_pc_ac_one_and_zero_phase_loss():
 def test_cross_entropy_inner_loop_is_not_linear():
     """The counterpart: the same linear model under CE curves, so the checks above can fail."""
     torch.manual_seed(0)
-    algo = GBML(Conv4(5, 1, 16, hidden=4), inner_lr=0.5, inner_steps=3, losses=[CrossEntropy(), PhaseLoss(0.1)], ac_period=1)
+    algo = GBML(Conv4(5, 1, 16, hidden=4), inner_lr=0.5, inner_steps=3, losses=[CrossEntropy(), PhaseLoss(0.1)], metrics_period=1)
     out = algo(tiny_batch())
     assert out["pc"].item() > 1.0 + 1e-6 and abs(out["ac"].item() - 1.0) > 1e-6 and out["phase_kl"].item() > 0
 
@@ -132,10 +132,12 @@ def test_straight_trajectory_gives_pc_one_and_bent_one_more():
     assert metrics["pc"].item() == 2.0 and metrics["ac"].item() == pytest.approx(1.0)
 
 
-def test_ac_is_only_computed_every_ac_period_forwards():
+def test_costly_diagnostics_are_only_computed_every_metrics_period_forwards():
     torch.manual_seed(0)
-    algo = GBML(Conv4(5, 1, 16, hidden=4), inner_lr=0.5, inner_steps=2, ac_period=3)
-    seen = ["ac" in algo(tiny_batch()) for _ in range(4)]
-    assert seen == [True, False, False, True]
+    algo = GBML(Conv4(5, 1, 16, hidden=4), inner_lr=0.5, inner_steps=2, metrics_period=3)
+    outs = [algo(tiny_batch()) for _ in range(4)]
+    assert [("ac" in o, "acc_init" in o, "pc" in o) for o in outs] == [(True, True, True), (False, False, True),
+                                                                          (False, False, True), (True, True, True)]
     with torch.no_grad():
-        assert "ac" not in algo.eval()(tiny_batch()) and "pc" in algo(tiny_batch())
+        out = algo.eval()(tiny_batch())
+    assert "ac" not in out and "acc_init" in out and "pc" in out
