@@ -7,7 +7,7 @@ PYTHON_SYS ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
-CONFIG ?= configs/maml_5shot.yaml
+CONFIG ?= configs/maml_lil_5shot.yaml
 OPTS ?=
 
 .PHONY: install train test lint clean

@@ -1,4 +1,4 @@
-"""``GBML``: one gradient-based meta-learner whose presets are MAML, FOMAML, ANIL, BOIL.
+"""``GBML``: one gradient-based meta-learner; MAML and FOMAML are presets of it.
 
 Variants differ in a few small hooks, not in copies of the loop:
 
