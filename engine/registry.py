@@ -27,6 +27,28 @@ def _closest(word: str, choices) -> str:
     return f"; did you mean '{match[0]}'?" if match else ""
 
 
+def _arguments(target: Callable[..., Any]) -> tuple[list[str], bool]:
+    """The keyword names ``target`` accepts, and whether it accepts any (``**kwargs``).
+
+    A class whose ``__init__`` passes ``**kwargs`` on (``def __init__(self, model, prox=0.1,
+    **kwargs)``) accepts its bases' arguments too: they are collected along the MRO up to the
+    first ``__init__`` without ``**kwargs``, so a subclass's config is still checked key by key.
+    """
+    if inspect.isclass(target):
+        inits = [vars(c)["__init__"] for c in target.__mro__ if "__init__" in vars(c)]
+        chain = [inspect.signature(target)] + [inspect.signature(f) for f in inits[1:]]
+    else:
+        chain = [inspect.signature(target)]
+    names: list[str] = []
+    for i, sig in enumerate(chain):
+        params = list(sig.parameters.values())[1 if i else 0:]  # bases' __init__: drop self
+        names += [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                  and p.name not in names]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            return names, False
+    return names, True
+
+
 class Registry:
     """A name → (constructor, preset kwargs) table for one kind of component."""
 
@@ -72,9 +94,7 @@ class Registry:
             raise ConfigError(f"{path}.name: missing; choose one of: {', '.join(self.names())}")
         kwargs = {k: v for k, v in cfg.items() if k != "name"}
         target, presets = self.get(str(cfg["name"]), path)
-        params = inspect.signature(target).parameters
-        open_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
-        accepted = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        accepted, open_kwargs = _arguments(target)
         settable = [n for n in accepted[len(args):] if n not in fixed]
         for key in kwargs:
             if not open_kwargs and key not in settable:

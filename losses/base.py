@@ -20,13 +20,15 @@ class OuterInputs:
 
     ``logits``: f(xq|θˢ) ``[B, Q, N]``; ``query_y``: ``[B, Q]``; ``traj_len``: T = Σₖ dₖ ``[B]``
     (differentiable where the inner loop is); ``straight_logits``: f(xq|θ̂) with
-    θ̂ = θ⁰ − T·g⁰/‖g⁰‖ ``[B, Q, N]``, present when a term asked for it.
+    θ̂ = θ⁰ − T·g⁰/‖g⁰‖ ``[B, Q, N]``, present when a term asked for it; ``disp_norm``:
+    ‖θˢ − θ⁰‖ over the adapted tensors ``[B]`` (differentiable; absent when S = 0).
     """
 
     logits: torch.Tensor
     query_y: torch.Tensor
     traj_len: torch.Tensor
     straight_logits: torch.Tensor | None = None
+    disp_norm: torch.Tensor | None = None
 
 
 class OuterLoss(nn.Module):

@@ -1,16 +1,32 @@
-"""``GBML``: one gradient-based meta-learner; MAML and FOMAML are presets of it.
+"""``GBML``: one gradient-based meta-learner; MAML, FOMAML, ANIL and BOIL are presets of it.
 
-Variants differ in a few small hooks, not in copies of the loop:
+Variants differ in a few small hooks, not in copies of the loop (see ``docs/new_variant.md``):
 
-- :meth:`GBML.adapted_names` — which parameters adapt in the inner loop (the set ``A``);
-- :meth:`GBML.inner_update` — the inner step ``θᵏ⁺¹ = θᵏ − α ⊙ gᵏ``;
-- :meth:`GBML.inner_loss` — the support objective (cross-entropy);
-- ``first_order`` — whether the inner gradients ``gᵏ`` are detached (FOMAML).
+(a) :meth:`GBML.adapted_names` — which parameters adapt in the inner loop (the set ``A``).
+    The ``adapt`` argument covers the usual cases: ``"all"`` (MAML, FOMAML), ``"head"`` (ANIL:
+    ``model.head`` only), ``"body"`` (BOIL: everything but the head, which is learned in the
+    outer loop only). Everything outside ``A`` is held fixed in the inner loop, and the
+    trajectory record (step norms, g⁰, the straight step) is over ``A`` alone.
+(b) :meth:`GBML.inner_update` — the inner step ``θᵏ⁺¹ = θᵏ − α ⊙ gᵏ``. α is a scalar, one rate
+    per adapted tensor or one per element, fixed or meta-learned (Meta-SGD):
+    ``inner_lr_mode`` / ``learn_inner_lr`` (:class:`~models.algorithms.inner_lr.InnerLR`).
+    :meth:`GBML.inner_loss` is the support objective the step descends (cross-entropy).
+(c) extra outer terms — the ``losses`` list of registered
+    :class:`~losses.base.OuterLoss` modules (config ``losses:``), or
+    :meth:`GBML.extra_terms` in a subclass, or :meth:`GBML.outer_terms` for full control.
+
+``first_order`` detaches the inner gradients ``gᵏ`` (FOMAML).
 
 ``forward(task_batch)`` returns a dict: ``loss`` (what the meta-optimizer minimises), its
 terms, and metrics (``acc``, ``acc_init``), plus ``task_acc`` (per-task accuracies, for
 evaluation). In ``train()`` mode the inner loop takes ``inner_steps`` steps, in ``eval()``
 mode ``inner_steps_test``.
+
+The network contract: ``model(x) == model.head(model.features(x))`` with ``model.head`` an
+``nn.Linear`` (Conv4 and ResNet-12 follow it). When exactly the head adapts (ANIL), the body
+runs once per task on the support and once on the query set, and the inner loop adapts the
+head on those features alone (``precompute_features``); the features stay differentiable with
+respect to the body, so the outer loss still trains it.
 """
 
 from __future__ import annotations
@@ -18,12 +34,32 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from datasets.task_batch import TaskBatch
 from engine.errors import ConfigError
 from engine.inner_loop import ENGINES, Params, adapt, logits_at, map_tasks
 from losses import OuterInputs, OuterLoss
 from losses.cross_entropy import CrossEntropy
+from models.algorithms.inner_lr import InnerLR
+
+ADAPT = ("all", "head", "body")
+
+
+class _Part(nn.Module):
+    """One named child of the network, called alone under its full parameter names."""
+
+    def __init__(self, name: str, module: nn.Module):
+        super().__init__()
+        self.part = name
+        self.add_module(name, module)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self, self.part)(x)
+
+
+def _prefixed(params: Params, prefix: str) -> Params:
+    return {name: t for name, t in params.items() if name.startswith(prefix)}
 
 
 class GBML(nn.Module):
@@ -31,7 +67,7 @@ class GBML(nn.Module):
 
     Args:
         model: the network f(x|θ); its parameters are the meta-parameters θ⁰.
-        inner_lr: the inner learning rate α (scalar).
+        inner_lr: the inner learning rate α (the initial value when learned).
         inner_steps: inner steps S during meta-training.
         inner_steps_test: inner steps at evaluation (defaults to ``inner_steps``).
         engine: ``"vmap"`` (tasks batched with ``torch.func.vmap``), ``"loop"`` (one task at a
@@ -42,6 +78,15 @@ class GBML(nn.Module):
             one more support gradient at θˢ, and ``acc_init``, one more query forward at θ⁰ —
             on every ``metrics_period``-th training forward (the logging steps; 0: never).
             In ``eval()`` mode ``acc_init`` is always computed and AC never.
+        adapt: which parameters the default :meth:`adapted_names` adapts: ``"all"``,
+            ``"head"`` (ANIL) or ``"body"`` (BOIL).
+        inner_lr_mode: ``"scalar"``, ``"per_tensor"`` or ``"per_element"`` rates α.
+        learn_inner_lr: meta-learn α (Meta-SGD); the rates are parameters of this module.
+        precompute_features: when only the head adapts, compute the body's features once per
+            task instead of re-running the body at every inner step (same numbers, less work).
+
+    :meth:`adapted_names` is called once at the end of ``__init__`` to size the rates; a
+    subclass's override may rely on the model and the constructor's arguments only.
     """
 
     def __init__(
@@ -54,34 +99,68 @@ class GBML(nn.Module):
         first_order: bool = False,
         losses: list[OuterLoss] | None = None,
         metrics_period: int = 20,
+        adapt: str = "all",
+        inner_lr_mode: str = "scalar",
+        learn_inner_lr: bool = False,
+        precompute_features: bool = True,
     ):
         super().__init__()
         if engine not in (*ENGINES, "auto"):
             raise ConfigError(f"algorithm.engine: expected one of vmap, loop, auto; got '{engine}'")
         if inner_steps < 0 or (inner_steps_test is not None and inner_steps_test < 0):
             raise ConfigError("algorithm.inner_steps / inner_steps_test: must be >= 0")
+        if adapt not in ADAPT:
+            raise ConfigError(f"algorithm.adapt: expected one of {', '.join(ADAPT)}; got '{adapt}'")
+        if adapt != "all" and not isinstance(getattr(model, "head", None), nn.Module):
+            raise ConfigError(f"algorithm.adapt={adapt}: the network has no .head module")
         self.model = model
-        self.inner_lr = float(inner_lr)
         self.inner_steps = int(inner_steps)
         self.inner_steps_test = int(inner_steps if inner_steps_test is None else inner_steps_test)
         self.engine = engine
         self.first_order = bool(first_order)
         self.losses = nn.ModuleList(losses if losses is not None else [CrossEntropy()])
         self.metrics_period = int(metrics_period)
+        self.adapt = adapt
+        self.precompute_features = bool(precompute_features)
         self._forwards = 0
+        adapted, _ = self.split_parameters()
+        if not adapted:
+            raise ConfigError(f"algorithm: no parameter adapts in the inner loop (adapt={adapt})")
+        self.inner_lrs = InnerLR(inner_lr, adapted, inner_lr_mode, learn_inner_lr)
+
+    @property
+    def inner_lr(self) -> float:
+        """α for ``scalar`` fixed rates; the initial value of the others."""
+        return self.inner_lrs.init
+
+    @inner_lr.setter
+    def inner_lr(self, value: float) -> None:
+        self.inner_lrs.init = float(value)
 
     # ---- hooks a variant overrides -------------------------------------------------------
     def adapted_names(self) -> list[str]:
-        """Names of the parameters adapted in the inner loop (MAML: all of them)."""
-        return [name for name, _ in self.model.named_parameters()]
+        """(a) Names of the parameters adapted in the inner loop: all of them (MAML), only
+        ``head.*`` (ANIL) or all but ``head.*`` (BOIL), after ``adapt``."""
+        names = [name for name, _ in self.model.named_parameters()]
+        if self.adapt == "all":
+            return names
+        return [n for n in names if n.startswith("head.") == (self.adapt == "head")]
 
     def inner_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The support-set objective the inner loop descends: ``CE(f(xs|θ), ys)``."""
         return F.cross_entropy(logits, labels)
 
     def inner_update(self, params: Params, grads: Params, step: int) -> Params:
-        """One inner step ``θᵏ⁺¹ = θᵏ − α gᵏ`` (override for per-tensor or learned rates)."""
-        return {name: p - self.inner_lr * grads[name] for name, p in params.items()}
+        """(b) One inner step ``θᵏ⁺¹ = θᵏ − α ⊙ gᵏ``, α from ``self.inner_lrs`` (by name)."""
+        lrs = self.inner_lrs
+        return {name: p - lrs[name] * grads[name] for name, p in params.items()}
+
+    def extra_terms(self, per_task: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """(c) Extra weighted outer-loss terms ``{key: scalar}``, added to ``loss`` and reported
+        as ``loss_<key>``. ``per_task`` holds, per task (leading dim B): ``logits`` (query, at
+        θˢ) and, when S > 0, ``step_norms`` [B, S], ``disp_norm`` ‖θˢ − θ⁰‖ and
+        ``grad_norms``, all differentiable where the inner loop is. Default: none."""
+        return {}
 
     # ---- the meta-training step ----------------------------------------------------------
     @property
@@ -104,31 +183,60 @@ class GBML(nn.Module):
             raise ValueError(f"adapted_names(): not parameters of the model: {sorted(unknown)}")
         return adapted, frozen
 
+    def head_only(self, adapted: Params) -> bool:
+        """True when the inner loop can run on the head alone, over precomputed features: the
+        adapted set is exactly ``model.head``'s parameters and every other tensor of the
+        network lives in ``model.features``."""
+        model = self.model
+        if not (self.precompute_features and isinstance(getattr(model, "features", None), nn.Module)
+                and isinstance(getattr(model, "head", None), nn.Module)):
+            return False
+        head = {f"head.{n}" for n, _ in model.head.named_parameters()}
+        everything = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
+        return adapted.keys() == head and all(n.startswith(("head.", "features.")) for n in everything)
+
+    def task_network(self, adapted: Params, frozen: Params, support_x, query_x):
+        """The network the inner loop runs and its inputs: ``(net, frozen, support_x, query_x)``.
+
+        MAML/BOIL: the whole model on the images. ANIL (:meth:`head_only`): the head alone on
+        the features ``model.features(x)``, computed here once per task — with the body's θ⁰,
+        so still differentiable with respect to the body for the outer loss. Support and query
+        go through the body separately, as in the full forward (BatchNorm uses each set's own
+        statistics). Parameter names keep their full form (``head.weight``) either way.
+        """
+        if not self.head_only(adapted):
+            return self.model, frozen, support_x, query_x
+        body = _Part("features", self.model.features)
+        body_params = _prefixed(frozen, "features.")
+        support_f, query_f = (functional_call(body, body_params, (x,)) for x in (support_x, query_x))
+        return _Part("head", self.model.head), _prefixed(frozen, "head."), support_f, query_f
+
     def task_forward(
         self, adapted: Params, frozen: Params, support_x, support_y, query_x, final_grad: bool, init_logits: bool
     ):
         """One task: adapt on the support set; return query logits and the trajectory record.
 
         When a loss term asks for it, also the logits at the straight step
-        θ̂ = θ⁰ − T · g⁰/‖g⁰‖ (DESIGN.md §1, paper eq. 7–8).
+        θ̂ = θ⁰ − T · g⁰/‖g⁰‖ (DESIGN.md §1, paper eq. 7–8), over the adapted tensors.
         """
         steps = self.inner_steps if self.training else self.inner_steps_test
+        net, frozen, support_x, query_x = self.task_network(adapted, frozen, support_x, query_x)
         final, record = adapt(
-            self.model, adapted, frozen, support_x, support_y, steps, self.inner_update, self.first_order,
+            net, adapted, frozen, support_x, support_y, steps, self.inner_update, self.first_order,
             final_grad, self.inner_loss,
         )
-        out = {"logits": logits_at(self.model, final, frozen, query_x), **record}
+        out = {"logits": logits_at(net, final, frozen, query_x), **record}
         g0 = out.pop("g0", None)
         if init_logits:
             with torch.no_grad():
-                out["logits_init"] = logits_at(self.model, adapted, frozen, query_x)
+                out["logits_init"] = logits_at(net, adapted, frozen, query_x)
         if any(term.needs_straight_step for term in self.losses):
             if g0 is None:
                 out["straight_logits"] = out["logits"]
             else:
                 scale = record["step_norms"].sum() / record["grad_norms"][0].clamp_min(1e-12)
                 straight = {name: p - scale * g0[name] for name, p in adapted.items()}
-                out["straight_logits"] = logits_at(self.model, straight, frozen, query_x)
+                out["straight_logits"] = logits_at(net, straight, frozen, query_x)
         return out
 
     def forward(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
@@ -156,11 +264,12 @@ class GBML(nn.Module):
         return self.outer_terms(per_task, batch.query_y)
 
     def outer_terms(self, per_task: dict[str, torch.Tensor], query_y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The output dict: weighted loss terms, their sum ``loss``, and metrics (no graph)."""
+        """The output dict: weighted loss terms (the ``losses`` list, then :meth:`extra_terms`),
+        their sum ``loss``, and metrics (no graph)."""
         logits = per_task["logits"]
         step_norms = per_task.get("step_norms")
         traj_len = step_norms.sum(-1) if step_norms is not None else logits.new_zeros(logits.shape[0])
-        inputs = OuterInputs(logits, query_y, traj_len, per_task.get("straight_logits"))
+        inputs = OuterInputs(logits, query_y, traj_len, per_task.get("straight_logits"), per_task.get("disp_norm"))
         out: dict[str, torch.Tensor] = {}
         total = 0.0
         for term in self.losses:
@@ -170,6 +279,11 @@ class GBML(nn.Module):
             out[f"loss_{term.key}"] = weighted.detach()
             if term.metric:
                 out[term.metric] = value.detach()
+        for key, weighted in self.extra_terms(per_task).items():
+            if f"loss_{key}" in out:
+                raise ValueError(f"extra_terms(): the term '{key}' is also in the losses list")
+            total = total + weighted
+            out[f"loss_{key}"] = weighted.detach()
         out["loss"] = total
         task_acc = (logits.argmax(-1) == query_y).float().mean(1).detach()
         out["acc"] = task_acc.mean()

@@ -1,4 +1,4 @@
-"""MAML and FOMAML (Finn et al., 2017) as presets of :class:`GBML`."""
+"""MAML and FOMAML (Finn et al., 2017) as presets of :class:`GBML` (all parameters adapt)."""
 
 from engine.registry import ALGORITHMS
 from models.algorithms.base import GBML

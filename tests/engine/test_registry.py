@@ -56,3 +56,18 @@ def test_double_registration_is_refused():
     reg, _ = make_registry()
     with pytest.raises(ValueError, match="already registered"):
         reg.register("square", object)
+
+
+def test_subclass_passing_kwargs_on_accepts_and_checks_its_bases_arguments():
+    reg, square = make_registry()
+
+    @reg.register("framed")
+    class Framed(square):
+        def __init__(self, size: int, frame: int = 1, **kwargs):
+            super().__init__(size, **kwargs)
+            self.frame = frame
+
+    obj = reg.build({"name": "framed", "frame": 2, "color": "green"}, "shape", defaults={"size": 4})
+    assert (obj.size, obj.frame, obj.color) == (4, 2, "green")
+    with pytest.raises(ConfigError, match=r"shape.colr: unknown argument .*did you mean 'color'\? \(accepted: size, frame, color\)"):
+        reg.build({"name": "framed", "size": 1, "colr": "red"}, "shape")
