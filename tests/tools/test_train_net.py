@@ -113,6 +113,9 @@ def test_bad_input_leaves_existing_run_untouched(full_run, overrides, pattern):
     (["algorithm.name=mamll"], r"algorithm\.name: unknown algorithm 'mamll'; did you mean 'maml'"),
     (["model.backbone.name=conv5"], r"model\.backbone\.name: unknown backbone 'conv5'"),
     (["--eval-only"], r"model_final\.pth: checkpoint not found"),
+    (["data.way=7"], r"glyphs/test: a 7-way task needs 7 classes"),
+    (["data.shot=5"], r"glyphs/test: a 3-way task needs 3 classes with >= 8 images"),
+    (["solver.max_iter=abc"], r"bad value for 'solver\.max_iter'"),
 ])
 def test_bad_input_writes_nothing(tmp_path, overrides, pattern):
     fresh, used = tmp_path / "fresh", tmp_path / "used"
@@ -123,3 +126,12 @@ def test_bad_input_writes_nothing(tmp_path, overrides, pattern):
     refused(train_net("--output-dir", used, *overrides), pattern)
     assert not fresh.exists()
     assert snapshot(used) == before
+
+
+def test_corrupt_checkpoint_is_one_line_error(full_run, tmp_path):
+    out, _ = full_run
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    before = snapshot(out)
+    refused(train_net("--output-dir", out, "--eval-only", "--weights", junk), r"junk\.pth: ")
+    assert snapshot(out) == before
