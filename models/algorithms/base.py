@@ -122,7 +122,8 @@ class GBML(nn.Module):
         self.metrics_period = int(metrics_period)
         self.adapt = adapt
         self.precompute_features = bool(precompute_features)
-        self._forwards = 0
+        # training forwards so far; a buffer so that a resumed run keeps the logging schedule
+        self.register_buffer("forwards", torch.zeros((), dtype=torch.long))
         adapted, _ = self.split_parameters()
         if not adapted:
             raise ConfigError(f"algorithm: no parameter adapts in the inner loop (adapt={adapt})")
@@ -247,11 +248,11 @@ class GBML(nn.Module):
                 f"TaskBatch.support_y: tasks are {support_way}-way but the model's head has "
                 f"{self.way} outputs (set data.way to match)"
             )
-        logging_step = self.metrics_period > 0 and self._forwards % self.metrics_period == 0
+        logging_step = self.metrics_period > 0 and int(self.forwards) % self.metrics_period == 0
         final_grad = self.training and logging_step
         init_logits = not self.training or logging_step
         if self.training:
-            self._forwards += 1
+            self.forwards += 1
         adapted, frozen = self.split_parameters()
 
         def task_fn(adapted, frozen, sx, sy, qx):

@@ -141,3 +141,13 @@ def test_costly_diagnostics_are_only_computed_every_metrics_period_forwards():
     with torch.no_grad():
         out = algo.eval()(tiny_batch())
     assert "ac" not in out and "acc_init" in out and "pc" in out
+
+
+def test_diagnostics_schedule_survives_a_state_dict_round_trip():
+    torch.manual_seed(0)
+    algo = GBML(Conv4(5, 1, 16, hidden=4), inner_lr=0.5, inner_steps=1, metrics_period=3)
+    algo(tiny_batch())
+    algo(tiny_batch())
+    resumed = GBML(Conv4(5, 1, 16, hidden=4), inner_lr=0.5, inner_steps=1, metrics_period=3)
+    resumed.load_state_dict(algo.state_dict())
+    assert "ac" not in resumed(tiny_batch()) and "ac" in resumed(tiny_batch())
