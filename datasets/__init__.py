@@ -2,6 +2,8 @@
 
 Datasets register themselves in :data:`engine.registry.DATASETS` when imported below. A dataset
 is any object with ``split(name) -> SplitData`` for ``"train"``, ``"val"`` and ``"test"``.
+The real benchmarks (``mini_imagenet``, ``tiered_imagenet``, ``cifar_fs``, ``omniglot``, ``cub``)
+share the decode-once cache of :mod:`datasets.cache`; see docs/datasets.md.
 """
 
 from __future__ import annotations
@@ -9,7 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import datasets.cifar_fs  # noqa: F401  (registers "cifar_fs")
+import datasets.cross_domain  # noqa: F401  (registers "cross_domain")
+import datasets.cub  # noqa: F401  (registers "cub")
 import datasets.glyphs  # noqa: F401  (registers "glyphs")
+import datasets.mini_imagenet  # noqa: F401  (registers "mini_imagenet")
+import datasets.omniglot  # noqa: F401  (registers "omniglot")
+import datasets.tiered_imagenet  # noqa: F401  (registers "tiered_imagenet")
 from datasets.baselines import nearest_class_mean_accuracy
 from datasets.sampler import EpisodicSampler, SplitData, TaskList
 from datasets.task_batch import TaskBatch
