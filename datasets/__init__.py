@@ -2,8 +2,8 @@
 
 Datasets register themselves in :data:`engine.registry.DATASETS` when imported below. A dataset
 is any object with ``split(name) -> SplitData`` for ``"train"``, ``"val"`` and ``"test"``.
-The real benchmarks (``mini_imagenet``, ``tiered_imagenet``, ``cifar_fs``, ``omniglot``, ``cub``)
-share the decode-once cache of :mod:`datasets.cache`; see docs/datasets.md.
+The real benchmarks (``mini_imagenet``, ``tiered_imagenet``, ``cifar_fs``, ``omniglot``, ``cub``,
+``cars``) share the decode-once cache of :mod:`datasets.cache`; see docs/datasets.md.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import datasets.cars  # noqa: F401  (registers "cars")
 import datasets.cifar_fs  # noqa: F401  (registers "cifar_fs")
 import datasets.cross_domain  # noqa: F401  (registers "cross_domain")
 import datasets.cub  # noqa: F401  (registers "cub")

@@ -1,0 +1,135 @@
+"""``cars``: Stanford Cars (Krause et al., 2013) with this project's 98/49/49 class split.
+
+Source: the official release, ``ROOT`` (or ``ROOT/stanford_cars``, torchvision's folder) with
+``cars_train/*.jpg`` and the devkit's MATLAB files ``devkit/cars_train_annos.mat`` (struct
+array ``annotations`` with fields ``bbox_x1``, ``bbox_y1``, ``bbox_x2``, ``bbox_y2``,
+``class`` (1-based) and ``fname``) and ``devkit/cars_meta.mat`` (``class_names``), read with
+``scipy.io.loadmat``. Only the labelled ``cars_train`` images (8 144, about 41 per class) are
+read. Whole images are used: the bounding boxes are ignored (no crop), as for ``cub``.
+
+Split: **this project's own**, not copied from a paper: with the 196 classes numbered by their
+devkit class id, ``i = class - 1 = 0..195``, ``i % 4 in {0, 2}`` (i.e. ``i % 2 == 0``) is
+train (98 classes), ``i % 4 == 1`` val (49), ``i % 4 == 3`` test (49). It is deterministic
+and computed from the class ids. ``split_file`` replaces it with a JSON of
+``train``/``val``/``test`` lists of class names as spelled in ``cars_meta.mat``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from datasets.cache import CachedDataset, SourceSplit, file_digest, open_image, require
+from datasets.cifar_fs import load_split_file
+from engine.errors import DataError
+from engine.registry import DATASETS
+
+__all__ = ["Cars"]
+
+_ANNOS = Path("devkit") / "cars_train_annos.mat"
+_META = Path("devkit") / "cars_meta.mat"
+_IMAGES = "cars_train"
+_ANNOS_WHAT = ("a MATLAB file with a struct array 'annotations' (fields bbox_x1, bbox_y1, "
+               "bbox_x2, bbox_y2, class, fname)")
+_META_WHAT = "a MATLAB file with a cell array 'class_names'"
+
+
+def _load_mat(path: Path, key: str, what: str) -> Any:
+    """``loadmat(path)[key]`` (squeezed); any failure is one :class:`DataError` line."""
+    require(path, what)
+    try:
+        from scipy.io import loadmat
+    except ImportError:  # pragma: no cover - scipy is a dependency
+        raise DataError(f"{path}: reading it needs scipy (pip install 'scipy>=1.10')") from None
+    try:
+        mat = loadmat(str(path), squeeze_me=True)
+    except Exception as exc:  # truncated, not a .mat, unsupported version
+        raise DataError(f"{path}: cannot read MATLAB file ({type(exc).__name__}: {exc}); "
+                        f"expected {what}") from None
+    if key not in mat:
+        found = sorted(k for k in mat if not k.startswith("__"))
+        raise DataError(f"{path}: no '{key}'; expected {what}, got {found}")
+    return mat[key]
+
+
+@DATASETS.register("cars")
+class Cars(CachedDataset):
+    """Stanford Cars (module docstring); ``split_file`` plus the arguments of :class:`CachedDataset`."""
+
+    name = "cars"
+    default_size = 84
+    native_channels = 3
+    layouts = ("cars_train/ with devkit/cars_train_annos.mat and devkit/cars_meta.mat "
+               "(directly or under stanford_cars/)",)
+
+    def __init__(self, root: str | None = None, image_size: int | None = None,
+                 channels: int | None = None, split_file: str | None = None, **kwargs) -> None:
+        self.split_file = Path(split_file) if split_file else None
+        self._table: dict[str, list[Path]] | None = None
+        super().__init__(root, image_size, channels, **kwargs)
+
+    def cache_params(self) -> dict:
+        return {"split_file": file_digest(self.split_file) if self.split_file else "lil-mod4"}
+
+    def detect_layout(self) -> str:
+        for base in (self.root / "stanford_cars", self.root):
+            parts = (base / _ANNOS, base / _META, base / _IMAGES)
+            present = [p.exists() for p in parts]
+            if all(present):
+                self._base = base
+                return "devkit"
+            if any(present):
+                raise self.unsupported_layout(f"{parts[present.index(False)]} is missing")
+        raise self.unsupported_layout()
+
+    def _load(self) -> dict[str, list[Path]]:
+        """Class name → image paths, in class-id order (dicts keep insertion order)."""
+        if self._table is not None:
+            return self._table
+        b = self._base
+        annos_path, meta_path = b / _ANNOS, b / _META
+        names = [str(n) for n in np.atleast_1d(_load_mat(meta_path, "class_names", _META_WHAT))]
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise DataError(f"{meta_path}: class name '{dup}' appears twice; expected unique "
+                            f"class_names")
+        annos = np.atleast_1d(_load_mat(annos_path, "annotations", _ANNOS_WHAT))
+        fields = annos.dtype.names or ()
+        if "class" not in fields or "fname" not in fields:
+            raise DataError(f"{annos_path}: 'annotations' has fields {list(fields)}; expected "
+                            f"{_ANNOS_WHAT}")
+        per_class: dict[str, list[Path]] = {n: [] for n in names}
+        for a in annos:
+            try:
+                cid = int(a["class"])
+            except (TypeError, ValueError):
+                cid = -1
+            if not 1 <= cid <= len(names):
+                raise DataError(f"{annos_path}: image {a['fname']!r} has class {a['class']!r}; "
+                                f"expected a class id in 1..{len(names)} (cars_meta.mat)")
+            per_class[names[cid - 1]].append(b / _IMAGES / str(a["fname"]))
+        self._table = per_class
+        return per_class
+
+    def read_split(self, layout: str, split: str) -> SourceSplit:
+        per_class = self._load()
+        ordered = list(per_class)  # by class id
+        if self.split_file is not None:
+            chosen = load_split_file(self.split_file, split)
+            missing = [c for c in chosen if c not in per_class]
+            if missing:
+                raise DataError(f"{self.split_file}: class '{missing[0]}' ({split}) is not in "
+                                f"{self._base / _META}")
+        else:
+            keep = {"train": lambda i: i % 2 == 0, "val": lambda i: i % 4 == 1,
+                    "test": lambda i: i % 4 == 3}[split]
+            chosen = [n for i, n in enumerate(ordered) if keep(i)]
+        files, labels = [], []
+        for c, name in enumerate(chosen):
+            files += sorted(per_class[name])
+            labels += [c] * len(per_class[name])
+        sources = [f"{self._base / _ANNOS} (class {ordered.index(n) + 1})" for n in chosen]
+        return SourceSplit(chosen, np.array(labels, dtype=np.int64),
+                           lambda i: open_image(files[i], str(files[i])), sources)
