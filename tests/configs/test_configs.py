@@ -46,3 +46,28 @@ def test_every_shared_base_is_used():
     for base in (CONFIGS / "_base_").glob("*.yaml"):
         assert f"_base_/{base.stem}\n" in texts, base.name
         assert base.read_text().startswith("# @package _global_\n"), base.name
+
+
+# Table 3 (cross-domain): train dataset -> test dataset, as config-name stem and reader name
+CROSS_DOMAIN = {"mini2tiered": ("mini_imagenet", "tiered_imagenet"), "mini2cub": ("mini_imagenet", "cub"),
+                "mini2cars": ("mini_imagenet", "cars"), "cars2cub": ("cars", "cub"),
+                "cars2mini": ("cars", "mini_imagenet")}
+
+
+@pytest.mark.parametrize("pair", sorted(CROSS_DOMAIN))
+@pytest.mark.parametrize("lil", ["", "_lil"])
+@pytest.mark.parametrize("shot", [1, 5])
+def test_cross_domain_rows(pair, lil, shot):
+    from datasets import build_dataset
+    from engine.errors import ConfigError
+
+    cfg = load_config(CONFIGS / f"maml{lil}_{pair}_{shot}shot.yaml")
+    train, test = CROSS_DOMAIN[pair]
+    d = cfg.data
+    assert (d.name, d.image_size, d.channels, d.shot, d.way, d.root) == ("cross_domain", 84, 3, shot, 5, None)
+    assert dict(d.args) == {"train": {"name": train, "root": None}, "test": {"name": test, "root": None}}
+    assert cfg.algorithm.name == "maml" and cfg.algorithm.inner_steps == 3 and cfg.solver.max_iter == 30000
+    weights = {t.name: t.weight for t in cfg.losses if "weight" in t}
+    assert weights == ({"phase": 0.1, "pseudo_amplitude": 0.1 if shot == 5 else 0.01} if lil else {})
+    with pytest.raises(ConfigError, match=f"data.args.train.root: required for dataset '{train}'"):
+        build_dataset(cfg.data)
