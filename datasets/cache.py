@@ -323,3 +323,34 @@ class CachedDataset:
             lines.append(f"  {split:5s}: {info['classes']:5d} classes {info['count']:8d} images "
                          f"{size / 2**20:9.1f} MiB  sha256 {info['sha256'][info['images']][:12]}")
         return "\n".join(lines)
+
+
+def load_split_file(path: Path, split: str) -> list[str]:
+    try:
+        spec = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: split file not found; expected JSON with 'train', 'val', "
+                        f"'test' lists of class names") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read split JSON ({exc}); expected 'train', 'val', "
+                        f"'test' lists of class names") from None
+    names = spec.get(split) if isinstance(spec, dict) else None
+    if not isinstance(names, list) or not names:
+        raise DataError(f"{path}: expected a non-empty list of class names under '{split}'")
+    return [str(n) for n in names]
+
+
+def select_classes(ordered: Sequence[str], split: str, split_file: Path | None, source: str) -> list[str]:
+    """The classes of ``split``: from ``split_file`` (a JSON of class-name lists) if given, else
+    by position in ``ordered`` — ``i % 2 == 0`` train, ``i % 4 == 1`` val, ``i % 4 == 3`` test
+    (the rule of Chen et al. 2019 for CUB, reused for Cars). ``source`` names the file that
+    lists the classes, for the error when the JSON names a class that is not there."""
+    if split_file is None:
+        keep = {"train": lambda i: i % 2 == 0, "val": lambda i: i % 4 == 1, "test": lambda i: i % 4 == 3}[split]
+        return [name for i, name in enumerate(ordered) if keep(i)]
+    chosen = load_split_file(split_file, split)
+    known = set(ordered)
+    missing = [c for c in chosen if c not in known]
+    if missing:
+        raise DataError(f"{split_file}: class '{missing[0]}' ({split}) is not in {source}")
+    return chosen

@@ -21,8 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from datasets.cache import CachedDataset, SourceSplit, file_digest, open_image, require
-from datasets.cifar_fs import load_split_file
+from datasets.cache import (
+    CachedDataset,
+    SourceSplit,
+    file_digest,
+    open_image,
+    require,
+    select_classes,
+)
 from engine.errors import DataError
 from engine.registry import DATASETS
 
@@ -116,16 +122,7 @@ class Cars(CachedDataset):
     def read_split(self, layout: str, split: str) -> SourceSplit:
         per_class = self._load()
         ordered = list(per_class)  # by class id
-        if self.split_file is not None:
-            chosen = load_split_file(self.split_file, split)
-            missing = [c for c in chosen if c not in per_class]
-            if missing:
-                raise DataError(f"{self.split_file}: class '{missing[0]}' ({split}) is not in "
-                                f"{self._base / _META}")
-        else:
-            keep = {"train": lambda i: i % 2 == 0, "val": lambda i: i % 4 == 1,
-                    "test": lambda i: i % 4 == 3}[split]
-            chosen = [n for i, n in enumerate(ordered) if keep(i)]
+        chosen = select_classes(ordered, split, self.split_file, str(self._base / _META))
         files, labels = [], []
         for c, name in enumerate(chosen):
             files += sorted(per_class[name])

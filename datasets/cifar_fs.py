@@ -11,12 +11,11 @@ set ``data.image_size=32`` to keep the originals).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from datasets.cache import CachedDataset, SourceSplit, file_digest, load_pickle
+from datasets.cache import CachedDataset, SourceSplit, file_digest, load_pickle, load_split_file
 from engine.errors import DataError
 from engine.registry import DATASETS
 
@@ -24,21 +23,6 @@ __all__ = ["CifarFS", "DEFAULT_SPLIT"]
 
 DEFAULT_SPLIT = Path(__file__).resolve().parent / "splits" / "cifar_fs.json"
 _WHAT = "a CIFAR-100 python pickle: a dict with 'data' (uint8 [N, 3072]) and 'fine_labels'"
-
-
-def load_split_file(path: Path, split: str) -> list[str]:
-    try:
-        spec = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: split file not found; expected JSON with 'train', 'val', "
-                        f"'test' lists of class names") from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read split JSON ({exc}); expected 'train', 'val', "
-                        f"'test' lists of class names") from None
-    names = spec.get(split) if isinstance(spec, dict) else None
-    if not isinstance(names, list) or not names:
-        raise DataError(f"{path}: expected a non-empty list of class names under '{split}'")
-    return [str(n) for n in names]
 
 
 @DATASETS.register("cifar_fs")

@@ -17,8 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.cache import CachedDataset, SourceSplit, file_digest, open_image, require
-from datasets.cifar_fs import load_split_file
+from datasets.cache import (
+    CachedDataset,
+    SourceSplit,
+    file_digest,
+    open_image,
+    require,
+    select_classes,
+)
 from engine.errors import DataError
 from engine.registry import DATASETS
 
@@ -85,17 +91,7 @@ class CUB(CachedDataset):
 
     def read_split(self, layout: str, split: str) -> SourceSplit:
         per_class = self._load()
-        folders = sorted(per_class)
-        if self.split_file is not None:
-            chosen = load_split_file(self.split_file, split)
-            missing = [c for c in chosen if c not in per_class]
-            if missing:
-                raise DataError(f"{self.split_file}: class '{missing[0]}' ({split}) is not in "
-                                f"{self._base / 'classes.txt'}")
-        else:
-            keep = {"train": lambda i: i % 2 == 0, "val": lambda i: i % 4 == 1,
-                    "test": lambda i: i % 4 == 3}[split]
-            chosen = [f for i, f in enumerate(folders) if keep(i)]
+        chosen = select_classes(sorted(per_class), split, self.split_file, str(self._base / 'classes.txt'))
         files, labels = [], []
         for c, name in enumerate(chosen):
             files += sorted(per_class[name])
