@@ -1,16 +1,13 @@
-"""The real-benchmark readers on tiny fixtures built here: layouts, splits, the checksummed
-cache (load without decoding, rebuild when corrupt) and one-line errors for bad input."""
+"""The real-benchmark readers on tiny fixtures built here: layouts, splits and the checksummed
+cache (load without decoding, rebuild when corrupt)."""
 
 from __future__ import annotations
 
 import json
-import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from datasets import EpisodicSampler, SplitData, build_dataset
 from datasets.cache import CachedDataset
@@ -19,137 +16,18 @@ from datasets.cub import CUB
 from datasets.mini_imagenet import MiniImageNet
 from datasets.omniglot import Omniglot
 from datasets.tiered_imagenet import TieredImageNet
-from engine.errors import ConfigError, DataError
 from engine.registry import DATASETS
-
-QUIET = {"progress": False}
-RNG = np.random.default_rng(0)
-
-
-def rand_images(n: int, size: int = 12) -> np.ndarray:
-    return RNG.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-
-
-def dump(path: Path, obj) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(pickle.dumps(obj))
-    return path
-
-
-def png_bytes(arr: np.ndarray) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def one_line(exc: BaseException) -> str:
-    """The message, asserting it is one line that hides any pickle/PIL exception behind it."""
-    msg = str(exc)
-    assert "\n" not in msg and "Traceback" not in msg
-    assert exc.__cause__ is None and (exc.__context__ is None or exc.__suppress_context__)
-    return msg
-
-
-# ---- fixtures ------------------------------------------------------------------------------
-
-MINI_CLASSES = {"train": 4, "val": 2, "test": 3}
-
-
-def make_mini_pickle(root: Path, per_class: int = 3, size: int = 12) -> dict:
-    arrays = {}
-    for split, k in MINI_CLASSES.items():
-        images = rand_images(k * per_class, size)
-        order = RNG.permutation(len(images))  # class rows interleaved in the file
-        class_dict = {f"n{split}{c:02d}": sorted(order[c::k].tolist()) for c in range(k)}
-        dump(root / f"mini-imagenet-cache-{split}.pkl", {"image_data": images, "class_dict": class_dict})
-        arrays[split] = (images, class_dict)
-    return arrays
-
-
-def make_mini_csv(root: Path, per_class: int = 3, size: int = 12) -> dict:
-    (root / "images").mkdir(parents=True)
-    arrays = {}
-    for split, k in MINI_CLASSES.items():
-        lines, imgs = ["filename,label"], {}
-        for c in range(k):
-            for j in range(per_class):
-                name = f"{split}{c}_{j}.png"
-                imgs[name] = rand_images(1, size)[0]
-                Image.fromarray(imgs[name]).save(root / "images" / name)
-                lines.append(f"{name},n{split}{c:02d}")
-        (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
-        arrays[split] = imgs
-    return arrays
-
-
-CIFAR_NAMES = sorted(json.loads(DEFAULT_SPLIT.read_text())["train"]
-                     + json.loads(DEFAULT_SPLIT.read_text())["val"]
-                     + json.loads(DEFAULT_SPLIT.read_text())["test"])
-
-
-def make_cifar(root: Path) -> tuple[np.ndarray, np.ndarray]:
-    folder = root / "cifar-100-python"
-    all_x, all_y = [], []
-    for part, per_class in (("train", 2), ("test", 1)):
-        y = np.repeat(np.arange(100), per_class)
-        y = y[RNG.permutation(len(y))]
-        x = RNG.integers(0, 256, (len(y), 3072), dtype=np.uint8)
-        dump(folder / part, {"data": x, "fine_labels": y.tolist(), "coarse_labels": [0] * len(y)})
-        all_x.append(x)
-        all_y.append(y)
-    dump(folder / "meta", {"fine_label_names": CIFAR_NAMES, "coarse_label_names": ["x"] * 20})
-    return np.concatenate(all_x), np.concatenate(all_y)
-
-
-def make_omniglot(root: Path, chars=(("background", "Alpha", 3), ("evaluation", "Beta", 2),
-                                     ("evaluation", "Gamma", 1)), per_char: int = 3) -> None:
-    for folder, alphabet, n in chars:
-        for c in range(n):
-            d = root / f"images_{folder}" / alphabet / f"character{c + 1:02d}"
-            d.mkdir(parents=True)
-            for j in range(per_char):
-                img = np.full((20, 20), 255, dtype=np.uint8)  # white paper
-                img[2 + c : 8 + c, 3 + j : 5 + j] = 0  # a black stroke, off-centre (rotations differ)
-                Image.fromarray(img).convert("1").save(d / f"{c:04d}_{j:02d}.png")
-
-
-def make_tiered(root: Path, layout: str, size: int = 12) -> dict:
-    root.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for split, k in (("train", 4), ("val", 2), ("test", 3)):
-        specific = np.repeat(np.arange(10, 10 + k) * 3, 2)[::-1].copy()  # sparse ids, reversed
-        images = rand_images(len(specific), size)
-        names = [f"s{i}" for i in range(10 + 3 * k + 30)]
-        dump(root / f"{split}_labels.pkl", {"label_specific": specific,
-                                            "label_general": np.zeros_like(specific),
-                                            "label_specific_str": names})
-        if layout == "png-pickle":
-            dump(root / f"{split}_images_png.pkl", [png_bytes(a) for a in images])
-        else:
-            np.savez(root / f"{split}_images.npz", images=images)
-        out[split] = (images, specific)
-    return out
-
-
-def make_cub(root: Path, num_classes: int = 8, per_class: int = 2, size: int = 12) -> list[str]:
-    base = root / "CUB_200_2011"
-    classes, images, labels = [], [], []
-    for c in range(num_classes):
-        name = f"{c + 1:03d}.Bird_{c}"
-        classes.append(f"{c + 1} {name}")
-        (base / "images" / name).mkdir(parents=True)
-        for j in range(per_class):
-            rel = f"{name}/Bird_{c}_{j}.jpg"
-            Image.fromarray(rand_images(1, size)[0]).save(base / "images" / rel)
-            images.append(f"{len(images) + 1} {rel}")
-            labels.append(f"{len(labels) + 1} {c + 1}")
-    (base / "classes.txt").write_text("\n".join(classes) + "\n")
-    (base / "images.txt").write_text("\n".join(images) + "\n")
-    (base / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
-    return [c.split()[1] for c in classes]
-
+from reader_fixtures import (
+    CIFAR_NAMES,
+    MINI_CLASSES,
+    QUIET,
+    make_cifar,
+    make_cub,
+    make_mini_csv,
+    make_mini_pickle,
+    make_omniglot,
+    make_tiered,
+)
 
 # ---- registry and the common layer ---------------------------------------------------------
 
@@ -293,126 +171,3 @@ def test_cub_chen_split(tmp_path):
     data = CUB(str(tmp_path), image_size=10, split_file=str(custom),
                cache_dir=str(tmp_path / "other"), **QUIET)
     assert data.split("train").num_classes == 5
-
-
-# ---- errors: one line naming the file and what was expected --------------------------------
-
-def test_missing_root_and_unset_root(tmp_path):
-    with pytest.raises(DataError) as e:
-        MiniImageNet(str(tmp_path / "nope"), **QUIET)
-    msg = one_line(e.value)
-    assert "nope" in msg and "not found" in msg and "mini-imagenet-cache" in msg
-    with pytest.raises(ConfigError, match="data.root: required for dataset 'cub'"):
-        build_dataset({"name": "cub", "image_size": 84, "channels": 3})
-
-
-def test_wrong_layout_lists_supported_ones(tmp_path):
-    (tmp_path / "stuff.txt").write_text("x")
-    for cls in (MiniImageNet, CifarFS, Omniglot, TieredImageNet, CUB):
-        with pytest.raises(DataError) as e:
-            cls(str(tmp_path), **QUIET)
-        msg = one_line(e.value)
-        assert str(tmp_path) in msg and "supported" in msg
-    with pytest.raises(DataError, match="csv: images/"):
-        MiniImageNet(str(tmp_path), **QUIET)
-
-
-def test_missing_file(tmp_path):
-    make_mini_csv(tmp_path)
-    (tmp_path / "val.csv").unlink()
-    with pytest.raises(DataError) as e:
-        MiniImageNet(str(tmp_path), image_size=12, **QUIET)
-    assert "val.csv: not found" in one_line(e.value) and "filename,label" in str(e.value)
-    make_mini_pickle(tmp_path / "p")
-    (tmp_path / "p" / "mini-imagenet-cache-test.pkl").unlink()
-    with pytest.raises(DataError, match="mini-imagenet-cache-test.pkl: not found; expected a pickled"):
-        MiniImageNet(str(tmp_path / "p"), image_size=12, **QUIET)
-
-
-def test_truncated_pickles(tmp_path):
-    make_mini_pickle(tmp_path / "mini")
-    path = tmp_path / "mini" / "mini-imagenet-cache-val.pkl"
-    path.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(DataError) as e:
-        MiniImageNet(str(tmp_path / "mini"), image_size=12, **QUIET)
-    msg = one_line(e.value)
-    assert str(path) in msg and "truncated" in msg and "image_data" in msg
-    make_tiered(tmp_path / "tiered", "png-pickle")
-    path = tmp_path / "tiered" / "test_labels.pkl"
-    path.write_bytes(b"not a pickle")
-    with pytest.raises(DataError) as e:
-        TieredImageNet(str(tmp_path / "tiered"), image_size=12, **QUIET)
-    assert str(path) in one_line(e.value) and "label_specific" in str(e.value)
-    make_cifar(tmp_path / "cifar")
-    path = tmp_path / "cifar" / "cifar-100-python" / "test"
-    path.write_bytes(path.read_bytes()[:-10])
-    with pytest.raises(DataError, match="cifar-100-python/test: cannot unpickle"):
-        CifarFS(str(tmp_path / "cifar"), image_size=32, **QUIET)
-
-
-def test_wrong_pickle_contents(tmp_path):
-    make_mini_pickle(tmp_path)
-    dump(tmp_path / "mini-imagenet-cache-train.pkl", {"images": 1})
-    with pytest.raises(DataError, match="expected a pickled dict with 'image_data'.*got \\['images'\\]"):
-        MiniImageNet(str(tmp_path), image_size=12, **QUIET)
-
-
-def test_unreadable_image(tmp_path):
-    make_mini_csv(tmp_path)
-    bad = tmp_path / "images" / "train1_2.png"
-    bad.write_bytes(b"\x89PNG garbage")
-    with pytest.raises(DataError) as e:
-        MiniImageNet(str(tmp_path), image_size=12, **QUIET)
-    msg = one_line(e.value)
-    assert str(bad) in msg and "cannot decode image" in msg
-    make_tiered(tmp_path / "t", "png-pickle")
-    dump(tmp_path / "t" / "val_images_png.pkl", [b"junk", b"junk", b"junk", b"junk"])
-    with pytest.raises(DataError, match="val_images_png.pkl \\(image 0\\): cannot decode image"):
-        TieredImageNet(str(tmp_path / "t"), image_size=12, **QUIET)
-    cache = tmp_path / "t" / ".lil_cache"
-    assert not list(cache.rglob("manifest.json")) and not list(cache.rglob("*.tmp"))
-
-
-def test_class_with_too_few_images(tmp_path):
-    make_omniglot(tmp_path)
-    with pytest.raises(DataError) as e:
-        Omniglot(str(tmp_path), num_train=3, num_val=1, min_per_class=5, **QUIET)
-    msg = one_line(e.value)
-    assert "Alpha/character01" in msg and "has 3 images; expected >= 5" in msg
-    empty = tmp_path / "images_evaluation" / "Beta" / "character02"
-    for f in empty.iterdir():
-        f.unlink()
-    with pytest.raises(DataError, match="character02.*has 0 images; expected >= 1"):
-        Omniglot(str(tmp_path), num_train=3, num_val=1, **QUIET)
-    with pytest.raises(DataError, match="needs >= 7"):
-        Omniglot(str(tmp_path), num_train=5, num_val=1, **QUIET)
-
-
-def test_lil_mini_config_requires_root():
-    from engine.config import load_config
-
-    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "maml_lil_mini_5shot.yaml")
-    assert cfg.data.name == "mini_imagenet" and cfg.data.image_size == 84 and cfg.data.channels == 3
-    with pytest.raises(ConfigError, match="data.root: required for dataset 'mini_imagenet'"):
-        build_dataset(cfg.data)
-
-
-def test_cross_domain_from_config(tmp_path):
-    from omegaconf import OmegaConf
-
-    make_mini_pickle(tmp_path / "mini")
-    make_cub(tmp_path / "cub")
-    cfg = OmegaConf.create({"name": "cross_domain", "root": None, "image_size": 10, "channels": 3,
-                            "args": {"train": {"name": "mini_imagenet", "root": str(tmp_path / "mini"),
-                                               **QUIET},
-                                     "test": {"name": "cub", "root": str(tmp_path / "cub"), **QUIET}}})
-    data = build_dataset(cfg)
-    assert data.split("train").name == "mini_imagenet/train" and data.split("train").num_classes == 4
-    assert data.split("val").name == "mini_imagenet/val"
-    assert data.split("test").name == "cub/test" and data.split("test").images.shape[1:] == (3, 10, 10)
-    bad = OmegaConf.to_container(cfg)
-    bad["args"]["test"]["image_size"] = 84
-    with pytest.raises(ConfigError, match="data.args.test.image_size: set it once as data.image_size"):
-        build_dataset(bad)
-    with pytest.raises(ConfigError, match="data.args.test: expected a dataset spec"):
-        build_dataset({"name": "cross_domain", "args": {"train": {"name": "glyphs"}}})
