@@ -340,17 +340,31 @@ def load_split_file(path: Path, split: str) -> list[str]:
     return [str(n) for n in names]
 
 
-def select_classes(ordered: Sequence[str], split: str, split_file: Path | None, source: str) -> list[str]:
-    """The classes of ``split``: from ``split_file`` (a JSON of class-name lists) if given, else
-    by position in ``ordered`` — ``i % 2 == 0`` train, ``i % 4 == 1`` val, ``i % 4 == 3`` test
-    (the rule of Chen et al. 2019 for CUB, reused for Cars). ``source`` names the file that
-    lists the classes, for the error when the JSON names a class that is not there."""
-    if split_file is None:
-        keep = {"train": lambda i: i % 2 == 0, "val": lambda i: i % 4 == 1, "test": lambda i: i % 4 == 3}[split]
-        return [name for i, name in enumerate(ordered) if keep(i)]
-    chosen = load_split_file(split_file, split)
-    known = set(ordered)
-    missing = [c for c in chosen if c not in known]
-    if missing:
-        raise DataError(f"{split_file}: class '{missing[0]}' ({split}) is not in {source}")
+def _name_key(name: str) -> str:
+    """Case- and whitespace-insensitive form of a class name, for matching a split file's names."""
+    return " ".join(str(name).split()).casefold()
+
+
+def split_classes(split_file: Path, split: str, available: Sequence[str], source: str) -> list[str]:
+    """The classes of ``split`` named in ``split_file`` (a JSON of class-name lists), in its
+    order and spelled as in ``available`` (the class names found in the data). A name matches
+    exactly or, failing that, up to case and runs of whitespace. ``source`` names the file that
+    lists the data's classes, for the one-line :class:`DataError` when the JSON names a class
+    that is not there (or names one twice)."""
+    wanted = load_split_file(split_file, split)
+    exact = set(available)
+    loose: dict[str, list[str]] = {}
+    for name in available:
+        loose.setdefault(_name_key(name), []).append(name)
+    chosen: list[str] = []
+    for name in wanted:
+        match = [name] if name in exact else loose.get(_name_key(name), [])
+        if len(match) != 1:
+            why = "matches several classes" if match else "is not"
+            raise DataError(f"{split_file}: class '{name}' ({split}) {why} in {source} "
+                            f"({len(available)} classes); the data does not match this split "
+                            f"file (data.args.split_file selects another)")
+        if match[0] in chosen:
+            raise DataError(f"{split_file}: class '{name}' is listed twice under '{split}'")
+        chosen.append(match[0])
     return chosen

@@ -7,11 +7,14 @@ array ``annotations`` with fields ``bbox_x1``, ``bbox_y1``, ``bbox_x2``, ``bbox_
 ``scipy.io.loadmat``. Only the labelled ``cars_train`` images (8 144, about 41 per class) are
 read. Whole images are used: the bounding boxes are ignored (no crop), as for ``cub``.
 
-Split: **this project's own**, not copied from a paper: with the 196 classes numbered by their
-devkit class id, ``i = class - 1 = 0..195``, ``i % 4 in {0, 2}`` (i.e. ``i % 2 == 0``) is
-train (98 classes), ``i % 4 == 1`` val (49), ``i % 4 == 3`` test (49). It is deterministic
-and computed from the class ids. ``split_file`` replaces it with a JSON of
-``train``/``val``/``test`` lists of class names as spelled in ``cars_meta.mat``.
+Split: ``datasets/splits/cars.json`` (shipped), **this project's own**, not copied from a paper:
+with the 196 classes numbered by their devkit class id, ``i = class - 1 = 0..195``, ``i % 2 == 0``
+is train (98 classes), ``i % 4 == 1`` val (49), ``i % 4 == 3`` test (49) — the index rule of
+Chen et al. (2019) for CUB, applied to the class ids. The file lists class names as spelled in
+``cars_meta.mat`` (and, under ``_class_names_by_id``, all of them in class-id order); classes are
+matched by name, and a class of the split file that is not in ``cars_meta.mat`` is a one-line
+:class:`DataError`. ``split_file`` replaces it with another JSON of ``train``/``val``/``test``
+lists of class names.
 """
 
 from __future__ import annotations
@@ -27,12 +30,14 @@ from datasets.cache import (
     file_digest,
     open_image,
     require,
-    select_classes,
+    split_classes,
 )
 from engine.errors import DataError
 from engine.registry import DATASETS
 
-__all__ = ["Cars"]
+__all__ = ["Cars", "DEFAULT_SPLIT"]
+
+DEFAULT_SPLIT = Path(__file__).resolve().parent / "splits" / "cars.json"
 
 _ANNOS = Path("devkit") / "cars_train_annos.mat"
 _META = Path("devkit") / "cars_meta.mat"
@@ -72,12 +77,12 @@ class Cars(CachedDataset):
 
     def __init__(self, root: str | None = None, image_size: int | None = None,
                  channels: int | None = None, split_file: str | None = None, **kwargs) -> None:
-        self.split_file = Path(split_file) if split_file else None
+        self.split_file = Path(split_file) if split_file else DEFAULT_SPLIT
         self._table: dict[str, list[Path]] | None = None
         super().__init__(root, image_size, channels, **kwargs)
 
     def cache_params(self) -> dict:
-        return {"split_file": file_digest(self.split_file) if self.split_file else "lil-mod4"}
+        return {"split_file": file_digest(self.split_file)}
 
     def detect_layout(self) -> str:
         for base in (self.root / "stanford_cars", self.root):
@@ -122,7 +127,7 @@ class Cars(CachedDataset):
     def read_split(self, layout: str, split: str) -> SourceSplit:
         per_class = self._load()
         ordered = list(per_class)  # by class id
-        chosen = select_classes(ordered, split, self.split_file, str(self._base / _META))
+        chosen = split_classes(self.split_file, split, ordered, str(self._base / _META))
         files, labels = [], []
         for c, name in enumerate(chosen):
             files += sorted(per_class[name])

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.cache import CachedDataset, SourceSplit, file_digest, load_pickle, load_split_file
+from datasets.cache import CachedDataset, SourceSplit, file_digest, load_pickle, split_classes
 from engine.errors import DataError
 from engine.registry import DATASETS
 
@@ -76,11 +76,8 @@ class CifarFS(CachedDataset):
 
     def read_split(self, layout: str, split: str) -> SourceSplit:
         images, fine, names = self._load_pool()
-        classes = load_split_file(self.split_file, split)
-        missing = [c for c in classes if c not in names]
-        if missing:
-            raise DataError(f"{self.split_file}: class '{missing[0]}' ({split}) is not among the "
-                            f"fine_label_names of {self._folder / 'meta'}")
+        classes = split_classes(self.split_file, split, names,
+                                f"the fine_label_names of {self._folder / 'meta'}")
         pos = {names.index(c): k for k, c in enumerate(classes)}
         rows = np.flatnonzero(np.isin(fine, list(pos)))
         labels = np.array([pos[int(f)] for f in fine[rows]], dtype=np.int64)

@@ -4,11 +4,13 @@ Source: ``CUB_200_2011/`` (or ``ROOT`` being that folder) with ``images/<class>/
 ``images.txt`` (``id path``), ``classes.txt`` (``class_id name``) and
 ``image_class_labels.txt`` (``id class_id``). Whole images are used (no bounding-box crop).
 
-Split: the one of Chen et al., "A Closer Look at Few-shot Classification" (ICLR 2019,
-``filelists/CUB/write_CUB_filelist.py``): with the 200 class folders sorted by name and
-numbered ``i = 0..199``, ``i % 2 == 0`` is train (100 classes), ``i % 4 == 1`` val (50),
-``i % 4 == 3`` test (50). ``split_file`` replaces it with a JSON of ``train``/``val``/``test``
-lists of class folder names.
+Split: ``datasets/splits/cub.json`` (shipped; its ``_source`` cites it), the one of Chen et al.,
+"A Closer Look at Few-shot Classification" (ICLR 2019, ``filelists/CUB/write_CUB_filelist.py``):
+with the 200 class folders sorted by name and numbered ``i = 0..199``, ``i % 2 == 0`` is train
+(100 classes), ``i % 4 == 1`` val (50), ``i % 4 == 3`` test (50). Classes are matched by their
+folder name as listed in ``classes.txt``; a class of the split file that is not there is a
+one-line :class:`DataError`. ``split_file`` replaces it with another JSON of the same form
+(``train``/``val``/``test`` lists of class folder names).
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from datasets.cache import (
     file_digest,
     open_image,
     require,
-    select_classes,
+    split_classes,
 )
 from engine.errors import DataError
 from engine.registry import DATASETS
 
-__all__ = ["CUB"]
+__all__ = ["CUB", "DEFAULT_SPLIT"]
+
+DEFAULT_SPLIT = Path(__file__).resolve().parent / "splits" / "cub.json"
 
 _FILES = ("images.txt", "classes.txt", "image_class_labels.txt")
 
@@ -57,12 +61,12 @@ class CUB(CachedDataset):
 
     def __init__(self, root: str | None = None, image_size: int | None = None,
                  channels: int | None = None, split_file: str | None = None, **kwargs) -> None:
-        self.split_file = Path(split_file) if split_file else None
+        self.split_file = Path(split_file) if split_file else DEFAULT_SPLIT
         self._table = None
         super().__init__(root, image_size, channels, **kwargs)
 
     def cache_params(self) -> dict:
-        return {"split_file": file_digest(self.split_file) if self.split_file else "chen2019"}
+        return {"split_file": file_digest(self.split_file)}
 
     def detect_layout(self) -> str:
         for base in (self.root / "CUB_200_2011", self.root):
@@ -91,7 +95,7 @@ class CUB(CachedDataset):
 
     def read_split(self, layout: str, split: str) -> SourceSplit:
         per_class = self._load()
-        chosen = select_classes(sorted(per_class), split, self.split_file, str(self._base / 'classes.txt'))
+        chosen = split_classes(self.split_file, split, list(per_class), str(self._base / "classes.txt"))
         files, labels = [], []
         for c, name in enumerate(chosen):
             files += sorted(per_class[name])

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from datasets.cifar_fs import DEFAULT_SPLIT
+from datasets.cub import DEFAULT_SPLIT as CUB_SPLIT
 
 QUIET = {"progress": False}
 RNG = np.random.default_rng(0)
@@ -122,15 +123,21 @@ def make_tiered(root: Path, layout: str, size: int = 12) -> dict:
     return out
 
 
-def make_cub(root: Path, num_classes: int = 8, per_class: int = 2, size: int = 12) -> list[str]:
+# the 200 real CUB class folders ("001.Black_footed_Albatross" ...), in class-id (= sorted) order
+CUB_NAMES = sorted(n for split in ("train", "val", "test")
+                   for n in json.loads(CUB_SPLIT.read_text())[split])
+
+
+def make_cub(root: Path, num_classes: int = 200, per_class: int = 1, size: int = 12) -> list[str]:
+    """CUB_200_2011/ with the first ``num_classes`` real class folders (all 200 by default, so
+    the shipped split applies) and ``per_class`` tiny images each; returns the folder names."""
     base = root / "CUB_200_2011"
     classes, images, labels = [], [], []
-    for c in range(num_classes):
-        name = f"{c + 1:03d}.Bird_{c}"
+    for c, name in enumerate(CUB_NAMES[:num_classes]):
         classes.append(f"{c + 1} {name}")
         (base / "images" / name).mkdir(parents=True)
         for j in range(per_class):
-            rel = f"{name}/Bird_{c}_{j}.jpg"
+            rel = f"{name}/{name[4:]}_{j}.jpg"
             Image.fromarray(rand_images(1, size)[0]).save(base / "images" / rel)
             images.append(f"{len(images) + 1} {rel}")
             labels.append(f"{len(labels) + 1} {c + 1}")

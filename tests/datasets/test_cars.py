@@ -1,5 +1,6 @@
-"""The Stanford Cars reader on a tiny devkit-shaped fixture written here with scipy.io.savemat:
-this project's mod-4 class split, whole images, split_file, and one-line errors."""
+"""The Stanford Cars reader on a tiny devkit-shaped fixture written here with scipy.io.savemat
+(the real class names, from the shipped split file): the shipped 98/49/49 class split, whole
+images, split_file, and one-line errors."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from PIL import Image
 
 from datasets import build_dataset
 from datasets.cache import CachedDataset
-from datasets.cars import Cars
+from datasets.cars import DEFAULT_SPLIT, Cars
 from engine.errors import DataError
 from engine.registry import DATASETS
 
@@ -30,15 +31,24 @@ def one_line(exc: BaseException) -> str:
     return msg
 
 
-def make_cars(root: Path, num_classes: int = 8, per_class: int = 2, size: int = 14) -> list[str]:
-    """ROOT/cars_train/*.jpg + devkit/{cars_train_annos,cars_meta}.mat; class names by id."""
+SHIPPED = json.loads(DEFAULT_SPLIT.read_text())
+NAMES_BY_ID = SHIPPED["_class_names_by_id"]  # cars_meta.mat class_names: entry k is class id k + 1
+
+
+def make_cars(root: Path, num_classes: int = 196, per_class: int = 1, size: int = 14,
+              names: list[str] | None = None, empty: tuple[int, ...] = ()) -> list[str]:
+    """ROOT/cars_train/*.jpg + devkit/{cars_train_annos,cars_meta}.mat with the first
+    ``num_classes`` real class names (all 196 by default, so the shipped split applies) or
+    ``names``; the class ids in ``empty`` get no image."""
     (root / "cars_train").mkdir(parents=True)
     (root / "devkit").mkdir()
-    names = [f"Make{c} Model {2000 + c}" for c in range(num_classes)]
+    names = list(NAMES_BY_ID[:num_classes] if names is None else names)
     rows = []
     n = 0
     for _ in range(per_class):  # images of different classes interleaved, as in the release
-        for c in range(num_classes):
+        for c in range(len(names)):
+            if c + 1 in empty:
+                continue
             n += 1
             fname = f"{n:05d}.jpg"
             Image.fromarray(RNG.integers(0, 256, (size, size + 3, 3), dtype=np.uint8)).save(
@@ -57,37 +67,28 @@ def test_registered():
     assert "cars" in DATASETS.names() and issubclass(DATASETS.get("cars")[0], CachedDataset)
 
 
-def test_mod4_split_counts_disjoint_and_shapes(tmp_path):
+def test_shipped_split_by_name_counts_and_shapes(tmp_path):
     names = make_cars(tmp_path)
     data = build_dataset({"name": "cars", "root": str(tmp_path), "image_size": 10,
                           "channels": 3, "args": QUIET})
     got = {s: data.manifest["splits"][s]["class_names"] for s in ("train", "val", "test")}
-    assert got == {"train": [names[i] for i in (0, 2, 4, 6)], "val": [names[1], names[5]],
-                   "test": [names[3], names[7]]}
-    assert not (set(got["train"]) & set(got["val"]) or set(got["train"]) & set(got["test"])
-                or set(got["val"]) & set(got["test"]))
-    for split, k in (("train", 4), ("val", 2), ("test", 2)):
+    assert got == {s: SHIPPED[s] for s in ("train", "val", "test")}
+    # the project's rule by class id: i = id - 1, i % 2 == 0 train, i % 4 == 1 val, i % 4 == 3 test
+    assert got == {"train": names[0::2], "val": names[1::4], "test": names[3::4]}
+    for split, k in (("train", 98), ("val", 49), ("test", 49)):
         s = data.split(split)
         assert s.name == f"cars/{split}" and s.num_classes == k
-        assert s.images.shape == (k * 2, 3, 10, 10) and s.labels.tolist() == sorted(s.labels.tolist())
+        assert s.images.shape == (k, 3, 10, 10) and s.labels.tolist() == list(range(k))
     assert data.manifest["layout"] == "devkit"
 
 
-def test_full_196_class_split_is_98_49_49(tmp_path):
-    make_cars(tmp_path, num_classes=196, per_class=1, size=8)
-    data = Cars(str(tmp_path), image_size=8, **QUIET)
-    counts = {s: data.manifest["splits"][s]["classes"] for s in ("train", "val", "test")}
-    assert counts == {"train": 98, "val": 49, "test": 49}
-    all_names = [n for s in ("train", "val", "test") for n in data.manifest["splits"][s]["class_names"]]
-    assert len(set(all_names)) == 196
-
-
 def test_whole_image_torchvision_folder_and_split_file(tmp_path):
-    names = make_cars(tmp_path / "stanford_cars")
+    make_cars(tmp_path / "stanford_cars")
     data = Cars(str(tmp_path), image_size=14, **QUIET)
     first = tmp_path / "stanford_cars" / "cars_train" / "00001.jpg"  # class 1, uncropped 14x17
     want = np.asarray(Image.open(first).convert("RGB").resize((14, 14), Image.Resampling.LANCZOS))
     assert np.array_equal(data.split("train").images[0].permute(1, 2, 0).numpy(), want)
+    names = NAMES_BY_ID[:8]
     custom = tmp_path / "split.json"
     custom.write_text(json.dumps({"train": names[:5], "val": names[5:6], "test": names[6:]}))
     data = Cars(str(tmp_path), image_size=10, split_file=str(custom),
@@ -96,6 +97,24 @@ def test_whole_image_torchvision_folder_and_split_file(tmp_path):
     custom.write_text(json.dumps({"train": ["No Such Car"], "val": names[:1], "test": names[1:2]}))
     with pytest.raises(DataError, match="class 'No Such Car' \\(train\\) is not in .*cars_meta.mat"):
         Cars(str(tmp_path), image_size=10, split_file=str(custom), rebuild=True, **QUIET)
+
+
+def test_names_match_up_to_case_and_spaces(tmp_path):
+    names = list(NAMES_BY_ID)
+    names[0] = " am general  HUMMER SUV 2000"  # a respelled cars_meta.mat entry (class 1, train)
+    make_cars(tmp_path, names=names)
+    data = Cars(str(tmp_path), image_size=8, **QUIET)
+    assert data.manifest["splits"]["train"]["class_names"][0] == names[0]
+    assert data.split("train").num_classes == 98
+
+
+def test_default_split_needs_its_classes(tmp_path):
+    make_cars(tmp_path, num_classes=8)  # ids 1..8: id 9 (train) is missing
+    with pytest.raises(DataError) as e:
+        Cars(str(tmp_path), image_size=10, **QUIET)
+    msg = one_line(e.value)
+    assert msg.startswith(f"{DEFAULT_SPLIT}: class '{NAMES_BY_ID[8]}' (train) is not in ")
+    assert "cars_meta.mat (8 classes)" in msg
 
 
 # ---- errors: one line naming the file ------------------------------------------------------
@@ -108,7 +127,7 @@ def test_missing_root_layout_and_file(tmp_path):
     with pytest.raises(DataError) as e:
         Cars(str(tmp_path), **QUIET)
     assert "no supported cars layout" in one_line(e.value)
-    make_cars(tmp_path / "c")
+    make_cars(tmp_path / "c", num_classes=8)
     (tmp_path / "c" / "devkit" / "cars_meta.mat").unlink()
     with pytest.raises(DataError) as e:
         Cars(str(tmp_path / "c"), **QUIET)
@@ -116,7 +135,7 @@ def test_missing_root_layout_and_file(tmp_path):
 
 
 def test_unreadable_mat(tmp_path):
-    make_cars(tmp_path)
+    make_cars(tmp_path, num_classes=8)
     path = tmp_path / "devkit" / "cars_train_annos.mat"
     path.write_bytes(path.read_bytes()[:150])
     with pytest.raises(DataError) as e:
@@ -153,10 +172,9 @@ def test_unreadable_and_missing_image(tmp_path):
 
 
 def test_class_without_images(tmp_path):
-    make_cars(tmp_path, num_classes=4, per_class=1)
-    scipy_io.savemat(tmp_path / "devkit" / "cars_meta.mat",
-                     {"class_names": np.array(["A", "B", "C", "D", "E"], dtype=object)[None]})
+    make_cars(tmp_path, empty=(1,))
     with pytest.raises(DataError) as e:
         Cars(str(tmp_path), image_size=10, **QUIET)
     msg = one_line(e.value)
-    assert "cars_train_annos.mat (class 5)" in msg and "class 'E' (train) has 0 images" in msg
+    assert "cars_train_annos.mat (class 1)" in msg
+    assert f"class '{NAMES_BY_ID[0]}' (train) has 0 images" in msg

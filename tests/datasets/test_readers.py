@@ -13,9 +13,11 @@ from datasets import EpisodicSampler, SplitData, build_dataset
 from datasets.cache import CachedDataset
 from datasets.cifar_fs import DEFAULT_SPLIT, CifarFS
 from datasets.cub import CUB
+from datasets.cub import DEFAULT_SPLIT as CUB_SPLIT
 from datasets.mini_imagenet import MiniImageNet
 from datasets.omniglot import Omniglot
 from datasets.tiered_imagenet import TieredImageNet
+from engine.errors import DataError
 from engine.registry import DATASETS
 from reader_fixtures import (
     CIFAR_NAMES,
@@ -27,6 +29,7 @@ from reader_fixtures import (
     make_mini_pickle,
     make_omniglot,
     make_tiered,
+    one_line,
 )
 
 # ---- registry and the common layer ---------------------------------------------------------
@@ -125,6 +128,11 @@ def test_cifar_fs_split_and_merge(tmp_path):
     want = x[y == label].reshape(-1, 3, 32, 32)
     assert np.array_equal(val.images[val.labels == 0].numpy(), want)
     assert CifarFS(str(tmp_path), **QUIET).split("test").images.shape[-1] == 84
+    custom = tmp_path / "split.json"
+    custom.write_text(json.dumps({**spec, "val": ["no_such_class", *spec["val"][1:]]}))
+    with pytest.raises(DataError) as e:
+        CifarFS(str(tmp_path), image_size=32, split_file=str(custom), **QUIET)
+    assert "class 'no_such_class' (val) is not in the fine_label_names of" in one_line(e.value)
 
 
 def test_omniglot_split_inversion_and_rotations(tmp_path):
@@ -160,14 +168,37 @@ def test_tiered_layouts(tmp_path, layout):
     assert data.manifest["splits"]["train"]["class_names"][0] == "s30"
 
 
-def test_cub_chen_split(tmp_path):
-    names = make_cub(tmp_path)
+def test_cub_shipped_split_is_chen_et_al(tmp_path):
+    names = make_cub(tmp_path)  # all 200 real class folders, one image each
     data = CUB(str(tmp_path), image_size=10, **QUIET)
     got = {s: data.manifest["splits"][s]["class_names"] for s in ("train", "val", "test")}
+    shipped = json.loads(CUB_SPLIT.read_text())
+    assert got == {s: shipped[s] for s in ("train", "val", "test")}
     assert got == {"train": names[0::2], "val": names[1::4], "test": names[3::4]}
-    assert data.split("train").images.shape == (4 * 2, 3, 10, 10)
+    assert data.split("train").images.shape == (100, 3, 10, 10)
+    assert data.split("test").num_classes == 50
+
+
+def test_cub_split_file_override_and_name_matching(tmp_path):
+    names = make_cub(tmp_path, num_classes=8)
     custom = tmp_path / "split.json"
-    custom.write_text(json.dumps({"train": names[:5], "val": names[5:6], "test": names[6:]}))
-    data = CUB(str(tmp_path), image_size=10, split_file=str(custom),
-               cache_dir=str(tmp_path / "other"), **QUIET)
-    assert data.split("train").num_classes == 5
+    custom.write_text(json.dumps({"train": names[:5], "val": [" " + names[5].upper() + " "],
+                                  "test": names[6:]}))
+    data = CUB(str(tmp_path), image_size=10, split_file=str(custom), **QUIET)
+    assert [data.split(s).num_classes for s in ("train", "val", "test")] == [5, 1, 2]
+    assert data.manifest["splits"]["val"]["class_names"] == [names[5]]  # spelled as in the data
+    custom.write_text(json.dumps({"train": ["999.No_Such_Bird"], "val": names[:1], "test": names[1:2]}))
+    with pytest.raises(DataError) as e:
+        CUB(str(tmp_path), image_size=10, split_file=str(custom), rebuild=True, **QUIET)
+    assert "class '999.No_Such_Bird' (train) is not in" in one_line(e.value)
+    assert "classes.txt (8 classes)" in str(e.value)
+
+
+def test_cub_default_split_needs_its_classes(tmp_path):
+    make_cub(tmp_path, num_classes=8)  # 001..008 only: 009.Brewer_Blackbird (train) is missing
+    with pytest.raises(DataError) as e:
+        CUB(str(tmp_path), image_size=10, **QUIET)
+    msg = one_line(e.value)
+    assert msg.startswith(f"{CUB_SPLIT}: class '009.Brewer_Blackbird' (train) is not in ")
+    assert "CUB_200_2011/classes.txt (8 classes)" in msg
+    assert not list((tmp_path / ".lil_cache").rglob("manifest.json"))
