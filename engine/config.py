@@ -82,6 +82,17 @@ class LogConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """A pretraining phase before ``algorithm`` (see :mod:`models.algorithms.chain`): the first
+    ``iters`` of ``solver.max_iter`` train with ``algorithm`` here; 0 turns it off."""
+
+    iters: int = 0
+    algorithm: dict[str, Any] = field(
+        default_factory=lambda: {"name": "lil_pretrain", "momentum": 0.999, "weight": 0.1}
+    )
+
+
+@dataclass
 class Config:
     algorithm: dict[str, Any] = field(
         default_factory=lambda: {
@@ -93,6 +104,7 @@ class Config:
         }
     )
     losses: list[Any] = field(default_factory=lambda: [{"name": "cross_entropy"}])
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
@@ -105,6 +117,9 @@ class Config:
 
 
 ConfigStore.instance().store(name="lil_schema", node=Config)
+# Integer division for configs that derive one count from another, e.g. a pretraining phase of
+# half the run: ``pretrain.iters: ${floordiv:${solver.max_iter},2}``.
+OmegaConf.register_new_resolver("floordiv", lambda a, b: int(a) // int(b), replace=True)
 
 
 def _all_keys(node, prefix: str = "") -> list[str]:
@@ -128,7 +143,7 @@ def _explain(exc: BaseException, where: str) -> ConfigError:
         schema = OmegaConf.structured(Config)
         hint = difflib.get_close_matches(key, _all_keys(schema), n=1, cutoff=0.5)
         hint_text = f"; did you mean '{hint[0]}'?" if hint else ""
-        open_section = key.startswith(("algorithm.", "model.backbone.", "data.args."))
+        open_section = key.startswith(("algorithm.", "pretrain.algorithm.", "model.backbone.", "data.args."))
         add = f" (a registered component's extra argument is added with +{key}=...)" if open_section else ""
         return ConfigError(f"{where}: unknown config key '{key}'{hint_text}{add}")
     if key:

@@ -28,7 +28,7 @@ from engine.trainer import HookBase
 logger = logging.getLogger(__name__)
 
 __all__ = ["HookBase", "IterationTimer", "LRScheduler", "EvalHook", "PeriodicCheckpointer",
-           "PeriodicWriter"]
+           "PeriodicWriter", "PhaseBoundary"]
 
 
 def _due(trainer, period: int) -> bool:
@@ -98,6 +98,25 @@ class LRScheduler(HookBase):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.scheduler.load_state_dict(state)
+
+
+class PhaseBoundary(HookBase):
+    """Start the second training phase (:mod:`models.algorithms.chain`) with a fresh optimizer.
+
+    Before iteration ``iteration`` the optimizer's per-parameter state (Adam's moments) is
+    cleared, so the main algorithm starts from the pretrained weights the way a separate run
+    initialised from them would. The lr schedule keeps counting over the whole run. A run resumed
+    past the boundary restores the state it had then, so resuming stays exact.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, iteration: int) -> None:
+        self.optimizer, self.iteration = optimizer, int(iteration)
+
+    def before_step(self) -> None:
+        if self.trainer.iter == self.iteration:
+            self.optimizer.state.clear()
+            logger.info("iteration %d: pretraining done, main algorithm from here "
+                        "(optimizer state reset)", self.iteration)
 
 
 class EvalHook(HookBase):

@@ -8,12 +8,14 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from engine.config import import_extra_modules
+from engine.errors import ConfigError
 from engine.registry import ALGORITHMS, BACKBONES
 from losses import build_losses
 from models import algorithms, backbones  # noqa: F401  (explicit registration)
 from models.algorithms.base import GBML
+from models.algorithms.chain import PretrainThen
 
-__all__ = ["build_backbone", "build_algorithm", "GBML"]
+__all__ = ["build_backbone", "build_algorithm", "GBML", "PretrainThen"]
 
 
 def _plain(node) -> dict:
@@ -33,11 +35,26 @@ def build_backbone(cfg: DictConfig):
     )
 
 
-def build_algorithm(cfg: DictConfig) -> GBML:
-    """The meta-learner named by ``algorithm.name``, wrapping :func:`build_backbone`'s network."""
+# Inner-loop settings a pretraining phase takes from the main algorithm unless it sets them.
+SHARED_WITH_PRETRAIN = ("inner_lr", "inner_steps", "inner_steps_test", "engine", "adapt", "inner_lr_mode")
+
+
+def build_algorithm(cfg: DictConfig) -> GBML | PretrainThen:
+    """The meta-learner named by ``algorithm.name``, wrapping :func:`build_backbone`'s network;
+    with ``pretrain.iters > 0``, a :class:`PretrainThen` of ``pretrain.algorithm`` and it over
+    the same network."""
     import_extra_modules(cfg)
     losses = build_losses([_plain(spec) for spec in cfg.losses])
-    return ALGORITHMS.build(
-        _plain(cfg.algorithm), "algorithm", build_backbone(cfg),
-        losses=losses, defaults={"metrics_period": cfg.log.period},
-    )
+    main_spec = _plain(cfg.algorithm)
+    network = build_backbone(cfg)
+    main = ALGORITHMS.build(main_spec, "algorithm", network, losses=losses,
+                            defaults={"metrics_period": cfg.log.period})
+    iters = int(cfg.pretrain.iters)
+    if iters <= 0:
+        return main
+    if iters > int(cfg.solver.max_iter):
+        raise ConfigError(f"pretrain.iters: {iters} is more than solver.max_iter={cfg.solver.max_iter}")
+    shared = {k: main_spec[k] for k in SHARED_WITH_PRETRAIN if k in main_spec}
+    pretrain = ALGORITHMS.build(_plain(cfg.pretrain.algorithm), "pretrain.algorithm", network,
+                                defaults={"metrics_period": cfg.log.period, **shared})
+    return PretrainThen(pretrain, main, iters)

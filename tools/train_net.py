@@ -47,6 +47,7 @@ from engine.hooks import (  # noqa: E402
     LRScheduler,
     PeriodicCheckpointer,
     PeriodicWriter,
+    PhaseBoundary,
 )
 from engine.trainer import MetaTrainer  # noqa: E402
 from models import build_algorithm  # noqa: E402
@@ -146,6 +147,7 @@ def run(args: argparse.Namespace) -> dict:
     trainer.register_hooks([
         timer,
         LRScheduler(optimizer, scheduler),
+        PhaseBoundary(optimizer, cfg.pretrain.iters) if cfg.pretrain.iters > 0 else None,
         eval_hook,
         PeriodicCheckpointer(checkpointer, cfg.solver.checkpoint_period),
         PeriodicWriter(out, cfg.log.period, tensorboard=cfg.log.tensorboard),
@@ -177,6 +179,7 @@ def run(args: argparse.Namespace) -> dict:
         best = _test(cfg, algorithm, test_tasks, device, "test (best val)")
     results = {
         "test_acc": final["acc"], "test_ci95": final["ci95"], "test_tasks": final["n"],
+        "test_acc_init": final.get("acc_init"), "test_ci95_init": final.get("ci95_init"),
         "best_val_acc": eval_hook.best_acc, "best_val_iter": eval_hook.best_iter,
         "best_test_acc": best["acc"] if best else None,
         "best_test_ci95": best["ci95"] if best else None,

@@ -1,6 +1,7 @@
 """Meta-learning algorithms, registered in ``engine.registry.ALGORITHMS`` by explicit import."""
 
-from models.algorithms import anil, boil, maml  # noqa: F401  (registers maml, fomaml, anil, boil)
+# explicit registration: maml, fomaml, anil, boil, lil_pretrain
+from models.algorithms import anil, boil, lil_pretrain, maml  # noqa: F401
 from models.algorithms.base import GBML
 
 __all__ = ["GBML"]

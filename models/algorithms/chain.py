@@ -1,0 +1,63 @@
+"""Two training phases over one network: a pretraining algorithm, then the main one.
+
+The paper's FOMAML + LIL (section 6, appendix E) is 15k iterations of LIL pretraining followed by
+15k of plain FOMAML from the pretrained weights. A config says it with a ``pretrain`` section::
+
+    algorithm: {name: fomaml, inner_lr: 0.5, inner_steps: 3}
+    pretrain:
+      iters: 15000                                   # the first 15k of solver.max_iter
+      algorithm: {name: lil_pretrain, momentum: 0.999, weight: 0.1}
+
+Both algorithms wrap the *same* network object, so phase 2 starts from exactly the weights
+phase 1 ended with. :class:`PretrainThen` counts its training forwards in a buffer (saved in
+checkpoints), so a run resumed on either side of the boundary continues in the right phase.
+Evaluation always uses the main algorithm: validation during pretraining measures the
+initialisation θ⁰ the way the final model will be used (adapt on the support set, then test).
+The trainer resets the optimizer's state at the boundary (:class:`engine.hooks.PhaseBoundary`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.algorithms.base import GBML
+
+
+class PretrainThen(nn.Module):
+    """``pretrain`` for the first ``pretrain_iters`` training forwards, then ``main``.
+
+    ``pretrain.model`` must be ``main.model`` (one network). The output dict gains ``phase``
+    (0 while pretraining, 1 after) so the logs show where the boundary was.
+    """
+
+    def __init__(self, pretrain: GBML, main: GBML, pretrain_iters: int):
+        super().__init__()
+        if pretrain.model is not main.model:
+            raise ValueError("PretrainThen: the two phases must share one network")
+        if pretrain_iters < 0:
+            raise ValueError(f"pretrain.iters: must be >= 0, got {pretrain_iters}")
+        self.pretrain, self.main = pretrain, main
+        self.pretrain_iters = int(pretrain_iters)
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+
+    @property
+    def model(self) -> nn.Module:
+        return self.main.model
+
+    @property
+    def way(self) -> int:
+        return self.main.way
+
+    @property
+    def pretraining(self) -> bool:
+        return int(self.steps_done) < self.pretrain_iters
+
+    def forward(self, batch) -> dict[str, torch.Tensor]:
+        if not self.training:
+            return self.main(batch)
+        phase = 0 if self.pretraining else 1
+        self.steps_done += 1
+        out = (self.pretrain if phase == 0 else self.main)(batch)
+        out["phase"] = torch.tensor(float(phase))
+        return out
