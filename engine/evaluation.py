@@ -33,9 +33,10 @@ def mean_ci95(values: Sequence[float] | torch.Tensor) -> tuple[float, float]:
 
 def evaluate(algorithm: torch.nn.Module, task_list, batch_size: int, device: torch.device | str,
              desc: str = "eval") -> dict[str, float]:
-    """Accuracy of ``algorithm`` over every task of ``task_list``: ``{"acc", "ci95", "n"}``.
+    """Accuracy of ``algorithm`` over every task of ``task_list``: ``{"acc", "ci95", "n"}``, and
+    ``acc_init``/``ci95_init`` (θ⁰ without adaptation) when the algorithm reports ``task_acc_init``.
 
-    ``acc`` and ``ci95`` are in percent (``task_acc`` of the algorithm's output is a fraction).
+    Accuracies and CIs are in percent (``task_acc`` of the algorithm's output is a fraction).
     The algorithm runs in ``eval()`` mode (test-time inner steps) under ``torch.no_grad()``;
     its previous mode is restored afterwards. The global RNG state (torch, CUDA, numpy, Python)
     is saved and restored around the evaluation, so evaluating mid-training does not shift the
@@ -43,7 +44,7 @@ def evaluate(algorithm: torch.nn.Module, task_list, batch_size: int, device: tor
     """
     was_training = algorithm.training
     rng = get_rng_state()
-    accs = []
+    accs, accs_init = [], []
     try:
         algorithm.eval()
         with torch.no_grad():
@@ -52,9 +53,14 @@ def evaluate(algorithm: torch.nn.Module, task_list, batch_size: int, device: tor
                               disable=None):
                 out = algorithm(batch.to(device))
                 accs.append(out["task_acc"].detach().double().flatten().cpu())
+                if "task_acc_init" in out:
+                    accs_init.append(out["task_acc_init"].detach().double().flatten().cpu())
     finally:
         algorithm.train(was_training)
         set_rng_state(rng)
     values = torch.cat(accs) * 100.0
     mean, ci = mean_ci95(values)
-    return {"acc": mean, "ci95": ci, "n": int(values.numel())}
+    result = {"acc": mean, "ci95": ci, "n": int(values.numel())}
+    if len(accs_init) == len(accs):
+        result["acc_init"], result["ci95_init"] = mean_ci95(torch.cat(accs_init) * 100.0)
+    return result

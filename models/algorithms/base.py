@@ -18,8 +18,8 @@ Variants differ in a few small hooks, not in copies of the loop (see ``docs/new_
 ``first_order`` detaches the inner gradients ``gᵏ`` (FOMAML).
 
 ``forward(task_batch)`` returns a dict: ``loss`` (what the meta-optimizer minimises), its
-terms, and metrics (``acc``, ``acc_init``), plus ``task_acc`` (per-task accuracies, for
-evaluation). In ``train()`` mode the inner loop takes ``inner_steps`` steps, in ``eval()``
+terms, and metrics (``acc``, ``acc_init``), plus ``task_acc`` and ``task_acc_init`` (per-task
+accuracies after adaptation and at θ⁰ without it, for evaluation). In ``train()`` mode the inner loop takes ``inner_steps`` steps, in ``eval()``
 mode ``inner_steps_test``.
 
 The network contract: ``model(x) == model.head(model.features(x))`` with ``model.head`` an
@@ -288,9 +288,10 @@ class GBML(nn.Module):
         out["loss"] = total
         task_acc = (logits.argmax(-1) == query_y).float().mean(1).detach()
         out["acc"] = task_acc.mean()
-        if "logits_init" in per_task:
-            out["acc_init"] = (per_task["logits_init"].argmax(-1) == query_y).float().mean()
         out["task_acc"] = task_acc
+        if "logits_init" in per_task:
+            out["task_acc_init"] = (per_task["logits_init"].argmax(-1) == query_y).float().mean(1)
+            out["acc_init"] = out["task_acc_init"].mean()
         out.update(linearity_metrics(per_task))
         return out
 

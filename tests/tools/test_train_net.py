@@ -55,7 +55,8 @@ def test_full_run_writes_everything(full_run):
     assert {"loss", "acc", "lr", "tasks_per_s"} <= metrics[0].keys()
     assert "val/acc" in metrics[2] and "val/acc" in metrics[5]
     results = json.loads((out / "results.json").read_text())
-    assert set(results) == {"test_acc", "test_ci95", "test_tasks", "best_val_acc", "best_val_iter",
+    assert set(results) == {"test_acc", "test_ci95", "test_tasks", "test_acc_init", "test_ci95_init",
+                            "best_val_acc", "best_val_iter",
                             "best_test_acc", "best_test_ci95", "iterations", "wall_time_s"}
     assert results["test_tasks"] == 10 and results["iterations"] == 6
     assert results["best_val_iter"] in (3, 6) and 0 <= results["test_acc"] <= 100
