@@ -1,0 +1,132 @@
+"""The experiment chain at toy scale: tools/sweep.py (2 configs × 2 seeds on the built-in dataset)
+→ tools/make_table.py → tools/plot_curves.py; plus the sweep files under configs/tables/."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from engine.config import load_config
+from tests_helpers import ROOT
+
+sys.path.insert(0, str(ROOT / "tools"))
+import make_table  # noqa: E402
+import plot_curves  # noqa: E402
+import sweep  # noqa: E402
+
+TINY, TINY_LIL = ROOT / "tests" / "configs" / "tiny.yaml", ROOT / "tests" / "configs" / "tiny_lil.yaml"
+FAST = ["solver.max_iter=4", "solver.checkpoint_period=2", "test.eval_period=2", "test.tasks=6"]
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    argv = ["--configs", str(TINY), str(TINY_LIL), "--seeds", "0", "1", "--output-root", str(root),
+            "--jobs", "2", *FAST]
+    assert sweep.main(argv) == 0
+    return root, argv
+
+
+def results(folder: Path) -> dict:
+    return json.loads((folder / "results.json").read_text())
+
+
+def test_every_run_lands_in_its_own_folder(swept):
+    root, _ = swept
+    for name in ("tiny", "tiny_lil"):
+        for seed in (0, 1):
+            run = root / name / f"seed{seed}"
+            assert results(run)["iterations"] == 4
+            assert load_config(run / "config.yaml").seed == seed
+    assert len(list((root / "sweep_logs").glob("*.log"))) == 4
+
+
+def test_a_second_sweep_skips_finished_runs(swept, capsys):
+    root, argv = swept
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("results.json")}
+    assert sweep.main(argv) == 0
+    assert "4 runs: 4 finished, 0 to resume, 0 new" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("results.json")} == before
+
+
+def test_the_table_is_mean_and_std_over_seeds(swept, tmp_path, capsys):
+    root, _ = swept
+    md, table_csv = tmp_path / "t.md", tmp_path / "t.csv"
+    assert make_table.main([str(root), "--markdown", str(md), "--csv", str(table_csv)]) == 0
+    text = md.read_text()
+    assert capsys.readouterr().out == text
+    lines = text.splitlines()
+    assert lines[0] == "| | glyphs |"
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| MAML (2)", "| MAML + LIL (2)"]
+    accs = {name: [results(root / name / f"seed{s}")["test_acc"] for s in (0, 1)] for name in ("tiny", "tiny_lil")}
+    expect = {name: f"{statistics.fmean(v):.2f} ± {statistics.stdev(v):.2f}" for name, v in accs.items()}
+    best = max(accs, key=lambda n: round(statistics.fmean(accs[n]), 2))
+    for line, name in zip(lines[2:], ("tiny", "tiny_lil"), strict=True):
+        cell = line.split(" | ")[1].rstrip(" |")
+        assert cell == (f"**{expect[name]}**" if name == best else expect[name]), line
+    rows = list(csv.DictReader(table_csv.open()))
+    assert [(r["row"], r["column"], r["n"], r["seeds"]) for r in rows] == [
+        ("MAML (2)", "glyphs", "2", "0 1"), ("MAML + LIL (2)", "glyphs", "2", "0 1")]
+    assert float(rows[1]["mean"]) == pytest.approx(statistics.fmean(accs["tiny_lil"]), abs=1e-4)
+
+
+def test_validation_curves_plot(swept, tmp_path):
+    root, _ = swept
+    png = tmp_path / "curves.png"
+    assert plot_curves.main([str(root), "-o", str(png)]) == 0
+    with Image.open(png) as im:
+        assert im.size[0] > 300 and im.size[1] > 200
+    data = plot_curves.curves(make_table.find_runs([root]))
+    assert set(data["glyphs"]) == {"MAML (2)", "MAML + LIL (2)"}
+    assert data["glyphs"]["MAML (2)"][0] == [2, 4]
+
+
+def test_an_interrupted_run_is_resumed(tmp_path):
+    (run,) = sweep.expand([str(TINY)], [5], tmp_path)
+    assert run.status == "new" and "--resume" not in run.argv()
+    run.out.mkdir(parents=True)
+    (run.out / "config.yaml").write_text("seed: 5\n")
+    assert run.status == "partial" and "--resume" in run.argv()
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ("configs: [maml_5shot]\nseeds: [0]\nshots: 3\n", r"unknown key\(s\) \['shots'\]"),
+    ("seeds: [0]\n", r"missing 'configs'"),
+    ("configs: [no_such_config]\nseeds: [0]\n", r"configs: 'no_such_config' not found"),
+    ("configs: [maml_5shot]\nseeds: [0]\ncolumns: {mini: ['data.root={data_root}/mini']}\n",
+     r"pass --data-root"),
+    ("configs: [maml_5shot]\nseeds: [0, 0]\n", r"seeds repeat"),
+])
+def test_bad_sweep_files_are_one_line_errors(tmp_path, capsys, text, pattern):
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(text)
+    assert sweep.main([str(spec), "--output-root", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    assert re.search(pattern, err[0]), err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_make_table_refuses_a_folder_without_runs(tmp_path, capsys):
+    assert make_table.main([str(tmp_path)]) == 2
+    assert "holds no run" in capsys.readouterr().err
+
+
+TABLES = sorted((ROOT / "configs" / "tables").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", TABLES, ids=[p.name for p in TABLES])
+def test_every_sweep_file_composes(path, tmp_path):
+    spec = sweep.load_sweep(path)
+    runs = sweep.expand(spec["configs"], spec["seeds"], tmp_path, spec["overrides"], spec["columns"],
+                        data_root="/data")
+    assert len(runs) == len(spec["configs"]) * len(spec["seeds"]) * max(1, len(spec["columns"]))
+    for run in runs[:: len(spec["seeds"])]:
+        load_config(run.config, [*run.overrides, f"seed={run.seed}"])
