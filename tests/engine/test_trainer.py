@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from engine.checkpoint import Checkpointer
 from engine.config import Config
 from engine.defaults import build_lr_scheduler, build_optimizer
 from engine.errors import ConfigError
-from engine.hooks import EvalHook, LRScheduler, PeriodicCheckpointer, PeriodicWriter
+from engine.hooks import EvalHook, LRScheduler, PeriodicCheckpointer, PeriodicWriter, PhaseBoundary
 from engine.trainer import EventStorage, HookBase, MetaTrainer, TrainerBase
 
 
@@ -148,3 +149,19 @@ def test_exact_resume_in_process(tiny, tmp_path):
         assert torch.equal(value, second.algorithm.state_dict()[key]), key
     assert [json.loads(x)["iter"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()] \
         == [2, 3, 4, 6]
+
+
+def test_phase_boundary_clears_the_optimizer_state_once():
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.Adam([w], lr=0.1)
+    w.grad = torch.ones(3)
+    opt.step()
+    hook = PhaseBoundary(opt, iteration=5)
+    hook.trainer = SimpleNamespace(iter=4)
+    hook.before_step()
+    assert opt.state[w]["step"] == 1
+    hook.trainer.iter = 5
+    hook.before_step()
+    assert w not in opt.state
+    opt.step()  # Adam starts afresh: its first step moves every weight by lr
+    assert torch.allclose(w.detach(), torch.full((3,), 1 - 0.2))

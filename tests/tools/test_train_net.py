@@ -136,3 +136,24 @@ def test_corrupt_checkpoint_is_one_line_error(full_run, tmp_path):
     before = snapshot(out)
     refused(train_net("--output-dir", out, "--eval-only", "--weights", junk), r"junk\.pth: ")
     assert snapshot(out) == before
+
+
+PRETRAIN = ["algorithm.name=fomaml", "pretrain.iters=3", "pretrain.algorithm.momentum=0.5"]
+
+
+@pytest.mark.parametrize("stop", [3, 4])
+def test_resume_across_the_pretraining_boundary_is_bit_identical(tmp_path, stop):
+    """LIL pretraining for 3 iterations, then FOMAML: stopped at the boundary (3) or just after
+    it (4) and resumed, the run ends with the weights, teacher and counters of an unbroken one."""
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    ok(train_net("--output-dir", whole, *PRETRAIN))
+    ok(train_net("--output-dir", broken, *PRETRAIN, f"solver.max_iter={stop}"))
+    ok(train_net("--output-dir", broken, "--resume", *PRETRAIN))
+    a, b = weights(whole / "model_final.pth"), weights(broken / "model_final.pth")
+    assert any(k.startswith("pretrain.teacher.") for k in a) and int(a["steps_done"]) == 6
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    phases = [json.loads(x)["phase"] for x in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert phases == [0, 0, 0, 1, 1, 1]
+    assert "loss_lil_pretrain" in json.loads((whole / "metrics.jsonl").read_text().splitlines()[0])
