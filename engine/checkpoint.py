@@ -145,9 +145,11 @@ class Checkpointer:
         cfg: the run's config; its fingerprint is stored on save and checked on load.
     """
 
-    def __init__(self, output_dir: str | os.PathLike, keep: int = 3, cfg: DictConfig | None = None):
+    def __init__(self, output_dir: str | os.PathLike, keep: int = 3, cfg: DictConfig | None = None,
+                 writer: bool = True):
         self.output_dir = Path(output_dir)
         self.keep = int(keep)
+        self.writer = bool(writer)  # False on every process but rank 0: saving is a no-op
         self.fingerprint, self.config_yaml = config_fingerprint(cfg) if cfg is not None else (None, None)
 
     # ---- saving ---------------------------------------------------------------------------
@@ -156,10 +158,12 @@ class Checkpointer:
 
         ``tag_last`` (default: whether ``name`` is a periodic ``model_NNNNNNN``) records the file
         in ``last_checkpoint``, the one ``--resume`` continues from; only full training states
-        should be tagged.
+        should be tagged. On a process that is not the ``writer`` nothing is written.
         """
-        self.output_dir.mkdir(parents=True, exist_ok=True)
         filename = name if name.endswith(".pth") else f"{name}.pth"
+        if not self.writer:
+            return self.output_dir / filename
+        self.output_dir.mkdir(parents=True, exist_ok=True)
         path = self.output_dir / filename
         payload = _to_cpu(dict(state))
         if self.fingerprint is not None:

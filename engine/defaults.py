@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from engine.config import save_config
 from engine.errors import ConfigError, UserInputError
+from engine.launch import World
 
 __all__ = ["seed_all", "resolve_device", "check_output_dir", "default_setup", "setup_logging",
            "build_optimizer", "build_lr_scheduler"]
@@ -115,7 +116,7 @@ def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO)
         root.addHandler(handler)
 
 
-def default_setup(cfg: DictConfig, args) -> torch.device:
+def default_setup(cfg: DictConfig, args, world: World | None = None) -> torch.device:
     """Prepare a run after everything is built; returns the device.
 
     In order: check the output folder (:func:`check_output_dir`), check that it is writable,
@@ -123,7 +124,14 @@ def default_setup(cfg: DictConfig, args) -> torch.device:
     the console and ``output_dir/log.txt``, then seed everything with ``cfg.seed``. Seeding
     here, after the builders ran, makes the training stream start from a known state whatever
     the builders drew; entry points seed once more before building, for the initial weights.
+
+    With several processes (``world``) only rank 0 checks and writes the folder; the others log
+    warnings and errors to the console only.
     """
+    if world is not None and not world.is_main:
+        setup_logging(None, level=logging.WARNING)
+        seed_all(int(cfg.seed))
+        return resolve_device(cfg.device)
     resume, eval_only = bool(getattr(args, "resume", False)), bool(getattr(args, "eval_only", False))
     out = check_output_dir(cfg, resume=resume, eval_only=eval_only)
     device = resolve_device(cfg.device)

@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from engine.checkpoint import get_rng_state, set_rng_state
+from engine.launch import World, gather_lists
 
 __all__ = ["evaluate", "mean_ci95"]
 
@@ -32,7 +33,7 @@ def mean_ci95(values: Sequence[float] | torch.Tensor) -> tuple[float, float]:
 
 
 def evaluate(algorithm: torch.nn.Module, task_list, batch_size: int, device: torch.device | str,
-             desc: str = "eval") -> dict[str, float]:
+             desc: str = "eval", world: World | None = None) -> dict[str, float]:
     """Accuracy of ``algorithm`` over every task of ``task_list``: ``{"acc", "ci95", "n"}``, and
     ``acc_init``/``ci95_init`` (θ⁰ without adaptation) when the algorithm reports ``task_acc_init``.
 
@@ -41,23 +42,33 @@ def evaluate(algorithm: torch.nn.Module, task_list, batch_size: int, device: tor
     its previous mode is restored afterwards. The global RNG state (torch, CUDA, numpy, Python)
     is saved and restored around the evaluation, so evaluating mid-training does not shift the
     training stream and a resumed run stays bit-identical to an uninterrupted one.
+
+    With several processes (``world``), process r evaluates batches r, r + W, … and the per-task
+    accuracies are gathered, in batch order, on every process: the result is the same as one
+    process's.
     """
+    world = world or World()
     was_training = algorithm.training
     rng = get_rng_state()
-    accs, accs_init = [], []
+    mine = []  # (batch index, per-task accuracies, the same at θ⁰ or None)
     try:
         algorithm.eval()
         with torch.no_grad():
-            for batch in tqdm(task_list.batches(batch_size), desc=desc, leave=False, unit="batch",
-                              total=math.ceil(len(task_list) / batch_size), dynamic_ncols=True,
-                              disable=None):
+            for i, batch in enumerate(tqdm(task_list.batches(batch_size), desc=desc, leave=False,
+                                           unit="batch", total=math.ceil(len(task_list) / batch_size),
+                                           dynamic_ncols=True, disable=None if world.is_main else True)):
+                if i % world.size != world.rank:
+                    continue
                 out = algorithm(batch.to(device))
-                accs.append(out["task_acc"].detach().double().flatten().cpu())
-                if "task_acc_init" in out:
-                    accs_init.append(out["task_acc_init"].detach().double().flatten().cpu())
+                init = out.get("task_acc_init")
+                mine.append((i, out["task_acc"].detach().double().flatten().cpu().tolist(),
+                             None if init is None else init.detach().double().flatten().cpu().tolist()))
     finally:
         algorithm.train(was_training)
         set_rng_state(rng)
+    gathered = sorted(gather_lists(mine, world), key=lambda item: item[0])
+    accs = [torch.tensor(a, dtype=torch.float64) for _, a, _ in gathered]
+    accs_init = [torch.tensor(a, dtype=torch.float64) for _, _, a in gathered if a is not None]
     values = torch.cat(accs) * 100.0
     mean, ci = mean_ci95(values)
     result = {"acc": mean, "ci95": ci, "n": int(values.numel())}

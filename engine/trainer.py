@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from engine.checkpoint import get_rng_state, set_rng_state
+from engine.launch import World, average_gradients, average_scalars
 
 logger = logging.getLogger(__name__)
 
@@ -168,15 +169,19 @@ class MetaTrainer(TrainerBase):
         sampler: object with ``next_batch() -> TaskBatch`` and ``state_dict``/``load_state_dict``.
         optimizer: the meta-optimizer over the algorithm's parameters.
         device: where the batch is moved before the forward pass.
+        world: the run's processes (:mod:`engine.launch`); with several, ``sampler`` yields this
+            process's share of the tasks and the meta-gradients and logged scalars are averaged
+            over the processes after each backward.
     """
 
     def __init__(self, algorithm: torch.nn.Module, sampler, optimizer: torch.optim.Optimizer,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", world: World | None = None) -> None:
         super().__init__()
         self.algorithm = algorithm
         self.sampler = sampler
         self.optimizer = optimizer
         self.device = torch.device(device)
+        self.world = world or World()
         self.algorithm.train()
 
     def run_step(self) -> None:
@@ -188,15 +193,20 @@ class MetaTrainer(TrainerBase):
         scalars = {k: float(v.detach().item()) if isinstance(v, torch.Tensor) else float(v)
                    for k, v in out.items()
                    if (isinstance(v, torch.Tensor) and v.dim() == 0) or isinstance(v, (int, float))}
+        scalars = average_scalars(scalars, self.world)
         self._check_finite(scalars)
 
         self.optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
+        if self.world.distributed:
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            average_gradients(params, self.world)
         self.optimizer.step()
 
         step_time = time.perf_counter() - start
+        tasks = batch.num_tasks * self.world.size
         self.storage.put_scalars(**scalars, time=step_time, data_time=data_time,
-                                 tasks_per_s=batch.num_tasks / max(step_time, 1e-9))
+                                 tasks_per_s=tasks / max(step_time, 1e-9))
 
     def _check_finite(self, scalars: dict[str, float]) -> None:
         if "loss" not in scalars:
