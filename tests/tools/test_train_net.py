@@ -157,3 +157,20 @@ def test_resume_across_the_pretraining_boundary_is_bit_identical(tmp_path, stop)
     phases = [json.loads(x)["phase"] for x in (whole / "metrics.jsonl").read_text().splitlines()]
     assert phases == [0, 0, 0, 1, 1, 1]
     assert "loss_lil_pretrain" in json.loads((whole / "metrics.jsonl").read_text().splitlines()[0])
+
+
+def test_slurm_local_runs_the_job_through_submitit(tmp_path):
+    out = tmp_path / "local"
+    proc = ok(train_net("--slurm-local", "--time", "5", "--output-dir", out, "solver.max_iter=2"))
+    assert re.search(r"submitted job \d+ \(local\)", proc.stdout), proc.stdout
+    assert json.loads((out / "results.json").read_text())["iterations"] == 2
+    assert list((out / "slurm").rglob("*_log.out"))
+
+
+def test_the_job_command_line_drops_only_the_slurm_flags():
+    sys.path.insert(0, str(ROOT / "tools"))
+    import train_net as tn
+
+    argv = ["--config-file", "c.yaml", "--slurm", "--nodes", "2", "--time=30", "--partition", "gpu",
+            "--output-dir", "out", "solver.lr=0.1", "--resume"]
+    assert tn._job_argv(argv) == ["--config-file", "c.yaml", "--output-dir", "out", "solver.lr=0.1", "--resume"]

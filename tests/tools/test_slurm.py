@@ -1,0 +1,133 @@
+"""``tools/train_net.py --slurm`` against a real one-node SLURM cluster (``tools/local_slurm.sh``).
+
+CI starts the cluster before the suite and sets ``LIL_REQUIRE_SLURM=1``, so there a missing
+cluster fails these tests; elsewhere they are skipped when ``sbatch`` is not on PATH.
+
+Each job trains ``tests/configs/tiny.yaml`` for longer than the other end-to-end tests so that
+it can be interrupted mid-run; the reference is the same command run directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests_helpers import ROOT
+
+SCRIPT, TINY = ROOT / "tools" / "train_net.py", ROOT / "tests" / "configs" / "tiny.yaml"
+LONG = ["solver.max_iter=60", "solver.checkpoint_period=5", "test.eval_period=30", "test.tasks=10"]
+
+if shutil.which("sbatch") is None or subprocess.run(["sinfo"], capture_output=True).returncode:
+    if os.environ.get("LIL_REQUIRE_SLURM") == "1":
+        pytest.fail("LIL_REQUIRE_SLURM=1 but no SLURM cluster answers (start one: tools/local_slurm.sh start)",
+                    pytrace=False)
+    pytest.skip("no SLURM cluster here (tools/local_slurm.sh start makes one)", allow_module_level=True)
+
+
+def train_net(*args) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--config-file", str(TINY), *map(str, args)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def job_state(job_id: str) -> str:
+    out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
+    match = re.search(r"JobState=(\w+)", out)
+    return match.group(1) if match else "GONE"
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def submit(out: Path, *extra) -> str:
+    proc = train_net("--slurm", "--time", "10", "--cpus-per-task", "1", "--output-dir", out, *LONG, *extra)
+    match = re.search(r"submitted job (\d+) \(slurm\)", proc.stdout)
+    assert match, proc.stdout
+    assert f"output: {out.resolve()}" in proc.stdout and "stdout: " in proc.stdout
+    return match.group(1)
+
+
+def logged_iters(out: Path) -> int:
+    path = out / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.is_file() else 0
+
+
+def finished(out: Path, job_id: str, timeout: float = 300) -> dict:
+    def done():
+        if (out / "results.json").is_file() and job_state(job_id) in ("COMPLETED", "GONE"):
+            return json.loads((out / "results.json").read_text())
+        if job_state(job_id) in ("FAILED", "CANCELLED", "TIMEOUT"):
+            logs = "\n".join(p.read_text()[-3000:] for p in (out / "slurm").rglob("*.err"))
+            raise AssertionError(f"job {job_id} ended {job_state(job_id)}:\n{logs}")
+        return None
+
+    return wait_for(done, timeout, f"job {job_id} to finish")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("slurm_ref") / "run"
+    train_net("--output-dir", out, *LONG)
+    return out
+
+
+def same_final_weights(a: Path, b: Path) -> None:
+    wa = torch.load(a / "model_final.pth", weights_only=True)["model"]
+    wb = torch.load(b / "model_final.pth", weights_only=True)["model"]
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+def test_a_submitted_job_trains_like_a_direct_run(reference, tmp_path):
+    out = tmp_path / "job"
+    results = finished(out, submit(out))
+    assert results["iterations"] == 60
+    assert results["test_acc"] == json.loads((reference / "results.json").read_text())["test_acc"]
+    assert (out / "last_checkpoint").read_text() == "model_0000059.pth"
+    assert logged_iters(out) == 60
+    assert list((out / "slurm").glob("*/*_log.out"))  # submitit's job folder inside the run's
+    same_final_weights(reference, out)
+
+
+def test_a_requeued_job_resumes_and_ends_with_the_same_weights(reference, tmp_path):
+    out = tmp_path / "requeued"
+    job_id = submit(out)
+    wait_for(lambda: logged_iters(out) >= 12, 120, "iteration 12")
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    results = finished(out, job_id)
+    log = (out / "log.txt").read_text()
+    assert "resuming from iteration" in log  # the second start continued, not restarted
+    assert results["iterations"] == 60
+    same_final_weights(reference, out)
+
+
+def test_preemption_signal_checkpoints_requeues_and_finishes(reference, tmp_path):
+    out = tmp_path / "preempted"
+    job_id = submit(out)
+    wait_for(lambda: logged_iters(out) >= 12, 120, "iteration 12")
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    results = finished(out, job_id)
+    log = (out / "log.txt").read_text()
+    match = re.search(r"preempted or out of time: saved iteration (\d+), requeueing", log)
+    assert match, log[-3000:]
+    assert f"resuming from iteration {match.group(1)}" in log
+    assert results["iterations"] == 60
+    same_final_weights(reference, out)
