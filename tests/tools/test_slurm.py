@@ -131,3 +131,17 @@ def test_preemption_signal_checkpoints_requeues_and_finishes(reference, tmp_path
     assert f"resuming from iteration {match.group(1)}" in log
     assert results["iterations"] == 60
     same_final_weights(reference, out)
+
+
+def test_a_sweep_is_one_job_array(tmp_path):
+    root = tmp_path / "sweep"
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "sweep.py"), "--configs", str(TINY), "--seeds", "0", "1",
+                           "--output-root", str(root), "--launcher", "slurm", "--cpus-per-task", "1", "--time", "10",
+                           "solver.max_iter=2", "test.tasks=5"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"submitted 2 jobs \(array \d+\)", proc.stdout), proc.stdout
+    for seed in (0, 1):
+        result = wait_for(lambda s=seed: (root / "tiny" / f"seed{s}" / "results.json").is_file(), 180,
+                          f"seed {seed} of the array")
+        assert result
+    assert json.loads((root / "tiny" / "seed1" / "results.json").read_text())["iterations"] == 2
