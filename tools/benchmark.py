@@ -9,18 +9,32 @@ synthetic task batches of the configured shape (way, shot, query, image size, me
 no dataset is read. The configs are timed in interleaved rounds after a warm-up, which spreads
 the machine's noise evenly over them; the table reports the median seconds per iteration and
 tasks/s, and ratios to the first config. Overrides apply to every config.
+
+Alongside, on the first config's inputs and network, a **naive baseline** is timed in the same
+rounds: MAML written the plain way — a stateful clone of the network per task whose parameters
+are replaced by ``θ − α·g`` after each ``torch.autograd.grad(create_graph=True)`` (first-order:
+without the graph), one task after another — and every config's speed is also given relative
+to it (``x_naive``: > 1 means faster than the naive loop).
+
+``--json`` prints one object per config with ``tasks_per_s``, ``s_per_iter``, ``peak_mem_mb``
+and ``path`` (device/engine). Peak memory is ``torch.cuda.max_memory_allocated`` of that
+config's steps on GPU; on CPU it is the process's peak RSS so far (all configs share the
+process, so it is an upper bound for each; run one config alone for its own figure).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import resource
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -40,6 +54,67 @@ def synthetic_batch(cfg, device) -> TaskBatch:
         torch.rand(tasks, d.way * d.shot, *shape, generator=g), labels(d.shot),
         torch.rand(tasks, d.way * d.query, *shape, generator=g), labels(d.query),
     ).to(device)
+
+
+def _clone_module(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module`` whose parameters are differentiable clones of the originals."""
+    clone = copy.copy(module)
+    clone._parameters = {n: (None if p is None else p.clone()) for n, p in module._parameters.items()}
+    clone._buffers = dict(module._buffers)
+    clone._modules = {n: _clone_module(m) for n, m in module._modules.items()}
+    return clone
+
+
+def _params(module: torch.nn.Module):
+    """(owner module, name, tensor) of every parameter slot, in a fixed order."""
+    for mod in module.modules():
+        for name, p in mod._parameters.items():
+            if p is not None:
+                yield mod, name, p
+
+
+class NaiveMAML:
+    """The per-task loop most MAML code runs (module doc): the baseline of the ratios."""
+
+    name = "naive per-task MAML"
+
+    def __init__(self, runner: Runner):
+        self.model = copy.deepcopy(runner.algo.model)  # its own weights: both get Adam steps
+        self.batch, self.device = runner.batch, runner.device
+        algo = runner.algo.main if hasattr(runner.algo, "main") else runner.algo
+        self.lr, self.steps, self.first_order = float(algo.inner_lr), algo.inner_steps, algo.first_order
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=runner.cfg.solver.lr)
+        self.meta_batch = runner.cfg.solver.meta_batch
+        self.times: list[float] = []
+
+    def loss(self) -> torch.Tensor:
+        b = self.batch
+        total = 0.0
+        for i in range(b.num_tasks):
+            learner = _clone_module(self.model)
+            for _ in range(self.steps):
+                slots = list(_params(learner))
+                support_loss = F.cross_entropy(learner(b.support_x[i]), b.support_y[i])
+                grads = torch.autograd.grad(support_loss, [p for _, _, p in slots],
+                                            create_graph=not self.first_order)
+                for (mod, name, p), g in zip(slots, grads, strict=True):
+                    mod._parameters[name] = p - self.lr * g
+            total = total + F.cross_entropy(learner(b.query_x[i]), b.query_y[i])
+        return total / b.num_tasks
+
+    def step(self) -> float:
+        start = time.perf_counter()
+        loss = self.loss()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+
+def _engine(algo, device) -> str:
+    return (algo.main if hasattr(algo, "main") else algo).resolved_engine(device)
 
 
 class Runner:
@@ -72,33 +147,48 @@ def main(argv=None) -> int:
     parser.add_argument("--iters", type=int, default=10, help="timed iterations per config")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--json", action="store_true", help="print one JSON object per config")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="key=value")
-    args = parser.parse_args(argv)
+    parser.add_argument("opts", nargs="*", metavar="key=value")
+    args = parser.parse_intermixed_args(argv)
     try:
         runners = [Runner(path, args.opts) for path in args.config_file]
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for runner in runners:
+    naive = NaiveMAML(runners[0])
+    timed = [*runners, naive]
+    for runner in timed:
         for _ in range(args.warmup):
             runner.step()
+    peaks: dict[int, float] = {}
     for _ in range(args.iters):
-        for runner in runners:
+        for runner in timed:
+            if runner.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(runner.device)
             runner.times.append(runner.step())
-    base = statistics.median(runners[0].times)
-    for runner in runners:
+            if runner.device.type == "cuda":
+                peak = torch.cuda.max_memory_allocated(runner.device) / 2**20
+            else:
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            peaks[id(runner)] = max(peaks.get(id(runner), 0.0), peak)
+    base, naive_s = statistics.median(runners[0].times), statistics.median(naive.times)
+    for runner in timed:
         s = statistics.median(runner.times)
+        is_naive = runner is naive
         row = {
             "config": runner.name, "s_per_iter": s,
-            "tasks_per_s": runner.cfg.solver.meta_batch / s, "ratio_to_first": s / base,
-            "path": f"{runner.device.type}/{runner.algo.resolved_engine(runner.device)}",
+            "tasks_per_s": runners[0].cfg.solver.meta_batch / s if is_naive else runner.cfg.solver.meta_batch / s,
+            "peak_mem_mb": round(peaks[id(runner)], 1),
+            "path": f"{runner.device.type}/naive-loop" if is_naive
+            else f"{runner.device.type}/{_engine(runner.algo, runner.device)}",
+            "ratio_to_first": s / base, "x_naive": naive_s / s,
             "threads": torch.get_num_threads(),
         }
         if args.json:
             print(json.dumps(row))
         else:
             print(f"{row['config']:<24} {s:8.3f} s/iter  {row['tasks_per_s']:7.2f} tasks/s  "
-                  f"x{row['ratio_to_first']:.3f}  ({row['path']})")
+                  f"x{row['ratio_to_first']:.3f} of first  x{row['x_naive']:.2f} vs naive  "
+                  f"{row['peak_mem_mb']:8.1f} MB  ({row['path']})")
     return 0
 
 

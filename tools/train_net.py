@@ -165,6 +165,9 @@ def run(args: argparse.Namespace, extra_hooks=()) -> dict:
 
     # ---- output folder, config.yaml, logging, seeds ----------------------------------------
     default_setup(cfg, args, world)
+    core = getattr(algorithm, "main", algorithm)
+    logger.info("inner loop: %s engine (algorithm.engine=%s; auto = vmap over tasks on CUDA, the "
+                "per-task loop on CPU, where each measured faster)", core.resolved_engine(device), core.engine)
     trainer = MetaTrainer(algorithm, sampler, optimizer, device, world)
     timer = IterationTimer()
     eval_hook = EvalHook(cfg.test.eval_period, val_tasks, checkpointer, cfg.test.batch, device)
