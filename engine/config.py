@@ -64,6 +64,9 @@ class SolverConfig:
     max_iter: int = 300
     checkpoint_period: int = 100
     keep_checkpoints: int = 3
+    on_nonfinite: str = "stop"  # a NaN/inf loss or meta-gradient: stop, or skip the batch
+    max_skips: int = 10  # skipped batches allowed over the run before stopping anyway
+    clip_grad_norm: float = 0.0  # clip the meta-gradient's global norm (0: off)
 
 
 @dataclass

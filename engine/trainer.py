@@ -32,7 +32,17 @@ from engine.launch import World, average_gradients, average_scalars
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EventStorage", "TrainerBase", "MetaTrainer"]
+__all__ = ["EventStorage", "TrainerBase", "MetaTrainer", "NumericalFault"]
+
+
+class NumericalFault(FloatingPointError):
+    """A NaN/inf in the loss or the meta-gradient that the ``on_nonfinite`` policy does not
+    absorb. ``state`` is the trainer's state from before the failing iteration (a checkpoint of
+    the last good state: resuming from it repeats that iteration)."""
+
+    def __init__(self, message: str, state: dict[str, Any]):
+        super().__init__(message)
+        self.state = state
 
 
 class EventStorage:
@@ -175,17 +185,24 @@ class MetaTrainer(TrainerBase):
     """
 
     def __init__(self, algorithm: torch.nn.Module, sampler, optimizer: torch.optim.Optimizer,
-                 device: torch.device | str = "cpu", world: World | None = None) -> None:
+                 device: torch.device | str = "cpu", world: World | None = None, on_nonfinite: str = "stop",
+                 max_skips: int = 10, clip_grad_norm: float = 0.0) -> None:
         super().__init__()
+        if on_nonfinite not in ("stop", "skip"):
+            raise ValueError(f"solver.on_nonfinite: expected stop or skip, got '{on_nonfinite}'")
         self.algorithm = algorithm
         self.sampler = sampler
         self.optimizer = optimizer
         self.device = torch.device(device)
         self.world = world or World()
+        self.on_nonfinite, self.max_skips = on_nonfinite, int(max_skips)
+        self.clip_grad_norm = float(clip_grad_norm)
+        self.skipped = 0  # batches skipped for non-finite values, over the whole run
         self.algorithm.train()
 
     def run_step(self) -> None:
         start = time.perf_counter()
+        before = {"sampler": self.sampler.state_dict(), "rng": get_rng_state()}  # for a fault
         batch = self.sampler.next_batch().to(self.device)
         data_time = time.perf_counter() - start
 
@@ -194,13 +211,19 @@ class MetaTrainer(TrainerBase):
                    for k, v in out.items()
                    if (isinstance(v, torch.Tensor) and v.dim() == 0) or isinstance(v, (int, float))}
         scalars = average_scalars(scalars, self.world)
-        self._check_finite(scalars)
+        if "loss" not in scalars:
+            raise KeyError("algorithm output has no 0-dim 'loss' entry to minimise")
 
         self.optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        if self.world.distributed:
+        fault = None if math.isfinite(scalars["loss"]) else self._describe_loss_fault(scalars, out)
+        if fault is None:
+            out["loss"].backward()
             params = [p for group in self.optimizer.param_groups for p in group["params"]]
             average_gradients(params, self.world)
+            fault = self._clip_and_check_gradients(params, scalars)
+        if fault is not None:
+            self._handle_fault(fault, before)
+            return
         self.optimizer.step()
 
         step_time = time.perf_counter() - start
@@ -208,16 +231,47 @@ class MetaTrainer(TrainerBase):
         self.storage.put_scalars(**scalars, time=step_time, data_time=data_time,
                                  tasks_per_s=tasks / max(step_time, 1e-9))
 
-    def _check_finite(self, scalars: dict[str, float]) -> None:
-        if "loss" not in scalars:
-            raise KeyError("algorithm output has no 0-dim 'loss' entry to minimise")
-        if math.isfinite(scalars["loss"]):
+    # ---- numerical faults ---------------------------------------------------------------------
+    def _describe_loss_fault(self, scalars: dict[str, float], out: dict) -> str:
+        """Which terms are non-finite and in which tasks of the batch, where the output says."""
+        terms = ", ".join(f"{k}={v}" for k, v in scalars.items() if not math.isfinite(v) and k.startswith("loss"))
+        where = []
+        offset = self.world.rank * int(out["task_acc"].shape[0]) if "task_acc" in out else 0
+        for key, what in (("task_inner_finite", "the inner loop diverged (non-finite trajectory)"),
+                          ("task_logits_finite", "non-finite query logits")):
+            flags = out.get(key)
+            if isinstance(flags, torch.Tensor) and not bool(flags.all()):
+                tasks = [offset + i for i in (~flags).nonzero().flatten().tolist()]
+                where.append(f"{what} in task(s) {', '.join(map(str, tasks))}")
+        return f"non-finite loss ({terms})" + (f": {'; '.join(where)}" if where else "")
+
+    def _clip_and_check_gradients(self, params: list[torch.Tensor], scalars: dict[str, float]) -> str | None:
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return None
+        if self.clip_grad_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        scalars["grad_norm"] = float(norm)
+        return None if math.isfinite(scalars["grad_norm"]) else "non-finite meta-gradient (the loss was finite)"
+
+    def _handle_fault(self, fault: str, before: dict[str, Any]) -> None:
+        """``skip``: drop this batch (up to ``max_skips`` in the run); ``stop`` or past the limit:
+        raise :class:`NumericalFault` carrying the state from before this iteration."""
+        self.optimizer.zero_grad(set_to_none=True)
+        message = f"iteration {self.iter}: {fault}"
+        if self.on_nonfinite == "skip" and self.skipped < self.max_skips:
+            self.skipped += 1
+            logger.warning("%s; batch skipped (%d of at most %d, solver.max_skips)", message, self.skipped,
+                           self.max_skips)
+            self.storage.put_scalar("skipped", self.skipped)
             return
-        bad = ", ".join(f"{k}={v}" for k, v in scalars.items() if not math.isfinite(v))
-        raise FloatingPointError(
-            f"iteration {self.iter}: the loss is not finite ({bad}); training diverged, "
-            f"try a lower solver.lr or algorithm.inner_lr"
-        )
+        state = self.state_dict()
+        state.update(iteration=self.iter, sampler=before["sampler"], rng=before["rng"])
+        limit = f" after {self.skipped} skipped batches (solver.max_skips)" if self.on_nonfinite == "skip" else ""
+        raise NumericalFault(f"{message}{limit}; training stopped. Try a lower solver.lr or algorithm.inner_lr, "
+                             "solver.clip_grad_norm, or solver.on_nonfinite=skip", state)
 
     # ---- state for exact resumption ---------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -233,6 +287,7 @@ class MetaTrainer(TrainerBase):
         for hook in self._hooks:
             if hook.state_key:
                 state[hook.state_key] = hook.state_dict()
+        state["skipped"] = self.skipped
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> int:
@@ -244,5 +299,6 @@ class MetaTrainer(TrainerBase):
             if hook.state_key and hook.state_key in state:
                 hook.load_state_dict(state[hook.state_key])
         set_rng_state(state["rng"])
+        self.skipped = int(state.get("skipped", 0))
         self.iter = self.start_iter = int(state["iteration"])
         return self.start_iter

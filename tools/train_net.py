@@ -52,7 +52,7 @@ from engine.hooks import (  # noqa: E402
     PhaseBoundary,
 )
 from engine.launch import RankSlice, World, check_meta_batch, init_distributed  # noqa: E402
-from engine.trainer import MetaTrainer  # noqa: E402
+from engine.trainer import MetaTrainer, NumericalFault  # noqa: E402
 from models import build_algorithm  # noqa: E402
 
 logger = logging.getLogger("train_net")
@@ -168,7 +168,8 @@ def run(args: argparse.Namespace, extra_hooks=()) -> dict:
     core = getattr(algorithm, "main", algorithm)
     logger.info("inner loop: %s engine (algorithm.engine=%s; auto = vmap over tasks on CUDA, the "
                 "per-task loop on CPU, where each measured faster)", core.resolved_engine(device), core.engine)
-    trainer = MetaTrainer(algorithm, sampler, optimizer, device, world)
+    trainer = MetaTrainer(algorithm, sampler, optimizer, device, world, cfg.solver.on_nonfinite,
+                          cfg.solver.max_skips, cfg.solver.clip_grad_norm)
     timer = IterationTimer()
     eval_hook = EvalHook(cfg.test.eval_period, val_tasks, checkpointer, cfg.test.batch, device)
     trainer.register_hooks([
@@ -192,7 +193,11 @@ def run(args: argparse.Namespace, extra_hooks=()) -> dict:
     if start_iter > max_iter:
         logger.warning("checkpoint is at iteration %d, past solver.max_iter=%d; not training",
                        start_iter, max_iter)
-    trainer.train(start_iter, max(start_iter, max_iter))
+    try:
+        trainer.train(start_iter, max(start_iter, max_iter))
+    except NumericalFault as fault:
+        saved = checkpointer.save("model_last_good", tag_last=True, **fault.state)
+        raise NumericalFault(f"{fault}. The state before it is in {saved}", fault.state) from None
 
     # ---- final weights, then test final and best-on-validation on the same tasks ----------
     iterations = trainer.iter
@@ -276,6 +281,9 @@ def main(argv=None) -> int:
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
+    except NumericalFault as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 3
     return 0
 
 

@@ -289,6 +289,11 @@ class GBML(nn.Module):
         task_acc = (logits.argmax(-1) == query_y).float().mean(1).detach()
         out["acc"] = task_acc.mean()
         out["task_acc"] = task_acc
+        # where a NaN/inf came from, per task (read by the trainer only when the loss is not finite)
+        out["task_logits_finite"] = torch.isfinite(logits.detach()).flatten(1).all(1)
+        if step_norms is not None:
+            out["task_inner_finite"] = (torch.isfinite(step_norms.detach()).all(-1)
+                                        & torch.isfinite(per_task["grad_norms"].detach()).all(-1))
         if "logits_init" in per_task:
             out["task_acc_init"] = (per_task["logits_init"].argmax(-1) == query_y).float().mean(1)
             out["acc_init"] = out["task_acc_init"].mean()

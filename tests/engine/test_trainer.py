@@ -14,7 +14,7 @@ from engine.config import Config
 from engine.defaults import build_lr_scheduler, build_optimizer
 from engine.errors import ConfigError
 from engine.hooks import EvalHook, LRScheduler, PeriodicCheckpointer, PeriodicWriter, PhaseBoundary
-from engine.trainer import EventStorage, HookBase, MetaTrainer, TrainerBase
+from engine.trainer import EventStorage, HookBase, MetaTrainer, NumericalFault, TrainerBase
 
 
 class Recorder(HookBase):
@@ -104,7 +104,7 @@ def test_meta_trainer_writes_metrics_jsonl_and_tensorboard(tiny, tmp_path):
 def test_non_finite_loss_names_iteration_and_terms(tiny, tmp_path):
     trainer, _ = make_trainer(tiny, tmp_path, make_cfg())
     trainer.algorithm.loss_scale = float("nan")
-    with pytest.raises(FloatingPointError, match=r"iteration 0: .*not finite.*loss=nan.*loss_ce=nan"):
+    with pytest.raises(FloatingPointError, match=r"iteration 0: non-finite loss \(loss=nan, loss_ce=nan\)"):
         trainer.train(0, 3)
     assert not list(tmp_path.glob("model_*.pth"))
 
@@ -165,3 +165,82 @@ def test_phase_boundary_clears_the_optimizer_state_once():
     assert w not in opt.state
     opt.step()  # Adam starts afresh: its first step moves every weight by lr
     assert torch.allclose(w.detach(), torch.full((3,), 1 - 0.2))
+
+
+class Faulty(torch.nn.Module):
+    """loss = (w·x)² per batch, made NaN (loss) or its gradient inf on chosen calls."""
+
+    def __init__(self, nan_at=(), inf_grad_at=()):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(2))
+        self.calls, self.nan_at, self.inf_grad_at = 0, set(nan_at), set(inf_grad_at)
+
+    def forward(self, batch):
+        i, self.calls = self.calls, self.calls + 1
+        loss = (self.w.sum() * float(batch)) ** 2
+        if i in self.nan_at:
+            loss = loss * float("nan")
+        if i in self.inf_grad_at:
+            loss = loss + torch.sqrt(self.w.sum() - 2)  # finite value 0, infinite gradient
+        return {"loss": loss, "task_acc": torch.zeros(2), "task_logits_finite": torch.tensor([True, i not in self.nan_at])}
+
+
+class Scalar(float):
+    """A one-number 'batch' with the two things the trainer asks of a batch."""
+
+    num_tasks = 2
+
+    def to(self, device):
+        return self
+
+
+class Numbers:
+    def __init__(self):
+        self.n = 0
+
+    def next_batch(self):
+        self.n += 1
+        return Scalar(0.1 * self.n)
+
+    def state_dict(self):
+        return {"n": self.n}
+
+    def load_state_dict(self, state):
+        self.n = state["n"]
+
+
+def faulty_trainer(algo, **kwargs):
+    return MetaTrainer(algo, Numbers(), torch.optim.SGD(algo.parameters(), lr=0.1), **kwargs)
+
+
+def test_stop_policy_raises_with_the_state_from_before_the_iteration():
+    trainer = faulty_trainer(Faulty(nan_at={2}))
+    with pytest.raises(NumericalFault, match=r"iteration 2: non-finite loss \(loss=nan\): non-finite query logits "
+                                             r"in task\(s\) 1; training stopped") as info:
+        trainer.train(0, 5)
+    state = info.value.state
+    assert state["iteration"] == 2 and state["sampler"] == {"n": 2}  # iteration 2 is redone on resume
+    assert torch.isfinite(trainer.algorithm.w).all()
+    assert torch.equal(state["model"]["w"], trainer.algorithm.w.detach())
+
+
+def test_skip_policy_drops_the_batch_then_stops_past_the_limit():
+    algo = Faulty(nan_at={1, 3, 4})
+    trainer = faulty_trainer(algo, on_nonfinite="skip", max_skips=2)
+    w_before = []
+    trainer.register_hooks([type("Snap", (HookBase,), {"before_step": lambda self: w_before.append(algo.w.detach().clone())})()])
+    with pytest.raises(NumericalFault, match=r"iteration 4: .* after 2 skipped batches \(solver.max_skips\)"):
+        trainer.train(0, 6)
+    assert trainer.skipped == 2
+    assert torch.equal(w_before[1], w_before[2])  # iteration 1 was skipped: no update
+    assert not torch.equal(w_before[0], w_before[1])
+
+
+def test_gradient_faults_and_clipping():
+    trainer = faulty_trainer(Faulty(inf_grad_at={0}))
+    with pytest.raises(NumericalFault, match=r"iteration 0: non-finite meta-gradient \(the loss was finite\)"):
+        trainer.train(0, 1)
+    clipped = faulty_trainer(Faulty(), clip_grad_norm=1e-3)
+    clipped.train(0, 1)
+    assert abs(clipped.storage.latest()["grad_norm"][1]) > 1e-3  # the norm before clipping is logged
+    assert torch.allclose(clipped.algorithm.w, torch.ones(2) - 0.1 * 1e-3 / 2**0.5, atol=1e-7)

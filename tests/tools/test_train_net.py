@@ -174,3 +174,20 @@ def test_the_job_command_line_drops_only_the_slurm_flags():
     argv = ["--config-file", "c.yaml", "--slurm", "--nodes", "2", "--time=30", "--partition", "gpu",
             "--output-dir", "out", "solver.lr=0.1", "--resume"]
     assert tn._job_argv(argv) == ["--config-file", "c.yaml", "--output-dir", "out", "solver.lr=0.1", "--resume"]
+
+
+def test_a_diverging_run_stops_with_one_line_and_the_last_good_state(tmp_path):
+    out = tmp_path / "nan"
+    diverge = ["algorithm.inner_lr=1e20", "algorithm.inner_steps=3"]
+    proc = train_net("--output-dir", out, *diverge)
+    assert proc.returncode == 3, proc.stderr
+    errors = [line for line in proc.stderr.strip().splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and proc.stderr.strip().endswith(errors[0]) and "Traceback" not in proc.stderr
+    assert re.match(
+        r"error: iteration 0: non-finite loss \(loss_ce=nan, loss=nan\): the inner loop diverged "
+        r"\(non-finite trajectory\) in task\(s\) 0, 1; .*The state before it is in .*model_last_good\.pth$", errors[0])
+    assert (out / "last_checkpoint").read_text() == "model_last_good.pth"
+    # the skip policy is not part of the config fingerprint: the stopped run resumes with it
+    proc = ok(train_net("--output-dir", out, "--resume", *diverge, "solver.on_nonfinite=skip", "solver.max_skips=6"))
+    assert json.loads((out / "results.json").read_text())["iterations"] == 6
+    assert "batch skipped (6 of at most 6" in (out / "log.txt").read_text()
