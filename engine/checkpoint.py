@@ -225,6 +225,26 @@ class Checkpointer:
         logger.info("loaded checkpoint %s", path)
         return state
 
+    def _load_newest_readable(self) -> dict:
+        """The checkpoint ``last_checkpoint`` names or, if that one cannot be loaded (truncated,
+        corrupt, another config), the newest older periodic one that can; each failure is
+        logged. When none loads, the newest one's error is raised."""
+        last = self.get_checkpoint_file()
+        older = sorted((p for p in self.output_dir.iterdir() if _PERIODIC.match(p.name) and p.name < last.name),
+                       reverse=True) if self.output_dir.is_dir() else []
+        first_error = None
+        for path in [last, *older]:
+            try:
+                state = self.load(path)
+            except CheckpointError as exc:
+                first_error = first_error or exc
+                logger.warning("%s; trying the previous checkpoint", exc)
+                continue
+            if path != last:
+                logger.warning("resuming from %s instead of %s", path.name, last.name)
+            return state
+        raise first_error
+
     def resume_or_load(self, path: str | os.PathLike | None = None, *, resume: bool = True) -> dict | None:
         """With ``resume``, load the file ``last_checkpoint`` names if there is one; else ``path``.
 
@@ -232,7 +252,7 @@ class Checkpointer:
         a requeued job that never reached its first checkpoint simply starts over).
         """
         if resume and self.has_checkpoint():
-            return self.load(self.get_checkpoint_file())
+            return self._load_newest_readable()
         if path is not None:
             return self.load(path)
         return None

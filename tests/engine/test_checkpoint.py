@@ -109,10 +109,27 @@ def test_missing_truncated_corrupt_files_name_the_file(tmp_path):
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match=r"other\.pth: not a checkpoint"):
         ck.load(tmp_path / "other.pth")
-    # last_checkpoint naming a file that has gone
+    # last_checkpoint naming a file that has gone, and no older checkpoint to fall back to
+    (tmp_path / "model_0000001.pth").unlink()
     (tmp_path / "last_checkpoint").write_text("model_0000077.pth")
     with pytest.raises(CheckpointError, match="model_0000077.pth: checkpoint not found"):
         ck.resume_or_load()
+
+
+def test_an_unreadable_last_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+    ck = Checkpointer(tmp_path, keep=0, cfg=make_cfg())
+    for it in (4, 9):
+        ck.save(f"model_{it:07d}", model=model_state(), iteration=it + 1)
+    data = (tmp_path / "model_0000009.pth").read_bytes()
+    (tmp_path / "model_0000009.pth").write_bytes(data[: len(data) // 3])
+    with caplog.at_level("WARNING"):
+        state = ck.resume_or_load()
+    assert state["iteration"] == 5
+    assert "model_0000009.pth: cannot read checkpoint" in caplog.text
+    assert "resuming from model_0000004.pth instead of model_0000009.pth" in caplog.text
+    (tmp_path / "model_0000004.pth").write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match=r"model_0000009\.pth: cannot read checkpoint"):
+        ck.resume_or_load()  # none loads: the newest one's error
 
 
 def test_foreign_config_is_refused_naming_file_and_key(tmp_path):
