@@ -25,7 +25,7 @@ from engine.config import save_config
 from engine.errors import ConfigError, UserInputError
 from engine.launch import World
 
-__all__ = ["seed_all", "resolve_device", "check_output_dir", "default_setup", "setup_logging",
+__all__ = ["check_solver", "seed_all", "resolve_device", "check_output_dir", "default_setup", "setup_logging",
            "build_optimizer", "build_lr_scheduler"]
 
 
@@ -144,6 +144,18 @@ def default_setup(cfg: DictConfig, args, world: World | None = None) -> torch.de
     logger.info("output folder %s, device %s, seed %d, pid %d", out, device, cfg.seed, os.getpid())
     seed_all(int(cfg.seed))
     return device
+
+
+def check_solver(cfg: DictConfig) -> None:
+    """The ``solver`` values no builder checks, checked before anything is built or written."""
+    solver = cfg.solver
+    if solver.meta_batch < 1:
+        raise ConfigError(f"solver.meta_batch: must be >= 1, got {solver.meta_batch}")
+    if solver.on_nonfinite not in ("stop", "skip"):
+        raise ConfigError(f"solver.on_nonfinite: expected stop or skip, got '{solver.on_nonfinite}'")
+    for key in ("max_skips", "clip_grad_norm", "checkpoint_period", "max_iter"):
+        if solver[key] < 0:
+            raise ConfigError(f"solver.{key}: must be >= 0, got {solver[key]}")
 
 
 def build_optimizer(cfg: DictConfig, algorithm: torch.nn.Module) -> torch.optim.Optimizer:

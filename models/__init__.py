@@ -49,6 +49,10 @@ def build_algorithm(cfg: DictConfig) -> GBML | PretrainThen:
     network = build_backbone(cfg)
     main = ALGORITHMS.build(main_spec, "algorithm", network, losses=losses,
                             defaults={"metrics_period": cfg.log.period})
+    head = getattr(getattr(network, "head", None), "out_features", None)
+    if head is not None and head != cfg.data.way:
+        raise ConfigError(f"model.backbone: the network's head has {head} outputs but the tasks are "
+                          f"{cfg.data.way}-way (data.way); leave num_classes unset to follow data.way")
     iters = int(cfg.pretrain.iters)
     if iters <= 0:
         return main

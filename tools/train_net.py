@@ -37,6 +37,7 @@ from engine.defaults import (  # noqa: E402
     build_lr_scheduler,
     build_optimizer,
     check_output_dir,
+    check_solver,
     default_setup,
     resolve_device,
     seed_all,
@@ -125,6 +126,7 @@ def run(args: argparse.Namespace, extra_hooks=()) -> dict:
     cfg = load_config(args.config_file, args.opts)
     if args.output_dir:
         cfg.output_dir = args.output_dir
+    check_solver(cfg)
     device = resolve_device(cfg.device)
     world = init_distributed(device)  # torchrun, a SLURM job step, or one process
     if world.distributed and device.type == "cuda":

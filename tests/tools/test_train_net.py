@@ -117,6 +117,11 @@ def test_bad_input_leaves_existing_run_untouched(full_run, overrides, pattern):
     (["data.way=7"], r"glyphs/test: a 7-way task needs 7 classes"),
     (["data.shot=5"], r"glyphs/test: a 3-way task needs 3 classes with >= 8 images"),
     (["solver.max_iter=abc"], r"bad value for 'solver\.max_iter'"),
+    (["+model.backbone.num_classes=7"], r"model\.backbone: the network's head has 7 outputs but the tasks are 3-way"),
+    (["data.query=40"], r"glyphs/test: a 3-way task needs 3 classes with >= 42 images"),
+    (["algorithm.inner_steps=-1"], r"algorithm\.inner_steps / inner_steps_test: must be >= 0"),
+    (["solver.meta_batch=0"], r"solver\.meta_batch: must be >= 1, got 0"),
+    (["solver.on_nonfinite=ignore"], r"solver\.on_nonfinite: expected stop or skip"),
 ])
 def test_bad_input_writes_nothing(tmp_path, overrides, pattern):
     fresh, used = tmp_path / "fresh", tmp_path / "used"
@@ -191,3 +196,10 @@ def test_a_diverging_run_stops_with_one_line_and_the_last_good_state(tmp_path):
     proc = ok(train_net("--output-dir", out, "--resume", *diverge, "solver.on_nonfinite=skip", "solver.max_skips=6"))
     assert json.loads((out / "results.json").read_text())["iterations"] == 6
     assert "batch skipped (6 of at most 6" in (out / "log.txt").read_text()
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    refused(train_net("--output-dir", blocker / "run"), r"output_dir: cannot write to .*a_file/run \(Not a directory\)")
+    assert blocker.read_text() == "not a folder"
