@@ -211,7 +211,8 @@ class Checkpointer:
         except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise CheckpointError(
-                f"{path}: cannot read checkpoint, the file is truncated or corrupt ({first})"
+                f"{path}: cannot read checkpoint, the file is truncated or corrupt "
+                f"({type(exc).__name__}: {first})"
             ) from None
         if not isinstance(state, dict) or "model" not in state:
             raise CheckpointError(f"{path}: not a checkpoint of this framework (no 'model' entry)")

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import ReadonlyConfigError
 
@@ -53,3 +54,26 @@ def test_extra_modules_import_error_is_a_config_error():
     cfg = load_config(MAML, ["extra_modules=[no_such_module_xyz]"])
     with pytest.raises(ConfigError, match="extra_modules: cannot import 'no_such_module_xyz'"):
         import_extra_modules(cfg)
+
+
+def test_extra_modules_are_the_logged_way_user_code_enters(caplog):
+    cfg = load_config(MAML, ["extra_modules=[json]"])
+    with caplog.at_level("INFO"):
+        import_extra_modules(cfg)
+    assert "imported extra module json" in caplog.text
+
+
+def test_checkpoints_cannot_run_code(tmp_path):
+    """A pickle that would call a function on load is refused (weights_only), not executed."""
+    import os
+
+    from engine.checkpoint import Checkpointer
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    torch.save({"model": Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError, match=r"evil\.pth: cannot read checkpoint"):
+        Checkpointer(tmp_path).load(tmp_path / "evil.pth")
+    assert not (tmp_path / "pwned").exists()
