@@ -182,11 +182,15 @@ class MetaTrainer(TrainerBase):
         world: the run's processes (:mod:`engine.launch`); with several, ``sampler`` yields this
             process's share of the tasks and the meta-gradients and logged scalars are averaged
             over the processes after each backward.
+        on_nonfinite, max_skips, clip_grad_norm: numerical faults (``solver.*``, docs/errors.md).
+        task_chunk: forward and backward the meta-batch this many tasks at a time (gradient
+            accumulation: the same update, a lower peak memory); 0 = the whole batch at once.
+            The algorithm's ``forward`` then receives ``chunk=(index, count)``.
     """
 
     def __init__(self, algorithm: torch.nn.Module, sampler, optimizer: torch.optim.Optimizer,
                  device: torch.device | str = "cpu", world: World | None = None, on_nonfinite: str = "stop",
-                 max_skips: int = 10, clip_grad_norm: float = 0.0) -> None:
+                 max_skips: int = 10, clip_grad_norm: float = 0.0, task_chunk: int = 0) -> None:
         super().__init__()
         if on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"solver.on_nonfinite: expected stop or skip, got '{on_nonfinite}'")
@@ -197,6 +201,7 @@ class MetaTrainer(TrainerBase):
         self.world = world or World()
         self.on_nonfinite, self.max_skips = on_nonfinite, int(max_skips)
         self.clip_grad_norm = float(clip_grad_norm)
+        self.task_chunk = int(task_chunk)
         self.skipped = 0  # batches skipped for non-finite values, over the whole run
         self.algorithm.train()
 
@@ -206,18 +211,12 @@ class MetaTrainer(TrainerBase):
         batch = self.sampler.next_batch().to(self.device)
         data_time = time.perf_counter() - start
 
-        out = self.algorithm(batch)
-        scalars = {k: float(v.detach().item()) if isinstance(v, torch.Tensor) else float(v)
-                   for k, v in out.items()
-                   if (isinstance(v, torch.Tensor) and v.dim() == 0) or isinstance(v, (int, float))}
-        scalars = average_scalars(scalars, self.world)
-        if "loss" not in scalars:
-            raise KeyError("algorithm output has no 0-dim 'loss' entry to minimise")
-
         self.optimizer.zero_grad(set_to_none=True)
-        fault = None if math.isfinite(scalars["loss"]) else self._describe_loss_fault(scalars, out)
-        if fault is None:
-            out["loss"].backward()
+        scalars, bad = self._forward_backward(batch)
+        scalars = average_scalars(scalars, self.world)
+        if not math.isfinite(scalars["loss"]):
+            fault = self._describe_loss_fault(scalars, *bad)
+        else:
             params = [p for group in self.optimizer.param_groups for p in group["params"]]
             average_gradients(params, self.world)
             fault = self._clip_and_check_gradients(params, scalars)
@@ -231,12 +230,41 @@ class MetaTrainer(TrainerBase):
         self.storage.put_scalars(**scalars, time=step_time, data_time=data_time,
                                  tasks_per_s=tasks / max(step_time, 1e-9))
 
+    def _forward_backward(self, batch) -> tuple[dict[str, float], tuple[dict | None, int]]:
+        """Forward and backward over the batch, in chunks of ``task_chunk`` tasks when set.
+
+        Each chunk's loss is weighted by its share of the tasks before its backward, so the
+        accumulated gradient and the weighted means of the logged scalars equal those of one
+        pass over the whole batch (every term is a mean over tasks), while only one chunk's
+        graph is alive at a time. A chunk whose loss is not finite is not backpropagated;
+        returns the scalars and ``(output, first task index)`` of the first such chunk.
+        """
+        total = batch.num_tasks
+        step = self.task_chunk if 0 < self.task_chunk < total else total
+        scalars: dict[str, float] = {}
+        bad: tuple[dict | None, int] = (None, 0)
+        for lo in range(0, total, step):
+            part = type(batch)(*(t[lo:lo + step] for t in batch)) if step < total else batch
+            out = self.algorithm(part, chunk=(lo // step, -(-total // step))) if step < total else self.algorithm(part)
+            if "loss" not in out:
+                raise KeyError("algorithm output has no 0-dim 'loss' entry to minimise")
+            weight = part.num_tasks / total
+            for k, v in out.items():
+                if (isinstance(v, torch.Tensor) and v.dim() == 0) or isinstance(v, (int, float)):
+                    scalars[k] = scalars.get(k, 0.0) + weight * float(v.detach().item() if isinstance(v, torch.Tensor) else v)
+            if math.isfinite(float(out["loss"].detach())):
+                (out["loss"] * weight if step < total else out["loss"]).backward()
+            elif bad[0] is None:
+                bad = (out, self.world.rank * total + lo)
+        return scalars, bad
+
     # ---- numerical faults ---------------------------------------------------------------------
-    def _describe_loss_fault(self, scalars: dict[str, float], out: dict) -> str:
+    def _describe_loss_fault(self, scalars: dict[str, float], out: dict | None, offset: int) -> str:
         """Which terms are non-finite and in which tasks of the batch, where the output says."""
         terms = ", ".join(f"{k}={v}" for k, v in scalars.items() if not math.isfinite(v) and k.startswith("loss"))
+        if out is None:
+            return f"non-finite loss ({terms}) on another process"
         where = []
-        offset = self.world.rank * int(out["task_acc"].shape[0]) if "task_acc" in out else 0
         for key, what in (("task_inner_finite", "the inner loop diverged (non-finite trajectory)"),
                           ("task_logits_finite", "non-finite query logits")):
             flags = out.get(key)

@@ -42,6 +42,7 @@ from datasets.task_batch import TaskBatch  # noqa: E402
 from engine.config import load_config  # noqa: E402
 from engine.defaults import resolve_device  # noqa: E402
 from engine.errors import UserInputError  # noqa: E402
+from engine.trainer import MetaTrainer  # noqa: E402
 from models import build_algorithm  # noqa: E402
 
 
@@ -113,6 +114,17 @@ class NaiveMAML:
         return time.perf_counter() - start
 
 
+class _SameBatch:
+    def __init__(self, batch):
+        self.batch = batch
+
+    def next_batch(self):
+        return self.batch
+
+    def state_dict(self):
+        return {}
+
+
 def _engine(algo, device) -> str:
     return (algo.main if hasattr(algo, "main") else algo).resolved_engine(device)
 
@@ -128,14 +140,14 @@ class Runner:
         self.algo = build_algorithm(self.cfg).to(self.device)
         self.optimizer = torch.optim.Adam(self.algo.parameters(), lr=self.cfg.solver.lr)
         self.batch = synthetic_batch(self.cfg, self.device)
+        # the trainer's own step (chunking, fault checks included) on the same batch every time
+        self.trainer = MetaTrainer(self.algo, _SameBatch(self.batch), self.optimizer, self.device,
+                                   task_chunk=self.cfg.solver.task_chunk)
         self.times: list[float] = []
 
     def step(self) -> float:
         start = time.perf_counter()
-        out = self.algo(self.batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        self.optimizer.step()
+        self.trainer.run_step()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - start
@@ -147,6 +159,8 @@ def main(argv=None) -> int:
     parser.add_argument("--iters", type=int, default=10, help="timed iterations per config")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--json", action="store_true", help="print one JSON object per config")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip the naive baseline (e.g. to read one config's own peak RSS on CPU)")
     parser.add_argument("opts", nargs="*", metavar="key=value")
     args = parser.parse_intermixed_args(argv)
     try:
@@ -154,8 +168,8 @@ def main(argv=None) -> int:
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    naive = NaiveMAML(runners[0])
-    timed = [*runners, naive]
+    naive = None if args.no_baseline else NaiveMAML(runners[0])
+    timed = [*runners, naive] if naive else runners
     for runner in timed:
         for _ in range(args.warmup):
             runner.step()
@@ -170,7 +184,8 @@ def main(argv=None) -> int:
             else:
                 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             peaks[id(runner)] = max(peaks.get(id(runner), 0.0), peak)
-    base, naive_s = statistics.median(runners[0].times), statistics.median(naive.times)
+    base = statistics.median(runners[0].times)
+    naive_s = statistics.median(naive.times) if naive else float("nan")
     for runner in timed:
         s = statistics.median(runner.times)
         is_naive = runner is naive

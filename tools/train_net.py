@@ -171,7 +171,7 @@ def run(args: argparse.Namespace, extra_hooks=()) -> dict:
     logger.info("inner loop: %s engine (algorithm.engine=%s; auto = vmap over tasks on CUDA, the "
                 "per-task loop on CPU, where each measured faster)", core.resolved_engine(device), core.engine)
     trainer = MetaTrainer(algorithm, sampler, optimizer, device, world, cfg.solver.on_nonfinite,
-                          cfg.solver.max_skips, cfg.solver.clip_grad_norm)
+                          cfg.solver.max_skips, cfg.solver.clip_grad_norm, cfg.solver.task_chunk)
     timer = IterationTimer()
     eval_hook = EvalHook(cfg.test.eval_period, val_tasks, checkpointer, cfg.test.batch, device)
     trainer.register_hooks([

@@ -240,7 +240,10 @@ class GBML(nn.Module):
                 out["straight_logits"] = logits_at(net, straight, frozen, query_x)
         return out
 
-    def forward(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
+    def forward(self, batch: TaskBatch, chunk: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+        """The outer loss and metrics of a meta-batch. ``chunk=(i, n)``: this batch is chunk i
+        of n of one training step (the trainer's ``task_chunk``); the step counter that sets the
+        logging schedule advances on the first chunk only."""
         batch = TaskBatch(*batch).validate(way=self.way)
         support_way = int(batch.support_y.max()) + 1
         if support_way != self.way:
@@ -248,10 +251,12 @@ class GBML(nn.Module):
                 f"TaskBatch.support_y: tasks are {support_way}-way but the model's head has "
                 f"{self.way} outputs (set data.way to match)"
             )
-        logging_step = self.metrics_period > 0 and int(self.forwards) % self.metrics_period == 0
+        first = chunk is None or chunk[0] == 0
+        step = int(self.forwards) - (0 if first or not self.training else 1)
+        logging_step = self.metrics_period > 0 and step % self.metrics_period == 0
         final_grad = self.training and logging_step
         init_logits = not self.training or logging_step
-        if self.training:
+        if self.training and first:
             self.forwards += 1
         adapted, frozen = self.split_parameters()
 

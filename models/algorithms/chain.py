@@ -53,11 +53,14 @@ class PretrainThen(nn.Module):
     def pretraining(self) -> bool:
         return int(self.steps_done) < self.pretrain_iters
 
-    def forward(self, batch) -> dict[str, torch.Tensor]:
+    def forward(self, batch, chunk: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
         if not self.training:
             return self.main(batch)
-        phase = 0 if self.pretraining else 1
-        self.steps_done += 1
-        out = (self.pretrain if phase == 0 else self.main)(batch)
+        first = chunk is None or chunk[0] == 0
+        phase = 0 if int(self.steps_done) - (0 if first else 1) < self.pretrain_iters else 1
+        if first:
+            self.steps_done += 1
+        algorithm = self.pretrain if phase == 0 else self.main
+        out = algorithm(batch) if chunk is None else algorithm(batch, chunk=chunk)
         out["phase"] = torch.tensor(float(phase))
         return out

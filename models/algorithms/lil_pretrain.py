@@ -89,12 +89,13 @@ class LILPretrain(GBML):
             "traj_len": traj_len,
         }
 
-    def forward(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
+    def forward(self, batch: TaskBatch, chunk: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
         if not self.training:
             return super().forward(batch)
         batch = TaskBatch(*batch).validate(way=self.way)
-        self.update_teacher()
-        self.forwards += 1
+        if chunk is None or chunk[0] == 0:  # once per training step, however it is chunked
+            self.update_teacher()
+            self.forwards += 1
         per_task = map_tasks(
             self.pretrain_task, (*self.split_parameters(), *self._teacher_split()),
             (batch.support_x, batch.support_y, batch.query_x),

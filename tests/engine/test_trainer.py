@@ -244,3 +244,56 @@ def test_gradient_faults_and_clipping():
     clipped.train(0, 1)
     assert abs(clipped.storage.latest()["grad_norm"][1]) > 1e-3  # the norm before clipping is logged
     assert torch.allclose(clipped.algorithm.w, torch.ones(2) - 0.1 * 1e-3 / 2**0.5, atol=1e-7)
+
+
+class FixedBatches:
+    def __init__(self, batches):
+        self.batches, self.i = batches, 0
+
+    def next_batch(self):
+        self.i += 1
+        return self.batches[(self.i - 1) % len(self.batches)]
+
+    def state_dict(self):
+        return {"i": self.i}
+
+    def load_state_dict(self, state):
+        self.i = state["i"]
+
+
+def chunked_run(task_chunk: int, pretrain: bool):
+    from losses import build_losses
+    from models.algorithms.base import GBML
+    from models.algorithms.chain import PretrainThen
+    from models.algorithms.lil_pretrain import LILPretrain
+    from models.backbones.conv4 import Conv4
+    from tests_helpers import tiny_batch
+
+    torch.manual_seed(0)
+    net = Conv4(num_classes=5, in_channels=1, image_size=16, hidden=4).double()
+    losses = build_losses([{"name": "cross_entropy"}, {"name": "phase", "weight": 0.1},
+                           {"name": "pseudo_amplitude", "weight": 0.1}])
+    algo = GBML(net, inner_lr=0.4, inner_steps=2, engine="loop", losses=losses, metrics_period=2)
+    if pretrain:
+        algo = PretrainThen(LILPretrain(net, momentum=0.5, inner_lr=0.4, inner_steps=2, engine="loop"), algo, 2)
+    batches = [tiny_batch(tasks=4, size=16, seed=s) for s in range(3)]
+    batches = [type(b)(*(t.double() if t.is_floating_point() else t for t in b)) for b in batches]
+    trainer = MetaTrainer(algo, FixedBatches(batches), torch.optim.SGD(algo.parameters(), lr=0.1),
+                          task_chunk=task_chunk)
+    trainer.train(0, 4)
+    history = {k: [v for _, v in trainer.storage.history(k)] for k in ("loss", "acc", "acc_init", "pc")}
+    return [p.detach() for p in net.parameters()], history
+
+
+@pytest.mark.parametrize("pretrain", [False, True])
+def test_task_chunks_give_the_same_training(pretrain):
+    whole, whole_history = chunked_run(0, pretrain)
+    for chunk in (1, 3):  # even and uneven chunks
+        weights, history = chunked_run(chunk, pretrain)
+        for a, b in zip(whole, weights, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        assert history.keys() == whole_history.keys()
+        for key, values in whole_history.items():
+            assert len(history[key]) == len(values), key  # same logging schedule
+            tol = 1e-6 if key.startswith("acc") else 1e-10  # accuracies are float32 means
+            torch.testing.assert_close(torch.tensor(history[key]), torch.tensor(values), rtol=tol, atol=tol)
