@@ -107,30 +107,27 @@ def test_a_submitted_job_trains_like_a_direct_run(reference, tmp_path):
     same_final_weights(reference, out)
 
 
-def test_a_requeued_job_resumes_and_ends_with_the_same_weights(reference, tmp_path):
-    out = tmp_path / "requeued"
+def interrupted_run(reference: Path, out: Path, interrupt: list[str]) -> str:
+    """Submit, run ``interrupt + [job id]`` once iteration 12 is logged, wait for the end,
+    check the run finished with the reference's weights; returns the run's log."""
     job_id = submit(out)
     wait_for(lambda: logged_iters(out) >= 12, 120, "iteration 12")
-    subprocess.run(["scontrol", "requeue", job_id], check=True)
-    results = finished(out, job_id)
-    log = (out / "log.txt").read_text()
-    assert "resuming from iteration" in log  # the second start continued, not restarted
-    assert results["iterations"] == 60
+    subprocess.run([*interrupt, job_id], check=True)
+    assert finished(out, job_id)["iterations"] == 60
     same_final_weights(reference, out)
+    return (out / "log.txt").read_text()
+
+
+def test_a_requeued_job_resumes_and_ends_with_the_same_weights(reference, tmp_path):
+    log = interrupted_run(reference, tmp_path / "requeued", ["scontrol", "requeue"])
+    assert "resuming from iteration" in log  # the second start continued, not restarted
 
 
 def test_preemption_signal_checkpoints_requeues_and_finishes(reference, tmp_path):
-    out = tmp_path / "preempted"
-    job_id = submit(out)
-    wait_for(lambda: logged_iters(out) >= 12, 120, "iteration 12")
-    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
-    results = finished(out, job_id)
-    log = (out / "log.txt").read_text()
+    log = interrupted_run(reference, tmp_path / "preempted", ["scancel", "--signal=USR2"])
     match = re.search(r"preempted or out of time: saved iteration (\d+), requeueing", log)
     assert match, log[-3000:]
     assert f"resuming from iteration {match.group(1)}" in log
-    assert results["iterations"] == 60
-    same_final_weights(reference, out)
 
 
 def test_a_sweep_is_one_job_array(tmp_path):
