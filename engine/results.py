@@ -34,8 +34,8 @@ BACKBONES = {"conv4": "", "resnet12": "ResNet-12 "}
 
 @dataclass(frozen=True)
 class Row:
-    """A table row: its ``label``, the ``family`` a baseline shares with its LIL variants (the
-    bold marks the best of a family), and ``order``, its place among the rows."""
+    """A table row: its ``label``, the ``family`` a baseline shares with its LIL variants at the
+    same shots (the bold marks the best of a family), and ``order``, its place among the rows."""
 
     label: str
     family: str
@@ -127,7 +127,7 @@ def row_label(cfg: DictConfig) -> Row:
             variant = ""
     rank = FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER)
     order = (shot, prefix != "", prefix, rank, family, VARIANT_ORDER.index(variant))
-    return Row(f"{prefix}{name}{variant} ({shot})", prefix + family, order)
+    return Row(f"{prefix}{name}{variant} ({shot})", f"{prefix}{family} ({shot})", order)
 
 
 def column_label(cfg: DictConfig) -> str:

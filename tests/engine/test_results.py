@@ -9,16 +9,16 @@ from tests_helpers import ROOT
 
 
 @pytest.mark.parametrize("config, label, family", [
-    ("maml_5shot", "MAML (5)", "MAML"),
-    ("maml_lil_1shot", "MAML + LIL (1)", "MAML"),
-    ("maml_pc_5shot", "MAML + PC (5)", "MAML"),
-    ("maml_ac_5shot", "MAML + AC (5)", "MAML"),
-    ("fomaml_lil_1shot", "FOMAML + LIL (1)", "FOMAML"),
-    ("fomaml_phase_5shot", "FOMAML + PC (5)", "FOMAML"),
-    ("anil_lil_1shot", "ANIL + LIL (1)", "ANIL"),
-    ("boil_resnet12_5shot", "ResNet-12 BOIL (5)", "ResNet-12 BOIL"),
-    ("random_init_1shot", "Random-init (1)", "init"),
-    ("lil_init_5shot", "LIL-init (5)", "init"),
+    ("maml_5shot", "MAML (5)", "MAML (5)"),
+    ("maml_lil_1shot", "MAML + LIL (1)", "MAML (1)"),
+    ("maml_pc_5shot", "MAML + PC (5)", "MAML (5)"),
+    ("maml_ac_5shot", "MAML + AC (5)", "MAML (5)"),
+    ("fomaml_lil_1shot", "FOMAML + LIL (1)", "FOMAML (1)"),
+    ("fomaml_phase_5shot", "FOMAML + PC (5)", "FOMAML (5)"),
+    ("anil_lil_1shot", "ANIL + LIL (1)", "ANIL (1)"),
+    ("boil_resnet12_5shot", "ResNet-12 BOIL (5)", "ResNet-12 BOIL (5)"),
+    ("random_init_1shot", "Random-init (1)", "init (1)"),
+    ("lil_init_5shot", "LIL-init (5)", "init (5)"),
 ])
 def test_row_labels_follow_the_paper(config, label, family):
     row = row_label(load_config(ROOT / "configs" / f"{config}.yaml"))
