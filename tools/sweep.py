@@ -9,7 +9,10 @@
 
 A sweep file (YAML) lists ``configs`` (paths relative to the repository's ``configs/``),
 ``seeds``, optional ``overrides`` applied to every run and optional ``columns`` — a mapping from
-a column name (usually a dataset) to the overrides that make it. ``{data_root}`` in an override
+a column name (usually a dataset) to the overrides that make it. An entry of ``configs`` may
+carry its own overrides, applied after the shared ones (and after those on the command line):
+``- random_init_1shot: [solver.max_iter=0]`` keeps that run untrained whatever budget the
+sweep sets. ``{data_root}`` in an override
 is replaced by ``--data-root``. Each run is ``tools/train_net.py --config-file C seed=S …`` into
 ``OUTPUT_ROOT/[COLUMN/]CONFIG/seedS``: a folder with ``results.json`` is finished and skipped, one
 with only a ``config.yaml`` was interrupted and is resumed (``--resume``), exactly.
@@ -101,8 +104,19 @@ def load_sweep(path: str | Path) -> dict:
     columns = spec.get("columns") or {}
     if not isinstance(columns, (dict, DictConfig)):
         raise ConfigError(f"{path}: columns: expected a mapping name -> list of overrides")
+    if not isinstance(spec.configs, ListConfig):
+        raise ConfigError(f"{path}: configs: expected a list, got {spec.configs!r}")
+    entries = []
+    for item in spec.configs:
+        if isinstance(item, DictConfig) and len(item) == 1:
+            (name, extra), = item.items()
+            entries.append((str(name), _strings(extra or [], f"{path}: configs.{name}")))
+        elif isinstance(item, str):
+            entries.append((item, []))
+        else:
+            raise ConfigError(f"{path}: configs: expected a name or {{name: [overrides]}}, got {item!r}")
     return {
-        "configs": _strings(spec.configs, f"{path}: configs"),
+        "configs": entries,
         "seeds": [int(s) for s in _strings(spec.seeds, f"{path}: seeds")],
         "overrides": _strings(spec.get("overrides") or [], f"{path}: overrides"),
         "columns": {str(k): _strings(v or [], f"{path}: columns.{k}") for k, v in columns.items()},
@@ -116,14 +130,17 @@ def _config_path(name: str) -> Path:
     raise ConfigError(f"configs: '{name}' not found (as a path or under {CONFIGS})")
 
 
-def expand(configs: list[str], seeds: list[int], output_root: str | Path, overrides=(), columns=None,
+def expand(configs: list, seeds: list[int], output_root: str | Path, overrides=(), columns=None,
            data_root: str | None = None) -> list[Run]:
-    """Every (column, config, seed) of the grid as a :class:`Run`, in that nesting order."""
+    """Every (column, config, seed) of the grid as a :class:`Run`, in that nesting order.
+
+    ``configs`` items are names or ``(name, overrides of that config)`` pairs."""
     if not configs or not seeds:
         raise ConfigError("sweep: needs at least one config and one seed")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"sweep: seeds repeat: {seeds}")
-    stems = [_config_path(c).stem for c in configs]
+    configs = [(c, []) if isinstance(c, str) else (c[0], list(c[1])) for c in configs]
+    stems = [_config_path(c).stem for c, _ in configs]
     if len(set(stems)) != len(stems):
         raise ConfigError(f"sweep: two configs share a name (their run folders would clash): {stems}")
 
@@ -138,12 +155,12 @@ def expand(configs: list[str], seeds: list[int], output_root: str | Path, overri
     root = Path(output_root)
     runs = []
     for column, column_overrides in (columns or {None: []}).items():
-        for config in configs:
+        for config, own in configs:
             path = _config_path(config)
             for seed in seeds:
                 out = root / column / path.stem if column else root / path.stem
                 runs.append(Run(path, seed, out / f"seed{seed}", column,
-                                fill([*overrides, *column_overrides])))
+                                fill([*overrides, *own, *column_overrides])))
     return runs
 
 

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from engine.config import load_config
+from engine.results import row_label
 from tests_helpers import ROOT
 
 sys.path.insert(0, str(ROOT / "tools"))
@@ -129,4 +130,19 @@ def test_every_sweep_file_composes(path, tmp_path):
                         data_root="/data")
     assert len(runs) == len(spec["configs"]) * len(spec["seeds"]) * max(1, len(spec["columns"]))
     for run in runs[:: len(spec["seeds"])]:
-        load_config(run.config, [*run.overrides, f"seed={run.seed}"])
+        cfg = load_config(run.config, [*run.overrides, f"seed={run.seed}"])
+        label = row_label(cfg).label  # the row the run will land in is the one its name promises
+        if run.config.stem.startswith(("random_init", "lil_init")):
+            assert label.startswith("Random-init" if run.config.stem.startswith("random") else "LIL-init"), label
+        elif "_lil" in run.config.stem:
+            assert " + LIL" in label, label
+
+
+def test_a_config_entry_can_carry_its_own_overrides(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("configs:\n  - maml_5shot\n  - random_init_5shot: [solver.max_iter=0]\nseeds: [0]\n"
+                    "overrides: [solver.max_iter=50]\n")
+    loaded = sweep.load_sweep(spec)
+    runs = sweep.expand(loaded["configs"], loaded["seeds"], tmp_path, [*loaded["overrides"], "solver.max_iter=60"])
+    assert runs[0].overrides == ["solver.max_iter=50", "solver.max_iter=60"]
+    assert runs[1].overrides == ["solver.max_iter=50", "solver.max_iter=60", "solver.max_iter=0"]
