@@ -228,23 +228,24 @@ class Checkpointer:
 
     def _load_newest_readable(self) -> dict:
         """The checkpoint ``last_checkpoint`` names or, if that one cannot be loaded (truncated,
-        corrupt, another config), the newest older periodic one that can; each failure is
-        logged. When none loads, the newest one's error is raised."""
+        corrupt, another config), the newest older periodic one that can; the failures are then
+        logged as warnings. When none loads, the newest one's error alone is raised."""
         last = self.get_checkpoint_file()
         older = sorted((p for p in self.output_dir.iterdir() if _PERIODIC.match(p.name) and p.name < last.name),
                        reverse=True) if self.output_dir.is_dir() else []
-        first_error = None
+        failures: list[CheckpointError] = []
         for path in [last, *older]:
             try:
                 state = self.load(path)
             except CheckpointError as exc:
-                first_error = first_error or exc
-                logger.warning("%s; trying the previous checkpoint", exc)
+                failures.append(exc)
                 continue
-            if path != last:
+            for exc in failures:  # reported only when a fallback is taken; else one error line
+                logger.warning("%s; using an older checkpoint", exc)
+            if failures:
                 logger.warning("resuming from %s instead of %s", path.name, last.name)
             return state
-        raise first_error
+        raise failures[0]
 
     def resume_or_load(self, path: str | os.PathLike | None = None, *, resume: bool = True) -> dict | None:
         """With ``resume``, load the file ``last_checkpoint`` names if there is one; else ``path``.
