@@ -1,4 +1,4 @@
-"""Property-based tests (hypothesis) of the episodic sampler and the fixed task lists: for any
+"""Property-based tests (hypothesis, derandomized so CI runs the same examples every time) of the episodic sampler and the fixed task lists: for any
 split and episode shape they can serve, labels are in range, the classes of a task are
 distinct, support and query never share an image, labels map to classes consistently, and the
 same seed gives the same tasks."""
@@ -37,7 +37,7 @@ def episodes(draw):
     return [sizes[i] for i in order], way, shot, query, draw(st.integers(1, 4)), draw(st.integers(0, 2**31))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(episodes())
 def test_sampled_tasks_are_well_formed(episode):
     sizes, way, shot, query, meta_batch, seed = episode
@@ -57,7 +57,7 @@ def test_sampled_tasks_are_well_formed(episode):
         assert all(sizes[c] >= shot + query for c in mapping.values())  # only classes that can serve
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30, deadline=None, derandomize=True)
 @given(episodes())
 def test_the_same_seed_gives_the_same_tasks(episode):
     sizes, way, shot, query, meta_batch, seed = episode

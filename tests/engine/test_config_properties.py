@@ -1,4 +1,5 @@
-"""Property-based tests (hypothesis) of config overrides: any valid value given as
+"""Property-based tests (hypothesis, derandomized so CI runs the same examples every time) of
+config overrides: any valid value given as
 ``key=value`` lands in the config with its type; any unknown key fails with a ConfigError
 naming it; and no value string runs code or reaches outside the config."""
 
@@ -18,14 +19,14 @@ INT_KEYS = ["solver.max_iter", "solver.meta_batch", "data.way", "data.shot", "se
 FLOAT_KEYS = ["solver.lr", "solver.weight_decay", "solver.clip_grad_norm"]
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(key=st.sampled_from(INT_KEYS), value=st.integers(-(2**40), 2**40))
 def test_integer_overrides_round_trip(key, value):
     cfg = load_config(TINY, [f"{key}={value}"])
     assert OmegaConf.select(cfg, key) == value
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(key=st.sampled_from(FLOAT_KEYS),
        value=st.floats(allow_nan=False, allow_infinity=False, min_value=-1e30, max_value=1e30))
 def test_float_overrides_round_trip(key, value):
@@ -33,7 +34,7 @@ def test_float_overrides_round_trip(key, value):
     assert OmegaConf.select(cfg, key) == pytest.approx(value, rel=1e-15, abs=0)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(section=st.sampled_from(["solver", "data", "test", "log"]),
        name=st.from_regex(r"[a-z][a-z_]{2,12}", fullmatch=True))
 def test_unknown_keys_fail_naming_the_key(section, name):
@@ -43,7 +44,7 @@ def test_unknown_keys_fail_naming_the_key(section, name):
         load_config(TINY, [f"{section}.{name}=1"])
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(text=st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=30))
 def test_any_string_value_is_data_or_a_clean_error(text):
     """A value never executes: without interpolation syntax it is stored exactly as given;
@@ -55,5 +56,7 @@ def test_any_string_value_is_data_or_a_clean_error(text):
         assert "$" in text or "\\" in text
         return
     assert isinstance(cfg.output_dir, str)
-    if "$" not in text and "\\" not in text:
+    if text == "???":  # OmegaConf's "missing" marker: output_dir falls back to its default
+        assert cfg.output_dir == "output/tiny"
+    elif "$" not in text and "\\" not in text:
         assert cfg.output_dir == text
