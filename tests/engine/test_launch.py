@@ -75,6 +75,7 @@ def _worker(rank: int, init_file: str, out: dict) -> None:
         gathered = gather_lists([rank * 10, rank * 10 + 1], world)
         if rank == 0:
             out["grads"], out["gathered"] = grads, gathered
+        dist.barrier()  # neither process tears gloo down while the other still uses it
     finally:
         dist.destroy_process_group()
 
