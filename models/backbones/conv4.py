@@ -11,22 +11,25 @@ from models.backbones.layers import TaskBatchNorm2d
 
 
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
-    """conv3×3 → BatchNorm (batch statistics only) → ReLU → maxpool 2.
+    """conv3×3 → BatchNorm (batch statistics only) → maxpool 2 → ReLU.
 
     The convolution has no bias: the BatchNorm shift that follows makes it redundant (its
-    gradient is exactly zero).
+    gradient is exactly zero). Pooling comes before the ReLU: both are monotone, so
+    ``relu(maxpool(x)) == maxpool(relu(x))`` with the same gradients of every order, and the
+    ReLU then runs on a quarter of the elements (the usual order of the Conv4 papers is
+    conv → BN → ReLU → pool; the function is the same).
     """
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
         TaskBatchNorm2d(out_channels),
-        nn.ReLU(inplace=False),
         nn.MaxPool2d(2),
+        nn.ReLU(inplace=False),
     )
 
 
 @BACKBONES.register("conv4")
 class Conv4(nn.Module):
-    """4 × [conv3×3 (``hidden`` channels), BN, ReLU, maxpool 2], flatten, linear N-way head.
+    """4 × [conv3×3 (``hidden`` channels), BN, maxpool 2, ReLU], flatten, linear N-way head.
 
     BatchNorm follows the MAML convention: ``track_running_stats=False``, so both the inner and
     the outer loop normalise with the statistics of the current batch (one task's support or

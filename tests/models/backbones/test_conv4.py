@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from engine.inner_loop import map_tasks
-from models.backbones.conv4 import Conv4
+from models.backbones.conv4 import Conv4, conv_block
 from models.backbones.layers import TaskBatchNorm2d
 
 
@@ -48,3 +48,29 @@ def test_task_batch_norm_is_the_same_under_vmap_and_in_a_loop():
 def test_too_small_image_is_refused():
     with pytest.raises(ValueError, match="data.image_size: conv4 needs >= 16"):
         Conv4(image_size=8)
+
+
+def _value_grad_and_hvp(fn, x, v):
+    """fn(x), its gradient and the Hessian-vector product H·v, in one graph."""
+    out = fn(x).sin().sum()
+    (g,) = torch.autograd.grad(out, x, create_graph=True)
+    (hv,) = torch.autograd.grad((g * v).sum(), x)
+    return out, g, hv
+
+
+@pytest.mark.parametrize("act", [torch.nn.ReLU(), torch.nn.LeakyReLU(0.1)])
+def test_pool_before_activation_is_the_same_function_to_second_order(act):
+    """The blocks pool before the (monotone) activation; value, gradient and H·v must equal
+    those of the textbook activation-then-pool order, all-negative (tied-at-zero) windows included."""
+    torch.manual_seed(0)
+    pool = torch.nn.MaxPool2d(2)
+    x = torch.randn(3, 4, 8, 8, dtype=torch.float64)
+    x[0, 0, :2, :2] = -torch.rand(2, 2, dtype=torch.float64) - 0.5  # a window with no positive entry
+    x.requires_grad_(True)
+    v = torch.randn_like(x)
+    textbook = _value_grad_and_hvp(lambda t: pool(act(t)) * t.new_tensor(1.5), x, v)
+    ours = _value_grad_and_hvp(lambda t: act(pool(t)) * t.new_tensor(1.5), x, v)
+    for a, b in zip(textbook, ours, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
+    block = conv_block(4, 4)
+    assert [type(m) for m in block][2:] == [torch.nn.MaxPool2d, torch.nn.ReLU]
