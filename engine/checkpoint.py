@@ -37,7 +37,8 @@ __all__ = ["Checkpointer", "atomic_write", "config_fingerprint", "get_rng_state"
 #: Config keys left out of the fingerprint: changing them does not change what is trained.
 VOLATILE_KEYS = ("output_dir", "device", "test", "log", "solver.max_iter",
                  "solver.checkpoint_period", "solver.keep_checkpoints",
-                 "algorithm.inner_steps_test", "algorithm.engine", "solver.on_nonfinite",
+                 "algorithm.inner_steps_test", "algorithm.engine", "algorithm.channels_last",
+                 "solver.on_nonfinite",
                  "solver.max_skips", "solver.task_chunk")
 _PERIODIC = re.compile(r"^model_(\d{7})\.pth$")
 

@@ -105,6 +105,7 @@ class Config:
             "inner_steps": 3,
             "inner_steps_test": 3,
             "engine": "auto",
+            "channels_last": "auto",
         }
     )
     losses: list[Any] = field(default_factory=lambda: [{"name": "cross_entropy"}])

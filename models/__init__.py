@@ -36,7 +36,8 @@ def build_backbone(cfg: DictConfig):
 
 
 # Inner-loop settings a pretraining phase takes from the main algorithm unless it sets them.
-SHARED_WITH_PRETRAIN = ("inner_lr", "inner_steps", "inner_steps_test", "engine", "adapt", "inner_lr_mode")
+SHARED_WITH_PRETRAIN = ("inner_lr", "inner_steps", "inner_steps_test", "engine", "adapt", "inner_lr_mode",
+                        "channels_last")
 
 
 def build_algorithm(cfg: DictConfig) -> GBML | PretrainThen:

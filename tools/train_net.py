@@ -33,6 +33,7 @@ import torch  # noqa: E402
 from datasets import EpisodicSampler, TaskList, build_dataset  # noqa: E402
 from engine.checkpoint import Checkpointer, atomic_write  # noqa: E402
 from engine.config import load_config  # noqa: E402
+from engine.cpu_memory import keep_freed_memory  # noqa: E402
 from engine.defaults import (  # noqa: E402
     build_lr_scheduler,
     build_optimizer,
@@ -128,6 +129,7 @@ def run(args: argparse.Namespace, extra_hooks=()) -> dict:
         cfg.output_dir = args.output_dir
     check_solver(cfg)
     device = resolve_device(cfg.device)
+    malloc_note = keep_freed_memory()  # before the first large tensor (engine/cpu_memory.py)
     world = init_distributed(device)  # torchrun, a SLURM job step, or one process
     if world.distributed and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
@@ -167,9 +169,13 @@ def run(args: argparse.Namespace, extra_hooks=()) -> dict:
 
     # ---- output folder, config.yaml, logging, seeds ----------------------------------------
     default_setup(cfg, args, world)
+    logger.info(malloc_note)
     core = getattr(algorithm, "main", algorithm)
     logger.info("inner loop: %s engine (algorithm.engine=%s; auto = vmap over tasks on CUDA, the "
                 "per-task loop on CPU, where each measured faster)", core.resolved_engine(device), core.engine)
+    logger.info("channels-last images: %s (algorithm.channels_last=%s; auto on CPU = the query set, and the "
+                "support set too when no double backward runs through it)",
+                core.resolved_channels_last(device), core.channels_last)
     trainer = MetaTrainer(algorithm, sampler, optimizer, device, world, cfg.solver.on_nonfinite,
                           cfg.solver.max_skips, cfg.solver.clip_grad_norm, cfg.solver.task_chunk)
     timer = IterationTimer()

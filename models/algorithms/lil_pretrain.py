@@ -92,7 +92,7 @@ class LILPretrain(GBML):
     def forward(self, batch: TaskBatch, chunk: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
         if not self.training:
             return super().forward(batch)
-        batch = TaskBatch(*batch).validate(way=self.way)
+        batch = self.prepared(batch)
         if chunk is None or chunk[0] == 0:  # once per training step, however it is chunked
             self.update_teacher()
             self.forwards += 1
