@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.task_batch import TaskBatch  # noqa: E402
 from engine.config import load_config  # noqa: E402
+from engine.cpu_memory import keep_freed_memory  # noqa: E402
 from engine.defaults import resolve_device  # noqa: E402
 from engine.errors import UserInputError  # noqa: E402
 from engine.trainer import MetaTrainer  # noqa: E402
@@ -82,10 +83,11 @@ class NaiveMAML:
     def __init__(self, runner: Runner):
         self.model = copy.deepcopy(runner.algo.model)  # its own weights: both get Adam steps
         self.batch, self.device = runner.batch, runner.device
-        algo = runner.algo.main if hasattr(runner.algo, "main") else runner.algo
+        algo = _core(runner.algo)
         self.lr, self.steps, self.first_order = float(algo.inner_lr), algo.inner_steps, algo.first_order
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=runner.cfg.solver.lr)
         self.meta_batch = runner.cfg.solver.meta_batch
+        self.path = f"{self.device.type}/naive-loop"
         self.times: list[float] = []
 
     def loss(self) -> torch.Tensor:
@@ -114,6 +116,21 @@ class NaiveMAML:
         return time.perf_counter() - start
 
 
+class QueryFloor(NaiveMAML):
+    """The query pass alone: each task's query forward at θ⁰ and its backward, no inner loop,
+    with the query images in the layout the first config's engine uses. Any algorithm that
+    trains the network on the query loss does at least this much work, so its time bounds
+    every speed-up that leaves the query pass alone (``--floor``)."""
+
+    name = "query pass only (floor)"
+
+    def __init__(self, runner: Runner):
+        super().__init__(runner)
+        self.steps = 0
+        self.batch = _core(runner.algo).prepared(runner.batch)
+        self.path = f"{self.device.type}/query-only/nhwc={_core(runner.algo).resolved_channels_last(self.device)}"
+
+
 class _SameBatch:
     def __init__(self, batch):
         self.batch = batch
@@ -125,8 +142,14 @@ class _SameBatch:
         return {}
 
 
-def _engine(algo, device) -> str:
-    return (algo.main if hasattr(algo, "main") else algo).resolved_engine(device)
+def _core(algo):
+    """The main algorithm of a pretrain-then-train chain, or the algorithm itself."""
+    return algo.main if hasattr(algo, "main") else algo
+
+
+def _path(algo, device) -> str:
+    core = _core(algo)
+    return f"{device.type}/{core.resolved_engine(device)}/nhwc={core.resolved_channels_last(device)}"
 
 
 class Runner:
@@ -143,6 +166,8 @@ class Runner:
         # the trainer's own step (chunking, fault checks included) on the same batch every time
         self.trainer = MetaTrainer(self.algo, _SameBatch(self.batch), self.optimizer, self.device,
                                    task_chunk=self.cfg.solver.task_chunk)
+        self.meta_batch = self.cfg.solver.meta_batch
+        self.path = _path(self.algo, self.device)
         self.times: list[float] = []
 
     def step(self) -> float:
@@ -161,15 +186,19 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object per config")
     parser.add_argument("--no-baseline", action="store_true",
                         help="skip the naive baseline (e.g. to read one config's own peak RSS on CPU)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time the query pass alone (no inner loop): the bound on speed-ups")
     parser.add_argument("opts", nargs="*", metavar="key=value")
     args = parser.parse_intermixed_args(argv)
+    malloc_note = keep_freed_memory()  # as tools/train_net.py does; applies to the baseline too
     try:
         runners = [Runner(path, args.opts) for path in args.config_file]
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     naive = None if args.no_baseline else NaiveMAML(runners[0])
-    timed = [*runners, naive] if naive else runners
+    floor = QueryFloor(runners[0]) if args.floor else None
+    timed = [r for r in (*runners, naive, floor) if r is not None]
     for runner in timed:
         for _ in range(args.warmup):
             runner.step()
@@ -186,17 +215,15 @@ def main(argv=None) -> int:
             peaks[id(runner)] = max(peaks.get(id(runner), 0.0), peak)
     base = statistics.median(runners[0].times)
     naive_s = statistics.median(naive.times) if naive else float("nan")
+    if not args.json:
+        print(f"{malloc_note}; {torch.get_num_threads()} threads")
     for runner in timed:
         s = statistics.median(runner.times)
-        is_naive = runner is naive
         row = {
-            "config": runner.name, "s_per_iter": s,
-            "tasks_per_s": runners[0].cfg.solver.meta_batch / s if is_naive else runner.cfg.solver.meta_batch / s,
-            "peak_mem_mb": round(peaks[id(runner)], 1),
-            "path": f"{runner.device.type}/naive-loop" if is_naive
-            else f"{runner.device.type}/{_engine(runner.algo, runner.device)}",
+            "config": runner.name, "s_per_iter": s, "tasks_per_s": runner.meta_batch / s,
+            "peak_mem_mb": round(peaks[id(runner)], 1), "path": runner.path,
             "ratio_to_first": s / base, "x_naive": naive_s / s,
-            "threads": torch.get_num_threads(),
+            "threads": torch.get_num_threads(), "cpu_malloc": malloc_note,
         }
         if args.json:
             print(json.dumps(row))

@@ -37,13 +37,31 @@ def test_naive_baseline_has_the_engines_meta_gradient(first_order):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-9, atol=1e-12, msg=name)
 
 
-def test_json_output_has_the_documented_keys(capsys):
+def test_query_floor_is_the_query_loss_at_theta0():
+    """--floor times the query pass alone: the gradient of the query loss at θ⁰, no inner loop."""
+    torch.manual_seed(0)
+    model = Conv4(num_classes=5, in_channels=3, image_size=16, hidden=6).double()
+    batch = TaskBatch(*(t.double() if t.is_floating_point() else t for t in tiny_batch(tasks=3, size=16, channels=3)))
+    algo = GBML(model, inner_lr=0.4, inner_steps=2, engine="loop")
+    floor = benchmark.QueryFloor(FakeRunner(algo, batch))
+    assert floor.batch.query_x[0].is_contiguous(memory_format=torch.channels_last)  # the engine's layout
+    algo.inner_steps = 0
+    algo(batch)["loss"].backward()
+    floor.loss().backward()
+    for (name, p), q in zip(model.named_parameters(), floor.model.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_json_output_has_the_documented_keys(capsys, monkeypatch):
+    monkeypatch.setenv("LIL_CPU_MALLOC", "system")  # leave this test process's malloc alone
+    monkeypatch.setattr("engine.cpu_memory._applied", None)
     argv = ["--config-file", str(ROOT / "configs" / "maml_1shot.yaml"), "--iters", "1", "--warmup", "0", "--json",
-            "+model.backbone.hidden=4", "data.image_size=16", "solver.meta_batch=2"]
+            "--floor", "+model.backbone.hidden=4", "data.image_size=16", "solver.meta_batch=2"]
     assert benchmark.main(argv) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [r["config"] for r in rows] == ["maml_1shot", "naive per-task MAML"]
+    assert [r["config"] for r in rows] == ["maml_1shot", "naive per-task MAML", "query pass only (floor)"]
     for row in rows:
-        assert {"tasks_per_s", "s_per_iter", "peak_mem_mb", "path", "x_naive"} <= row.keys()
+        assert {"tasks_per_s", "s_per_iter", "peak_mem_mb", "path", "x_naive", "cpu_malloc"} <= row.keys()
         assert row["tasks_per_s"] == pytest.approx(2 / row["s_per_iter"])
-    assert rows[0]["path"] == "cpu/loop" and rows[1]["path"] == "cpu/naive-loop"
+        assert "system defaults" in row["cpu_malloc"]
+    assert [r["path"] for r in rows] == ["cpu/loop/nhwc=query", "cpu/naive-loop", "cpu/query-only/nhwc=query"]
