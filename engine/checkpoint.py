@@ -38,6 +38,7 @@ __all__ = ["Checkpointer", "atomic_write", "config_fingerprint", "get_rng_state"
 VOLATILE_KEYS = ("output_dir", "device", "test", "log", "solver.max_iter",
                  "solver.checkpoint_period", "solver.keep_checkpoints",
                  "algorithm.inner_steps_test", "algorithm.engine", "algorithm.channels_last",
+                 "algorithm.checkpoint_inner_steps",
                  "solver.on_nonfinite",
                  "solver.max_skips", "solver.task_chunk")
 _PERIODIC = re.compile(r"^model_(\d{7})\.pth$")

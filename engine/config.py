@@ -106,6 +106,7 @@ class Config:
             "inner_steps_test": 3,
             "engine": "auto",
             "channels_last": "auto",
+            "checkpoint_inner_steps": False,
         }
     )
     losses: list[Any] = field(default_factory=lambda: [{"name": "cross_entropy"}])

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
+from torch.utils.checkpoint import checkpoint
 
 from engine.kernels import group_norms
 
@@ -62,6 +63,7 @@ def adapt(
     first_order: bool,
     final_grad: bool = False,
     inner_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+    checkpoint_steps: bool = False,
 ) -> tuple[Params, dict[str, Any]]:
     """Run ``steps`` inner steps ``θᵏ⁺¹ = update(θᵏ, gᵏ, k)`` on one task.
 
@@ -73,13 +75,22 @@ def adapt(
     ``final_grad``: one extra support gradient at θˢ, taken without graph, for AC) and ``g0``.
     The norms come from one fused call each (:func:`engine.kernels.group_norms`) over the
     parameter copies the loop holds anyway; they are differentiable where the loop is.
+
+    ``checkpoint_steps``: keep no graph of the second-order inner gradients in the forward pass
+    and recompute each step's in the backward pass (:func:`_recomputed_in_backward`): less
+    memory, one more support forward and backward per step. Per-task loop only.
     """
     support_grad = grad(lambda a, f, x, y: inner_loss(logits_at(model, a, f, x), y))
+    step_grad = support_grad
+    if checkpoint_steps and not first_order and torch.is_grad_enabled():
+        step_grad = _recomputed_in_backward(support_grad)
     thetas, grads = [adapted], []
     for step in range(steps):
-        g = support_grad(thetas[-1], frozen, support_x, support_y)
-        if first_order:
-            g = {name: t.detach() for name, t in g.items()}
+        if first_order:  # gᵏ is a constant to the outer loss: record no graph for it
+            with torch.no_grad():
+                g = support_grad(thetas[-1], frozen, support_x, support_y)
+        else:
+            g = step_grad(thetas[-1], frozen, support_x, support_y)
         grads.append(g)
         thetas.append(update(thetas[-1], g, step))
     record: dict[str, Any] = {}
@@ -95,6 +106,29 @@ def adapt(
             "g0": grads[0],
         }
     return thetas[-1], record
+
+
+def _recomputed_in_backward(support_grad: Callable[..., Params]) -> Callable[..., Params]:
+    """``support_grad`` under activation checkpointing: the forward pass keeps only its inputs,
+    the backward pass recomputes the step's graph (with its double-backward part) and
+    differentiates it. The reentrant form of :func:`torch.utils.checkpoint.checkpoint` is the
+    one that runs ``torch.func.grad`` (the other form's saved-tensor hooks are refused by it);
+    it differentiates with respect to its explicit tensor inputs, so every tensor the step
+    reads is one: the held-fixed tensors (BOIL's head gets its outer gradient through the
+    inner loop) and the support inputs (ANIL's are features, differentiable in the body)."""
+
+    def call(adapted: Params, frozen: Params, support_x: torch.Tensor, support_y: torch.Tensor) -> Params:
+        names, fixed = list(adapted), list(frozen)
+
+        def flat_grad(x, *tensors):
+            g = support_grad(dict(zip(names, tensors[:len(names)], strict=True)),
+                             dict(zip(fixed, tensors[len(names):], strict=True)), x, support_y)
+            return tuple(g[n] for n in names)
+
+        out = checkpoint(flat_grad, support_x, *adapted.values(), *frozen.values(), use_reentrant=True)
+        return dict(zip(names, out, strict=True))
+
+    return call
 
 
 def map_tasks(fn: Callable[..., Any], shared: Sequence[Any], per_task: Sequence[torch.Tensor], engine: str):

@@ -37,7 +37,7 @@ def build_backbone(cfg: DictConfig):
 
 # Inner-loop settings a pretraining phase takes from the main algorithm unless it sets them.
 SHARED_WITH_PRETRAIN = ("inner_lr", "inner_steps", "inner_steps_test", "engine", "adapt", "inner_lr_mode",
-                        "channels_last")
+                        "channels_last", "checkpoint_inner_steps")
 
 
 def build_algorithm(cfg: DictConfig) -> GBML | PretrainThen:

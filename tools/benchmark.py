@@ -8,18 +8,31 @@ Each config's algorithm runs full meta-training steps (forward, backward, Adam s
 synthetic task batches of the configured shape (way, shot, query, image size, meta-batch), so
 no dataset is read. The configs are timed in interleaved rounds after a warm-up, which spreads
 the machine's noise evenly over them; the table reports the median seconds per iteration and
-tasks/s, and ratios to the first config. Overrides apply to every config.
+tasks/s, and ratios to the first config. Overrides apply to every config; overrides for one
+config alone follow its path in the same argument, e.g. to compare two engines:
+
+    python tools/benchmark.py --config-file configs/maml_1shot.yaml \
+        --config-file "configs/maml_1shot.yaml algorithm.engine=vmap"
 
 Alongside, on the first config's inputs and network, a **naive baseline** is timed in the same
 rounds: MAML written the plain way — a stateful clone of the network per task whose parameters
 are replaced by ``θ − α·g`` after each ``torch.autograd.grad(create_graph=True)`` (first-order:
-without the graph), one task after another — and every config's speed is also given relative
-to it (``x_naive``: > 1 means faster than the naive loop).
+without the graph), one task after another, with PyTorch's stock ``BatchNorm2d`` and the
+default memory layout — and every config's speed is also given relative to it (``x_naive``:
+> 1 means faster than the naive loop).
 
-``--json`` prints one object per config with ``tasks_per_s``, ``s_per_iter``, ``peak_mem_mb``
-and ``path`` (device/engine). Peak memory is ``torch.cuda.max_memory_allocated`` of that
-config's steps on GPU; on CPU it is the process's peak RSS so far (all configs share the
-process, so it is an upper bound for each; run one config alone for its own figure).
+``--floor`` adds the query pass alone (each task's query forward at θ⁰ and its backward, in the
+engine's layout, no inner loop): the least work of any algorithm that trains on the query
+loss, hence a bound on how much faster than MAML a variant can be at that shape.
+
+The process's CPU malloc is set as ``tools/train_net.py`` sets it (:mod:`engine.cpu_memory`;
+``LIL_CPU_MALLOC=system`` for glibc's defaults); it applies to every row, baselines included.
+
+``--json`` prints one object per config with ``tasks_per_s``, ``s_per_iter``, ``peak_mem_mb``,
+``path`` (device/engine/channels-last images) and ``cpu_malloc``. Peak memory is
+``torch.cuda.max_memory_allocated`` of that config's steps on GPU; on CPU it is the process's
+peak RSS so far (all configs share the process, so it is an upper bound for each; run one
+config alone for its own figure).
 """
 
 from __future__ import annotations
@@ -45,6 +58,7 @@ from engine.defaults import resolve_device  # noqa: E402
 from engine.errors import UserInputError  # noqa: E402
 from engine.trainer import MetaTrainer  # noqa: E402
 from models import build_algorithm  # noqa: E402
+from models.backbones.layers import TaskBatchNorm2d  # noqa: E402
 
 
 def synthetic_batch(cfg, device) -> TaskBatch:
@@ -75,13 +89,26 @@ def _params(module: torch.nn.Module):
                 yield mod, name, p
 
 
+def _stock_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with each :class:`TaskBatchNorm2d` replaced by PyTorch's own ``BatchNorm2d``
+    (batch statistics, same weights): the layer most MAML code uses, without this project's
+    cheaper-to-differentiate-twice backward."""
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, TaskBatchNorm2d):
+                stock = torch.nn.BatchNorm2d(child.num_features, eps=child.eps, track_running_stats=False)
+                stock.load_state_dict(child.state_dict())
+                setattr(parent, name, stock.to(child.weight.device, child.weight.dtype))
+    return model
+
+
 class NaiveMAML:
     """The per-task loop most MAML code runs (module doc): the baseline of the ratios."""
 
     name = "naive per-task MAML"
 
     def __init__(self, runner: Runner):
-        self.model = copy.deepcopy(runner.algo.model)  # its own weights: both get Adam steps
+        self.model = _stock_batch_norm(copy.deepcopy(runner.algo.model))  # its own weights: both get Adam steps
         self.batch, self.device = runner.batch, runner.device
         algo = _core(runner.algo)
         self.lr, self.steps, self.first_order = float(algo.inner_lr), algo.inner_steps, algo.first_order
@@ -155,9 +182,9 @@ def _path(algo, device) -> str:
 class Runner:
     """One config's algorithm, optimizer and batch, stepping like the trainer does."""
 
-    def __init__(self, path: str, overrides: list[str]):
-        self.cfg = load_config(path, overrides)
-        self.name = Path(path).stem
+    def __init__(self, path: str, overrides: list[str], own: tuple[str, ...] = ()):
+        self.cfg = load_config(path, [*overrides, *own])
+        self.name = " ".join([Path(path).stem, *own])
         self.device = resolve_device(self.cfg.device)
         torch.manual_seed(self.cfg.seed)
         self.algo = build_algorithm(self.cfg).to(self.device)
@@ -192,7 +219,10 @@ def main(argv=None) -> int:
     args = parser.parse_intermixed_args(argv)
     malloc_note = keep_freed_memory()  # as tools/train_net.py does; applies to the baseline too
     try:
-        runners = [Runner(path, args.opts) for path in args.config_file]
+        runners = []
+        for spec in args.config_file:
+            path, *own = spec.split()
+            runners.append(Runner(path, args.opts, tuple(own)))
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

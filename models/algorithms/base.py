@@ -99,6 +99,10 @@ class GBML(nn.Module):
             and the support set too when no double backward runs through the convolutions
             (first-order, or ANIL's precomputed features) — second-order convolution backward
             measured slower in NHWC. On CUDA ``auto`` is ``none`` (not measured yet).
+        checkpoint_inner_steps: recompute each second-order inner step in the backward pass
+            instead of keeping its graph (the memory switch, with ``solver.task_chunk``): the
+            same meta-gradient for less memory and one more support pass per step. Runs on the
+            per-task loop (``auto`` then picks it on every device).
 
     :meth:`adapted_names` is called once at the end of ``__init__`` to size the rates; a
     subclass's override may rely on the model and the constructor's arguments only.
@@ -119,6 +123,7 @@ class GBML(nn.Module):
         learn_inner_lr: bool = False,
         precompute_features: bool = True,
         channels_last: str = "auto",
+        checkpoint_inner_steps: bool = False,
     ):
         super().__init__()
         if engine not in (*ENGINES, "auto"):
@@ -130,6 +135,9 @@ class GBML(nn.Module):
         if channels_last not in CHANNELS_LAST:
             raise ConfigError(f"algorithm.channels_last: expected one of {', '.join(CHANNELS_LAST)}; "
                               f"got '{channels_last}'")
+        if checkpoint_inner_steps and engine == "vmap":
+            raise ConfigError("algorithm.checkpoint_inner_steps: runs on the per-task loop; set "
+                              "algorithm.engine to loop or auto")
         if adapt != "all" and not isinstance(getattr(model, "head", None), nn.Module):
             raise ConfigError(f"algorithm.adapt={adapt}: the network has no .head module")
         self.model = model
@@ -142,6 +150,7 @@ class GBML(nn.Module):
         self.adapt = adapt
         self.precompute_features = bool(precompute_features)
         self.channels_last = channels_last
+        self.checkpoint_inner_steps = bool(checkpoint_inner_steps)
         # training forwards so far; a buffer so that a resumed run keeps the logging schedule
         self.register_buffer("forwards", torch.zeros((), dtype=torch.long))
         adapted, _ = self.split_parameters()
@@ -191,7 +200,7 @@ class GBML(nn.Module):
     def resolved_engine(self, device: torch.device) -> str:
         if self.engine != "auto":
             return self.engine
-        return "vmap" if device.type == "cuda" else "loop"
+        return "vmap" if device.type == "cuda" and not self.checkpoint_inner_steps else "loop"
 
     def resolved_channels_last(self, device: torch.device) -> str:
         """``none``, ``query`` or ``all``: the images laid out NHWC (``channels_last``)."""
@@ -263,7 +272,7 @@ class GBML(nn.Module):
         net, frozen, support_x, query_x = self.task_network(adapted, frozen, support_x, query_x)
         final, record = adapt(
             net, adapted, frozen, support_x, support_y, steps, self.inner_update, self.first_order,
-            final_grad, self.inner_loss,
+            final_grad, self.inner_loss, self.checkpoint_inner_steps,
         )
         out = {"logits": logits_at(net, final, frozen, query_x), **record}
         g0 = out.pop("g0", None)

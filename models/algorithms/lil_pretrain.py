@@ -80,7 +80,7 @@ class LILPretrain(GBML):
             teacher_logits = logits_at(self.teacher, t_final, t_frozen, query_x)
             traj_len = t_record["step_norms"].sum()
         _, record = adapt(self.model, adapted, frozen, support_x, support_y, 1, self.inner_update,
-                          self.first_order, False, self.inner_loss)
+                          self.first_order, False, self.inner_loss, self.checkpoint_inner_steps)
         scale = traj_len / record["grad_norms"][0].clamp_min(1e-12)
         straight = {name: p - scale * record["g0"][name] for name, p in adapted.items()}
         return {

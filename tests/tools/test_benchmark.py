@@ -31,6 +31,8 @@ def test_naive_baseline_has_the_engines_meta_gradient(first_order):
     batch = TaskBatch(*(t.double() if t.is_floating_point() else t for t in tiny_batch(tasks=3, size=16)))
     algo = GBML(model, inner_lr=0.4, inner_steps=2, engine="loop", first_order=first_order)
     naive = benchmark.NaiveMAML(FakeRunner(algo, batch))  # a copy of the weights, no gradients yet
+    layers = [type(m) for m in naive.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert layers == [torch.nn.BatchNorm2d] * 4  # PyTorch's stock layer, not TaskBatchNorm2d
     algo(batch)["loss"].backward()
     naive.loss().backward()
     for (name, p), q in zip(model.named_parameters(), naive.model.parameters(), strict=True):
@@ -55,13 +57,17 @@ def test_query_floor_is_the_query_loss_at_theta0():
 def test_json_output_has_the_documented_keys(capsys, monkeypatch):
     monkeypatch.setenv("LIL_CPU_MALLOC", "system")  # leave this test process's malloc alone
     monkeypatch.setattr("engine.cpu_memory._applied", None)
-    argv = ["--config-file", str(ROOT / "configs" / "maml_1shot.yaml"), "--iters", "1", "--warmup", "0", "--json",
-            "--floor", "+model.backbone.hidden=4", "data.image_size=16", "solver.meta_batch=2"]
+    config = str(ROOT / "configs" / "maml_1shot.yaml")
+    argv = ["--config-file", config, "--config-file", f"{config} algorithm.channels_last=none", "--iters", "1",
+            "--warmup", "0", "--json", "--floor", "+model.backbone.hidden=4", "data.image_size=16",
+            "data.channels=3", "solver.meta_batch=2"]
     assert benchmark.main(argv) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [r["config"] for r in rows] == ["maml_1shot", "naive per-task MAML", "query pass only (floor)"]
+    assert [r["config"] for r in rows] == ["maml_1shot", "maml_1shot algorithm.channels_last=none",
+                                           "naive per-task MAML", "query pass only (floor)"]
     for row in rows:
         assert {"tasks_per_s", "s_per_iter", "peak_mem_mb", "path", "x_naive", "cpu_malloc"} <= row.keys()
         assert row["tasks_per_s"] == pytest.approx(2 / row["s_per_iter"])
         assert "system defaults" in row["cpu_malloc"]
-    assert [r["path"] for r in rows] == ["cpu/loop/nhwc=query", "cpu/naive-loop", "cpu/query-only/nhwc=query"]
+    assert [r["path"] for r in rows] == ["cpu/loop/nhwc=query", "cpu/loop/nhwc=none", "cpu/naive-loop",
+                                         "cpu/query-only/nhwc=query"]

@@ -74,3 +74,38 @@ def test_pool_before_activation_is_the_same_function_to_second_order(act):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
     block = conv_block(4, 4)
     assert [type(m) for m in block][2:] == [torch.nn.MaxPool2d, torch.nn.ReLU]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_task_batch_norm_matches_f_batch_norm_to_second_order(channels_last):
+    """Outside vmap TaskBatchNorm2d has its own backward (cheaper to differentiate again): its
+    value, gradient and H·v must be F.batch_norm's, and it must pass gradcheck/gradgradcheck."""
+    torch.manual_seed(0)
+    bn = TaskBatchNorm2d(3).double()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_()
+    x = torch.randn(4, 3, 5, 6, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    v = torch.randn_like(x)
+    ours = lambda t: bn(t)  # noqa: E731
+    fused = lambda t: torch.nn.functional.batch_norm(t, None, None, bn.weight, bn.bias, training=True)  # noqa: E731
+    for a, b in zip(_value_grad_and_hvp(ours, x, v), _value_grad_and_hvp(fused, x, v), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # the weight's first and second derivatives too, by finite differences
+    assert torch.autograd.gradcheck(lambda t, w, b: _with(bn, w, b)(t), (x, bn.weight, bn.bias))
+    assert torch.autograd.gradgradcheck(lambda t, w, b: _with(bn, w, b)(t), (x, bn.weight, bn.bias))
+    # the fused backward (no graph needed) and the differentiable one agree
+    (plain,) = torch.autograd.grad((bn(x) * v).sum(), x)
+    (graphed,) = torch.autograd.grad((bn(x) * v).sum(), x, create_graph=True)
+    torch.testing.assert_close(plain, graphed.detach(), rtol=1e-10, atol=1e-12)
+
+
+def _with(bn, weight, bias):
+    """A copy of ``bn`` whose affine parameters are the given tensors (for gradcheck)."""
+    clone = TaskBatchNorm2d(bn.num_features).double()
+    del clone.weight, clone.bias
+    clone.weight, clone.bias = weight, bias
+    return clone

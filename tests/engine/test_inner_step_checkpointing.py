@@ -1,0 +1,84 @@
+"""algorithm.checkpoint_inner_steps: the memory switch that recomputes each second-order inner
+step in the backward pass must give the same meta-gradient (fp64) for every variant whose
+outer gradient runs through the inner loop, and must really recompute."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.errors import ConfigError
+from losses.cross_entropy import CrossEntropy
+from losses.phase import PhaseLoss
+from losses.pseudo_amplitude import PseudoAmplitudeLoss
+from models.algorithms.base import GBML
+from models.backbones.conv4 import Conv4
+from tests.engine.test_inner_loop import (
+    LR,
+    QUERY,
+    SHOT,
+    STEPS,
+    WAY,
+    assert_close_rel,
+    make_batch,
+    reference_meta_gradient,
+)
+
+VARIANTS = {
+    "maml": {},
+    "boil": {"adapt": "body"},  # the head is held fixed inside, yet gets its gradient through it
+    "anil": {"adapt": "head"},  # the inner loop reads features that are differentiable in the body
+    "anil_no_precompute": {"adapt": "head", "precompute_features": False},
+    "meta_sgd": {"inner_lr_mode": "per_tensor", "learn_inner_lr": True},
+    "maml_lil": {"losses": [CrossEntropy(), PhaseLoss(weight=0.1), PseudoAmplitudeLoss(weight=0.01)]},
+}
+
+
+def _meta_gradient(checkpointed: bool, variant: dict, channels=1):
+    torch.manual_seed(0)
+    model = Conv4(num_classes=WAY, in_channels=channels, image_size=16, hidden=6).double()
+    algo = GBML(model, inner_lr=LR, inner_steps=STEPS, engine="loop", checkpoint_inner_steps=checkpointed,
+                metrics_period=1, **variant)
+    out = algo(make_batch(channels=channels))
+    out["loss"].backward()
+    return model, out["loss"].detach(), [p.grad for p in algo.parameters()]
+
+
+def test_maml_matches_the_per_task_reference():
+    model, loss, grads = _meta_gradient(True, {})
+    ref_loss, ref_grads = reference_meta_gradient(model, make_batch(), first_order=False)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=0)
+    assert_close_rel(grads, ref_grads, rtol=1e-8)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_same_meta_gradient_as_without_checkpointing(variant):
+    _, loss, grads = _meta_gradient(True, VARIANTS[variant])
+    _, ref_loss, ref_grads = _meta_gradient(False, VARIANTS[variant])
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=0)
+    assert len(grads) == len(ref_grads) and all(g is not None for g in grads)
+    assert_close_rel(grads, ref_grads, rtol=1e-9)
+
+
+@pytest.mark.parametrize("checkpointed", [False, True])
+def test_the_support_forward_is_recomputed_in_the_backward_pass(checkpointed):
+    torch.manual_seed(0)
+    model = Conv4(num_classes=WAY, in_channels=1, image_size=16, hidden=6).double()
+    algo = GBML(model, inner_lr=LR, inner_steps=STEPS, engine="loop", checkpoint_inner_steps=checkpointed,
+                metrics_period=0)
+    batch = make_batch()
+    sizes = []
+    model.features[0][0].register_forward_hook(lambda m, args, out: sizes.append(args[0].shape[0]))
+    loss = algo(batch)["loss"]
+    forward = sizes.count(WAY * SHOT)
+    loss.backward()
+    assert forward == STEPS * batch.num_tasks and sizes.count(WAY * QUERY) == batch.num_tasks
+    assert sizes.count(WAY * SHOT) - forward == (STEPS * batch.num_tasks if checkpointed else 0)
+
+
+def test_engine_choice():
+    model = Conv4(num_classes=WAY, in_channels=1, image_size=16, hidden=6)
+    with pytest.raises(ConfigError, match="algorithm.checkpoint_inner_steps: runs on the per-task loop"):
+        GBML(model, engine="vmap", checkpoint_inner_steps=True)
+    assert GBML(model, checkpoint_inner_steps=True).resolved_engine(torch.device("cuda")) == "loop"
+    assert GBML(model).resolved_engine(torch.device("cuda")) == "vmap"
