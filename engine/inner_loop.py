@@ -81,23 +81,21 @@ def adapt(
     memory, one more support forward and backward per step. Per-task loop only.
     """
     support_grad = grad(lambda a, f, x, y: inner_loss(logits_at(model, a, f, x), y))
+    constant_grad = _constant_grad(support_grad, model, inner_loss)
     step_grad = support_grad
-    if checkpoint_steps and not first_order and torch.is_grad_enabled():
+    if first_order or not torch.is_grad_enabled():
+        step_grad = constant_grad
+    elif checkpoint_steps:
         step_grad = _recomputed_in_backward(support_grad)
     thetas, grads = [adapted], []
     for step in range(steps):
-        if first_order:  # gᵏ is a constant to the outer loss: record no graph for it
-            with torch.no_grad():
-                g = support_grad(thetas[-1], frozen, support_x, support_y)
-        else:
-            g = step_grad(thetas[-1], frozen, support_x, support_y)
+        g = step_grad(thetas[-1], frozen, support_x, support_y)
         grads.append(g)
         thetas.append(update(thetas[-1], g, step))
     record: dict[str, Any] = {}
     if steps:
         if final_grad:
-            with torch.no_grad():
-                grads.append({n: t.detach() for n, t in support_grad(thetas[-1], frozen, support_x, support_y).items()})
+            grads.append(constant_grad(thetas[-1], frozen, support_x, support_y))
         norms = group_norms(_flat(thetas[1:] + thetas[-1:]), _flat(thetas[:-1] + thetas[:1]), steps + 1)
         record = {
             "step_norms": norms[:steps],
@@ -106,6 +104,26 @@ def adapt(
             "g0": grads[0],
         }
     return thetas[-1], record
+
+
+def _constant_grad(support_grad: Callable[..., Params], model: nn.Module, inner_loss) -> Callable[..., Params]:
+    """The support gradient as a constant to the outer loss (first-order steps, evaluation, the
+    extra gradient for AC). Outside vmap it is plain ``torch.autograd.grad`` on detached
+    copies, whose backward runs with grad mode off and so takes the fused kernels (e.g.
+    BatchNorm's); under vmap, ``support_grad`` with no outer graph."""
+
+    def call(adapted: Params, frozen: Params, support_x: torch.Tensor, support_y: torch.Tensor) -> Params:
+        if tasks_vmapped():
+            with torch.no_grad():
+                return support_grad(adapted, frozen, support_x, support_y)
+        leaves = {name: t.detach().requires_grad_() for name, t in adapted.items()}
+        with torch.enable_grad():
+            loss = inner_loss(logits_at(model, leaves, {n: t.detach() for n, t in frozen.items()},
+                                        support_x.detach()), support_y)
+            grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True, materialize_grads=True)
+        return dict(zip(leaves, grads, strict=True))
+
+    return call
 
 
 def _recomputed_in_backward(support_grad: Callable[..., Params]) -> Callable[..., Params]:
