@@ -42,8 +42,34 @@ def tasks_vmapped() -> bool:
 
 
 def logits_at(model: nn.Module, adapted: Mapping[str, torch.Tensor], frozen: Mapping[str, torch.Tensor], x):
-    """``f(x | θ)`` with θ assembled from the adapted and the held-fixed tensors."""
-    return functional_call(model, {**frozen, **adapted}, (x,))
+    """``f(x | θ)`` with θ assembled from the adapted and the held-fixed tensors.
+
+    On channels-last images (``algorithm.channels_last``) the convolutions hand back their
+    weight gradients channels-last too; they are made contiguous before they reach the rest of
+    the graph (second order: the inner loop's double backward, in the default layout, measured
+    slower by more than the channels-last query pass saved).
+    """
+    params = {**frozen, **adapted}
+    if x.dim() == 4 and not tasks_vmapped() and not x.is_contiguous() \
+            and x.is_contiguous(memory_format=torch.channels_last):
+        params = {n: _ContiguousGrad.apply(t) if t.dim() == 4 and t.requires_grad else t for n, t in params.items()}
+    return functional_call(model, params, (x,))
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward returns the gradient in the default (contiguous) layout."""
+
+    @staticmethod
+    def forward(t):
+        return t.view_as(t)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad_t):
+        return grad_t.contiguous()
 
 
 
@@ -82,7 +108,7 @@ def adapt(
     """
     support_grad = grad(lambda a, f, x, y: inner_loss(logits_at(model, a, f, x), y))
     constant_grad = _constant_grad(support_grad, model, inner_loss)
-    step_grad = support_grad
+    step_grad = support_grad if tasks_vmapped() else _graphed_grad(model, inner_loss)
     if first_order or not torch.is_grad_enabled():
         step_grad = constant_grad
     elif checkpoint_steps:
@@ -104,6 +130,19 @@ def adapt(
             "g0": grads[0],
         }
     return thetas[-1], record
+
+
+def _graphed_grad(model: nn.Module, inner_loss) -> Callable[..., Params]:
+    """The support gradient with its graph, for second order, by plain
+    ``torch.autograd.grad(create_graph=True)`` (the per-task loop)."""
+
+    def call(adapted: Params, frozen: Params, support_x: torch.Tensor, support_y: torch.Tensor) -> Params:
+        loss = inner_loss(logits_at(model, adapted, frozen, support_x), support_y)
+        grads = torch.autograd.grad(loss, list(adapted.values()), create_graph=True, allow_unused=True,
+                                    materialize_grads=True)
+        return dict(zip(adapted, grads, strict=True))
+
+    return call
 
 
 def _constant_grad(support_grad: Callable[..., Params], model: nn.Module, inner_loss) -> Callable[..., Params]:
