@@ -14,8 +14,8 @@ class _BatchStatsNorm(torch.autograd.Function):
     Second-order MAML differentiates each BatchNorm's backward once more (the inner gradient is
     part of the outer graph). PyTorch's own double backward of the fused op builds about fifty
     full-size tensors per layer; differentiating the compact backward below (Ioffe & Szegedy,
-    2015, §3) builds about twenty, and measured 1.6–2× faster on a 25 × 64 × 84 × 84 layer. When
-    no graph of the backward is needed (the outer backward, first-order steps) the fused
+    2015, §3) builds about twenty (``docs/performance.md`` has the end-to-end effect). When no
+    graph of the backward is needed (the outer backward, first-order steps) the fused
     ``native_batch_norm_backward`` runs instead. Checked against ``F.batch_norm`` with
     ``gradcheck``/``gradgradcheck`` in fp64 (``tests/models/backbones/test_conv4.py``).
     """
