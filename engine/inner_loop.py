@@ -108,7 +108,7 @@ def adapt(
     """
     support_grad = grad(lambda a, f, x, y: inner_loss(logits_at(model, a, f, x), y))
     constant_grad = _constant_grad(support_grad, model, inner_loss)
-    step_grad = support_grad if tasks_vmapped() else _graphed_grad(model, inner_loss)
+    step_grad = support_grad if tasks_vmapped() else _graphed_grad(support_grad, model, inner_loss)
     if first_order or not torch.is_grad_enabled():
         step_grad = constant_grad
     elif checkpoint_steps:
@@ -132,11 +132,14 @@ def adapt(
     return thetas[-1], record
 
 
-def _graphed_grad(model: nn.Module, inner_loss) -> Callable[..., Params]:
+def _graphed_grad(support_grad: Callable[..., Params], model: nn.Module, inner_loss) -> Callable[..., Params]:
     """The support gradient with its graph, for second order, by plain
-    ``torch.autograd.grad(create_graph=True)`` (the per-task loop)."""
+    ``torch.autograd.grad(create_graph=True)`` (the per-task loop); ``support_grad`` where an
+    adapted tensor has no gradient to take (``requires_grad=False``)."""
 
     def call(adapted: Params, frozen: Params, support_x: torch.Tensor, support_y: torch.Tensor) -> Params:
+        if not all(t.requires_grad for t in adapted.values()):
+            return support_grad(adapted, frozen, support_x, support_y)
         loss = inner_loss(logits_at(model, adapted, frozen, support_x), support_y)
         grads = torch.autograd.grad(loss, list(adapted.values()), create_graph=True, allow_unused=True,
                                     materialize_grads=True)

@@ -170,3 +170,18 @@ def test_second_order_meta_gradient_matches_finite_differences():
         numeric = (plus - minus) / (2 * eps)
         analytic = sum((gr * v).sum() for gr, v in zip(grads, direction, strict=True)).item()
         assert abs(numeric - analytic) <= 1e-6 * max(1.0, abs(analytic))
+
+
+def test_a_parameter_without_requires_grad_still_adapts_the_same_in_both_engines():
+    """The loop takes second-order inner gradients with autograd.grad; a parameter that does not
+    require grad (frozen by the user) must not break it, and vmap (torch.func.grad) must agree."""
+    batch = make_batch()
+    grads = {}
+    for engine in ("loop", "vmap"):
+        torch.manual_seed(0)
+        model = Conv4(num_classes=WAY, in_channels=1, image_size=16, hidden=6).double()
+        model.head.bias.requires_grad_(False)
+        algo = GBML(model, inner_lr=LR, inner_steps=STEPS, engine=engine)
+        _, grads[engine] = engine_meta_gradient(algo, batch)
+        assert model.head.bias.grad is None
+    assert_close_rel([g for g in grads["loop"] if g is not None], [g for g in grads["vmap"] if g is not None], 1e-8)
