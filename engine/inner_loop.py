@@ -108,11 +108,14 @@ def adapt(
     """
     support_grad = grad(lambda a, f, x, y: inner_loss(logits_at(model, a, f, x), y))
     constant_grad = _constant_grad(support_grad, model, inner_loss)
-    step_grad = support_grad if tasks_vmapped() else _graphed_grad(support_grad, model, inner_loss)
     if first_order or not torch.is_grad_enabled():
         step_grad = constant_grad
     elif checkpoint_steps:
         step_grad = _recomputed_in_backward(support_grad)
+    elif tasks_vmapped():
+        step_grad = support_grad
+    else:
+        step_grad = _graphed_grad(support_grad, model, inner_loss)
     thetas, grads = [adapted], []
     for step in range(steps):
         g = step_grad(thetas[-1], frozen, support_x, support_y)

@@ -171,7 +171,7 @@ class _SameBatch:
 
 def _core(algo):
     """The main algorithm of a pretrain-then-train chain, or the algorithm itself."""
-    return algo.main if hasattr(algo, "main") else algo
+    return getattr(algo, "main", algo)
 
 
 def _path(algo, device) -> str:
