@@ -90,6 +90,7 @@ def adapt(
     final_grad: bool = False,
     inner_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
     checkpoint_steps: bool = False,
+    hessian_ratios: bool = False,
 ) -> tuple[Params, dict[str, Any]]:
     """Run ``steps`` inner steps ``θᵏ⁺¹ = update(θᵏ, gᵏ, k)`` on one task.
 
@@ -98,7 +99,9 @@ def adapt(
 
     Returns θˢ and the trajectory record: ``step_norms`` ``[S]`` (dₖ = ‖θᵏ⁺¹ − θᵏ‖),
     ``disp_norm`` (‖θˢ − θ⁰‖), ``grad_norms`` (‖gᵏ‖ for k = 0..S-1, and k = S when
-    ``final_grad``: one extra support gradient at θˢ, taken without graph, for AC) and ``g0``.
+    ``final_grad``: one extra support gradient at θˢ, taken without graph, for AC) and ``d0``,
+    the first step Δ⁰ = θ¹ − θ⁰ (the direction of the straight step θ̂, ``docs/design.md``),
+    and, when ``hessian_ratios``, ``hess_ratios`` ``[S]`` (:func:`hessian_ratios`, no graph).
     The norms come from one fused call each (:func:`engine.kernels.group_norms`) over the
     parameter copies the loop holds anyway; they are differentiable where the loop is.
 
@@ -130,9 +133,68 @@ def adapt(
             "step_norms": norms[:steps],
             "disp_norm": norms[steps],
             "grad_norms": group_norms(_flat(grads), [], len(grads)),
-            "g0": grads[0],
+            "d0": {name: thetas[1][name] - t for name, t in thetas[0].items()},
         }
+        if hessian_ratios:
+            record["hess_ratios"] = _hessian_ratios(model, inner_loss, thetas, grads, frozen, support_x, support_y)
     return thetas[-1], record
+
+
+def straight_step(theta0: Params, d0: Params, length: torch.Tensor, first_norm: torch.Tensor) -> Params:
+    """θ̂ = θ⁰ + T · Δ⁰/‖Δ⁰‖: one straight step of length T along the first inner step
+    Δ⁰ = θ¹ − θ⁰ (``first_norm`` = ‖Δ⁰‖, paper eq. 7–8). A loop whose steps keep Δ⁰'s direction
+    lands exactly on θ̂, whatever its rates or update rule; for the plain update with one
+    scalar rate this is θ⁰ − T · g⁰/‖g⁰‖."""
+    scale = length / first_norm.clamp_min(1e-12)
+    return {name: p + scale * d0[name] for name, p in theta0.items()}
+
+
+def _hessian_ratios(model: nn.Module, inner_loss, thetas: list[Params], grads: list[Params], frozen: Params,
+                    support_x: torch.Tensor, support_y: torch.Tensor) -> torch.Tensor:
+    """hₖ = ½·Δₖᵀ H(θᵏ) Δₖ / (−gᵏᵀ Δₖ) for k = 0..S-1, ``[S]``, without graph (paper eq. 5).
+
+    Δₖ = θᵏ⁺¹ − θᵏ, gᵏ the support gradient at θᵏ and H(θᵏ) the Hessian of the support loss
+    with respect to the adapted tensors. The second-order model of the support loss along the
+    step is L(θᵏ + Δₖ) ≈ L(θᵏ) + gᵏᵀΔₖ + ½ΔₖᵀHΔₖ: hₖ is the share of the first-order decrease
+    that the curvature term takes back (for a scalar rate α, α·gᵏᵀHgᵏ / (2‖gᵏ‖²)); hₖ ≥ 1
+    predicts a step that no longer lowers the support loss. One Hessian-vector product per
+    step, never the Hessian itself.
+    """
+    fixed = {name: t.detach() for name, t in frozen.items()}
+    x = support_x.detach()
+    if tasks_vmapped():  # vmap refuses the channels-last double backward of a convolution
+        x = x.contiguous()
+    ratios = []
+    for k in range(len(thetas) - 1):
+        theta = {name: t.detach() for name, t in thetas[k].items()}
+        delta = {name: (thetas[k + 1][name] - t).detach() for name, t in thetas[k].items()}
+        hvp = _hessian_vector_product(model, inner_loss, theta, delta, fixed, x, support_y)
+        curvature = sum((delta[n] * hvp[n]).sum() for n in theta)
+        descent = -sum((grads[k][n].detach() * delta[n]).sum() for n in theta)
+        ratios.append(0.5 * curvature / descent)
+    return torch.stack(ratios)
+
+
+def _hessian_vector_product(model: nn.Module, inner_loss, theta: Params, vector: Params, frozen: Params,
+                            support_x: torch.Tensor, support_y: torch.Tensor) -> Params:
+    """H(θ)·v for the support loss, by differentiating gᵀv once more (reverse over reverse;
+    H is symmetric). Under vmap through ``torch.func``, otherwise plain autograd on leaves."""
+
+    def loss_at(a: Params) -> torch.Tensor:
+        return inner_loss(logits_at(model, a, frozen, support_x), support_y)
+
+    if tasks_vmapped():
+        _, hvp_fn = torch.func.vjp(grad(loss_at), theta)
+        return hvp_fn(vector)[0]
+    leaves = {name: t.requires_grad_() for name, t in theta.items()}
+    with torch.enable_grad():
+        grads = torch.autograd.grad(loss_at(leaves), list(leaves.values()), create_graph=True,
+                                    allow_unused=True, materialize_grads=True)
+        dot = sum((g * vector[n]).sum() for g, n in zip(grads, leaves, strict=True))
+        if not dot.requires_grad:  # the gradient does not depend on θ: a zero Hessian
+            return {name: torch.zeros_like(t) for name, t in theta.items()}
+        hvp = torch.autograd.grad(dot, list(leaves.values()), allow_unused=True, materialize_grads=True)
+    return dict(zip(leaves, hvp, strict=True))
 
 
 def _graphed_grad(support_grad: Callable[..., Params], model: nn.Module, inner_loss) -> Callable[..., Params]:

@@ -20,7 +20,7 @@ class OuterInputs:
 
     ``logits``: f(xq|θˢ) ``[B, Q, N]``; ``query_y``: ``[B, Q]``; ``traj_len``: T = Σₖ dₖ ``[B]``
     (differentiable where the inner loop is); ``straight_logits``: f(xq|θ̂) with
-    θ̂ = θ⁰ − T·g⁰/‖g⁰‖ ``[B, Q, N]``, present when a term asked for it; ``disp_norm``:
+    θ̂ = θ⁰ + T·Δ⁰/‖Δ⁰‖ (Δ⁰ the first inner step) ``[B, Q, N]``, present when a term asked for it; ``disp_norm``:
     ‖θˢ − θ⁰‖ over the adapted tensors ``[B]`` (differentiable; absent when S = 0).
     """
 

@@ -20,10 +20,12 @@ def phase_kl(logits: torch.Tensor, straight_logits: torch.Tensor) -> torch.Tenso
 class PhaseLoss(OuterLoss):
     """KL between the predictions after S inner steps and after one straight step of equal length.
 
-    θ̂ = θ⁰ − T · g⁰/‖g⁰‖ with T the trajectory length: if the inner-loop gradient kept its
-    direction (phase), the S steps would land exactly on θ̂. The paper writes ∇θ f(x|θ⁰) for the
-    direction; we use g⁰, the first support gradient, which is the direction the inner loop
-    actually starts in (DESIGN.md §1). Mean over query examples, then over tasks.
+    θ̂ = θ⁰ + T · Δ⁰/‖Δ⁰‖ with T the trajectory length and Δ⁰ = θ¹ − θ⁰ the first inner step:
+    if the inner loop kept its direction (phase), the S steps would land exactly on θ̂. The
+    paper writes ∇θ f(x|θ⁰) for the direction; Δ⁰ is the direction the inner loop actually
+    starts in, −g⁰'s for one scalar rate, and the only one on which a straight loop with
+    per-tensor, per-element or learned rates, or another update rule, lands
+    (``docs/design.md``). Mean over query examples, then over tasks.
     """
 
     key = "phase"

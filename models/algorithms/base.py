@@ -38,7 +38,7 @@ from torch.func import functional_call
 
 from datasets.task_batch import TaskBatch
 from engine.errors import ConfigError
-from engine.inner_loop import ENGINES, Params, adapt, logits_at, map_tasks
+from engine.inner_loop import ENGINES, Params, adapt, logits_at, map_tasks, straight_step
 from losses import OuterInputs, OuterLoss
 from losses.cross_entropy import CrossEntropy
 from models.algorithms.inner_lr import InnerLR
@@ -221,11 +221,13 @@ class GBML(nn.Module):
             batch = batch._replace(support_x=_nhwc_per_task(batch.support_x))
         return batch
 
-    def split_parameters(self) -> tuple[Params, Params]:
-        """θ⁰ split into (adapted, held fixed in the inner loop); buffers go with the fixed part."""
+    def split_parameters(self, network: nn.Module | None = None) -> tuple[Params, Params]:
+        """θ⁰ split into (adapted, held fixed in the inner loop); buffers go with the fixed part.
+        ``network``: a copy of ``model`` with the same names (e.g. LIL pretraining's teacher)."""
+        network = self.model if network is None else network
         names = set(self.adapted_names())
-        adapted, frozen = {}, dict(self.model.named_buffers())
-        for name, p in self.model.named_parameters():
+        adapted, frozen = {}, dict(network.named_buffers())
+        for name, p in network.named_parameters():
             (adapted if name in names else frozen)[name] = p
         unknown = names - adapted.keys()
         if unknown:
@@ -261,30 +263,32 @@ class GBML(nn.Module):
         return _Part("head", self.model.head), _prefixed(frozen, "head."), support_f, query_f
 
     def task_forward(
-        self, adapted: Params, frozen: Params, support_x, support_y, query_x, final_grad: bool, init_logits: bool
+        self, adapted: Params, frozen: Params, support_x, support_y, query_x, diagnostics: bool, init_logits: bool
     ):
         """One task: adapt on the support set; return query logits and the trajectory record.
 
         When a loss term asks for it, also the logits at the straight step
-        θ̂ = θ⁰ − T · g⁰/‖g⁰‖ (DESIGN.md §1, paper eq. 7–8), over the adapted tensors.
+        θ̂ = θ⁰ + T · Δ⁰/‖Δ⁰‖ (:func:`~engine.inner_loop.straight_step`, paper eq. 7–8), over the
+        adapted tensors. ``diagnostics`` (logging steps): also gˢ for AC and the Hessian ratios
+        hₖ of eq. 5, both without graph.
         """
         steps = self.inner_steps if self.training else self.inner_steps_test
         net, frozen, support_x, query_x = self.task_network(adapted, frozen, support_x, query_x)
         final, record = adapt(
             net, adapted, frozen, support_x, support_y, steps, self.inner_update, self.first_order,
-            final_grad, self.inner_loss, self.checkpoint_inner_steps,
+            diagnostics, self.inner_loss, self.checkpoint_inner_steps, hessian_ratios=diagnostics,
         )
         out = {"logits": logits_at(net, final, frozen, query_x), **record}
-        g0 = out.pop("g0", None)
+        d0 = out.pop("d0", None)
         if init_logits:
             with torch.no_grad():
                 out["logits_init"] = logits_at(net, adapted, frozen, query_x)
         if any(term.needs_straight_step for term in self.losses):
-            if g0 is None:
+            if d0 is None:
                 out["straight_logits"] = out["logits"]
             else:
-                scale = record["step_norms"].sum() / record["grad_norms"][0].clamp_min(1e-12)
-                straight = {name: p - scale * g0[name] for name, p in adapted.items()}
+                norms = record["step_norms"]
+                straight = straight_step(adapted, d0, norms.sum(), norms[0])
                 out["straight_logits"] = logits_at(net, straight, frozen, query_x)
         return out
 
@@ -302,14 +306,14 @@ class GBML(nn.Module):
         first = chunk is None or chunk[0] == 0
         step = int(self.forwards) - (0 if first or not self.training else 1)
         logging_step = self.metrics_period > 0 and step % self.metrics_period == 0
-        final_grad = self.training and logging_step
+        diagnostics = self.training and logging_step
         init_logits = not self.training or logging_step
         if self.training and first:
             self.forwards += 1
         adapted, frozen = self.split_parameters()
 
         def task_fn(adapted, frozen, sx, sy, qx):
-            return self.task_forward(adapted, frozen, sx, sy, qx, final_grad, init_logits)
+            return self.task_forward(adapted, frozen, sx, sy, qx, diagnostics, init_logits)
 
         per_task = map_tasks(
             task_fn, (adapted, frozen), (batch.support_x, batch.support_y, batch.query_x),
@@ -355,7 +359,13 @@ class GBML(nn.Module):
 
 
 def linearity_metrics(per_task: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """PC (eq. 3) and, when ‖gˢ‖ was taken, AC (eq. 4): per task, then the mean; no graph."""
+    """PC (eq. 3), and on logging steps AC (eq. 4) and the Hessian ratio of eq. 5: per task,
+    then the mean; no graph.
+
+    ``hess_ratio`` is the mean of hₖ over steps k = 0..S-1 and tasks
+    (:func:`engine.inner_loop._hessian_ratios`), ``hess_ratio_k<k>`` its mean per step, and
+    ``hess_ge1`` the fraction of (task, step) pairs with hₖ ≥ 1 (steps predicted not to descend).
+    """
     if "step_norms" not in per_task:
         return {}
     with torch.no_grad():
@@ -369,4 +379,10 @@ def linearity_metrics(per_task: dict[str, torch.Tensor]) -> dict[str, torch.Tens
         if grad_norms.shape[-1] == steps + 1:
             g0 = grad_norms[..., :1].clamp_min(1e-12)
             metrics["ac"] = (grad_norms[..., 1:] / g0).mean(-1).mean()
+        if "hess_ratios" in per_task:
+            ratios = per_task["hess_ratios"]
+            metrics["hess_ratio"] = ratios.mean()
+            metrics["hess_ge1"] = (ratios >= 1).to(ratios.dtype).mean()
+            for k in range(ratios.shape[-1]):
+                metrics[f"hess_ratio_k{k}"] = ratios[..., k].mean()
         return metrics

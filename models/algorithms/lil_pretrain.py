@@ -4,8 +4,9 @@ A BYOL-style teacher/student pair over one network (paper Fig. 5):
 
 - the teacher θₜ, an exponential moving average of the student (momentum 0.999), adapts S steps
   on the support set and predicts ``P = s(f(xq|θₜˢ))``; its trajectory length is Tₜ = Σₖ dₖ;
-- the student takes one straight step of that length along its own first support gradient,
-  ``θ̂ = θ⁰ − Tₜ · g⁰/‖g⁰‖`` (eq. 7–8, with g⁰ for ∇θ f as in the phase loss);
+- the student takes one straight step of that length along its own first inner step,
+  ``θ̂ = θ⁰ + Tₜ · Δ⁰/‖Δ⁰‖`` with Δ⁰ = θ¹ − θ⁰ (eq. 7–8, read as in the phase loss; for one scalar
+  rate this is ``θ⁰ − Tₜ · g⁰/‖g⁰‖``);
 - loss = ``weight · KL(P ‖ s(f(xq|θ̂)))``, mean over query examples and tasks (eq. 7). The
   teacher gets no gradient; it follows the student by EMA.
 
@@ -30,7 +31,7 @@ from torch import nn
 
 from datasets.task_batch import TaskBatch
 from engine.errors import ConfigError
-from engine.inner_loop import adapt, logits_at, map_tasks
+from engine.inner_loop import adapt, logits_at, map_tasks, straight_step
 from engine.registry import ALGORITHMS
 from losses.phase import phase_kl
 from models.algorithms.base import GBML
@@ -65,13 +66,6 @@ class LILPretrain(GBML):
         for t, s in zip(self.teacher.buffers(), self.model.buffers(), strict=True):
             t.copy_(s)
 
-    def _teacher_split(self) -> tuple[dict, dict]:
-        names = set(self.adapted_names())
-        adapted, frozen = {}, {n: b for n, b in self.teacher.named_buffers()}
-        for name, p in self.teacher.named_parameters():
-            (adapted if name in names else frozen)[name] = p
-        return adapted, frozen
-
     def pretrain_task(self, adapted, frozen, t_adapted, t_frozen, support_x, support_y, query_x):
         """One task: the teacher's adapted prediction and the student's straight-step logits."""
         with torch.no_grad():
@@ -81,8 +75,7 @@ class LILPretrain(GBML):
             traj_len = t_record["step_norms"].sum()
         _, record = adapt(self.model, adapted, frozen, support_x, support_y, 1, self.inner_update,
                           self.first_order, False, self.inner_loss, self.checkpoint_inner_steps)
-        scale = traj_len / record["grad_norms"][0].clamp_min(1e-12)
-        straight = {name: p - scale * record["g0"][name] for name, p in adapted.items()}
+        straight = straight_step(adapted, record["d0"], traj_len, record["step_norms"][0])
         return {
             "teacher_logits": teacher_logits,
             "straight_logits": logits_at(self.model, straight, frozen, query_x),
@@ -97,7 +90,7 @@ class LILPretrain(GBML):
             self.update_teacher()
             self.forwards += 1
         per_task = map_tasks(
-            self.pretrain_task, (*self.split_parameters(), *self._teacher_split()),
+            self.pretrain_task, (*self.split_parameters(), *self.split_parameters(self.teacher)),
             (batch.support_x, batch.support_y, batch.query_x),
             self.resolved_engine(batch.support_x.device),
         )
