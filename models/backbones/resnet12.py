@@ -1,6 +1,7 @@
 """ResNet-12: the four-block residual few-shot backbone (Oreshkin et al., 2018; Lee et al., 2019).
 
-Paper protocol (DESIGN.md §1.2): widths 64-160-320-640, inner lr 0.3.
+Paper protocol (``docs/design.md``): widths 64-128-256-512 (TADAM's, as in BOIL's code), inner lr 0.3;
+MetaOptNet's wider 64-160-320-640 is ``model.backbone.widths=[64,160,320,640]``.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class ResidualBlock(nn.Module):
 
 @BACKBONES.register("resnet12")
 class ResNet12(nn.Module):
-    """4 residual blocks (``widths``, default 64-160-320-640), global average pool, linear head.
+    """4 residual blocks (``widths``, default 64-128-256-512), global average pool, linear head.
 
     Each block: three conv3×3 + BN + LeakyReLU(0.1) (the last activation after the residual
     add), a 1×1 conv + BN shortcut, max-pool 2. The image side halves four times (84 → 42 →
@@ -96,7 +97,7 @@ class ResNet12(nn.Module):
     """
 
     def __init__(self, num_classes: int = 5, in_channels: int = 3, image_size: int = 84,
-                 widths: Sequence[int] = (64, 160, 320, 640), drop_block: float = 0.0):
+                 widths: Sequence[int] = (64, 128, 256, 512), drop_block: float = 0.0):
         super().__init__()
         widths = [int(w) for w in widths]
         if image_size < 16:

@@ -37,9 +37,10 @@ def test_config_loads_and_builds(path):
     losses = [(t.key, t.weight) for t in algo.losses]
     assert losses == ([("ce", 1.0), ("phase", 0.1)] if "_lil" in name else [("ce", 1.0)])
     if "resnet12" in name:
-        assert isinstance(algo.model, ResNet12) and algo.inner_lr == 0.3
+        assert isinstance(algo.model, ResNet12) and algo.inner_lr == 0.3 and cfg.solver.lr == 6e-4
+        assert algo.model.head.in_features == 512  # TADAM's widths 64-128-256-512
     else:
-        assert isinstance(algo.model, Conv4) and algo.inner_lr == 0.5
+        assert isinstance(algo.model, Conv4) and algo.inner_lr == 0.5 and cfg.solver.lr == 1e-3
 
 
 def test_every_shared_base_is_used():

@@ -21,19 +21,22 @@ def resnet12_parameters(in_channels, widths, way):
 def test_parameter_count_at_84_with_a_5_way_head():
     model = ResNet12(num_classes=5, in_channels=3, image_size=84)
     count = sum(p.numel() for p in model.parameters())
-    # 76,160 + 564,480 + 2,357,760 + 9,425,920 (blocks) + 3,205 (head) = 12,427,525
-    assert count == resnet12_parameters(3, (64, 160, 320, 640), 5) == 12_427_525
-    assert model.head.in_features == 640 and not list(model.buffers())
+    # the default, TADAM's widths: 76,160 + 377,856 + 1,509,376 + 6,033,408 (blocks) + 2,565 (head)
+    assert count == resnet12_parameters(3, (64, 128, 256, 512), 5) == 7_999_365
+    assert model.head.in_features == 512 and not list(model.buffers())
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert len(convs) == 16 and all(c.bias is None for c in convs)
     assert sum(isinstance(m, TaskBatchNorm2d) for m in model.modules()) == 16
+    wide = ResNet12(num_classes=5, in_channels=3, image_size=84, widths=(64, 160, 320, 640))
+    # MetaOptNet's: 76,160 + 564,480 + 2,357,760 + 9,425,920 (blocks) + 3,205 (head)
+    assert sum(p.numel() for p in wide.parameters()) == resnet12_parameters(3, (64, 160, 320, 640), 5) == 12_427_525
 
 
 def test_forward_backward_shapes_at_84():
     model = ResNet12(num_classes=5, in_channels=3, image_size=84)
     x = torch.rand(2, 3, 84, 84, requires_grad=True)
     features = model.features(x)
-    assert features.shape == (2, 640)
+    assert features.shape == (2, 512)
     logits = model.head(features)
     assert logits.shape == (2, 5)
     logits.square().sum().backward()
