@@ -1,0 +1,21 @@
+"""tools/reference_maml.py: a run folder that make_table reads as its own row."""
+
+import json
+
+from tests_helpers import ROOT
+from tools import make_table, reference_maml
+
+
+def test_reference_run_writes_results_and_gets_its_own_row(tmp_path, capsys):
+    out = tmp_path / "reference_maml_5shot" / "seed0"
+    argv = ["--config-file", str(ROOT / "configs/maml_5shot.yaml"), "--output-dir", str(out), "seed=0",
+            "+model.backbone.hidden=4", "solver.max_iter=2", "solver.meta_batch=2", "test.eval_period=1",
+            "test.val_tasks=3", "test.tasks=4", f"data.root={tmp_path / 'cache'}",
+            "++data.args.num_classes=[10,5,5]"]
+    assert reference_maml.main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert 0.0 <= results["test_acc"] <= 100.0 and results["iterations"] == 2
+    assert [json.loads(line)["iter"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert reference_maml.main(argv) == 0 and "finished already" in capsys.readouterr().out
+    assert make_table.main([str(tmp_path)]) == 0
+    assert "| MAML (reference) (5) |" in capsys.readouterr().out
