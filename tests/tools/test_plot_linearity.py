@@ -25,3 +25,19 @@ def test_missing_run_is_one_line_error(tmp_path):
                            "-o", str(tmp_path / "x.png")], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "metrics.jsonl: not found" in proc.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_folder_of_seeds_is_one_curve_with_hess_ratio(tmp_path):
+    from tools import plot_linearity
+
+    group = tmp_path / "maml_5shot"
+    group.mkdir()
+    for seed, h in ((0, 0.2), (1, 0.4)):
+        write_run(group / f"seed{seed}", [{"iter": 20, "pc": 1.5, "ac": 0.8, "hess_ratio": h},
+                                          {"iter": 40, "pc": 1.2, "ac": 0.9, "hess_ratio": h / 2}])
+    curves = plot_linearity.curves(group)
+    its, mean, std = curves["hess_ratio"]
+    assert its == [20, 40] and abs(mean[0] - 0.3) < 1e-12 and abs(mean[1] - 0.15) < 1e-12
+    assert abs(std[0] - 0.1414213562) < 1e-9
+    assert plot_linearity.main([str(group), "-o", str(tmp_path / "g.png")]) == 0
+    assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
