@@ -4,6 +4,7 @@
     python tools/make_table.py output/builtin                         # print Markdown
     python tools/make_table.py output/builtin --markdown table.md --csv table.csv
     python tools/make_table.py output/builtin --metric test_acc_init  # θ⁰ without adaptation
+    python tools/make_table.py output/builtin --paired                # + paired differences
 
 Arguments are run folders or folders holding them (searched recursively for ``config.yaml``).
 Rows are algorithm ± LIL and shots (``MAML + LIL (5)``), columns the datasets or
@@ -12,6 +13,12 @@ differ only in their seed form one cell. In Markdown the better of a baseline an
 variants is bold in each column; ties are all bold. ``--metric`` picks the ``results.json``
 entry: ``test_acc`` (final weights; the default), ``best_test_acc`` (best on validation) or
 ``test_acc_init``. Unfinished runs are listed and left out.
+
+``--paired`` adds a second table: each LIL variant against its baseline (and the reference
+MAML of ``tools/reference_maml.py`` against MAML) over the seeds both ran — the mean of the
+per-seed differences, their standard deviation, and the 95% confidence interval of the mean
+difference from Student's t with n − 1 degrees of freedom. A CI that covers 0 does not separate
+the two.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import argparse
 import csv
 import io
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -30,6 +38,7 @@ if str(ROOT) not in sys.path:
 from engine.checkpoint import atomic_write  # noqa: E402
 from engine.errors import UserInputError  # noqa: E402
 from engine.results import cells, find_runs  # noqa: E402
+from scipy import stats  # noqa: E402
 
 METRICS = ("test_acc", "best_test_acc", "test_acc_init")
 
@@ -62,6 +71,38 @@ def markdown(rows, columns, table) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paired_rows(rows, columns, table) -> list[tuple[str, str, str, list[float]]]:
+    """``(variant, baseline, column, per-seed differences)`` for every variant of a family (and
+    the reference MAML) whose baseline ran at least two of the same seeds."""
+    baselines = {row.family: row.label for row in rows if row.label == row.family}
+    pairs = [(row.label, baselines[row.family]) for row in rows
+             if row.family in baselines and row.label != row.family]
+    pairs += [(row.label, row.label.replace("MAML (reference)", "MAML")) for row in rows
+              if row.label.startswith("MAML (reference)")]
+    out = []
+    for variant, baseline in pairs:
+        for col in columns:
+            a, b = table.get((variant, col)), table.get((baseline, col))
+            if a is None or b is None:
+                continue
+            theirs = dict(zip(b.seeds, b.values, strict=True))
+            diffs = [v - theirs[s] for s, v in zip(a.seeds, a.values, strict=True) if s in theirs]
+            if len(diffs) >= 2:
+                out.append((variant, baseline, col, diffs))
+    return out
+
+
+def paired_markdown(pairs) -> str:
+    lines = ["| comparison | column | seeds | difference (mean ± std) | 95% CI |", "| --- | --- | ---: | ---: | ---: |"]
+    for variant, baseline, col, diffs in pairs:
+        n, mean, std = len(diffs), statistics.fmean(diffs), statistics.stdev(diffs)
+        half = stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)
+        covers = " (covers 0)" if mean - half <= 0 <= mean + half else ""
+        lines.append(f"| {variant} − {baseline} | {col} | {n} | {mean:+.2f} ± {std:.2f} | "
+                     f"[{mean - half:+.2f}, {mean + half:+.2f}]{covers} |")
+    return "\n".join(lines) + "\n"
+
+
 def csv_text(rows, columns, table) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -83,6 +124,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--metric", choices=METRICS, default="test_acc")
     p.add_argument("--markdown", metavar="FILE", help="also write the Markdown table here")
     p.add_argument("--csv", metavar="FILE", help="write the cells (mean, std, n, seeds, values) here")
+    p.add_argument("--paired", action="store_true",
+                   help="also print each variant minus its baseline, paired by seed, with a 95%% CI")
     return p.parse_args(argv)
 
 
@@ -98,6 +141,8 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     text = markdown(rows, columns, table)
+    if args.paired:
+        text += "\n" + paired_markdown(paired_rows(rows, columns, table))
     print(text, end="")
     for rec in unfinished:
         print(f"(unfinished, left out: {rec.folder})", file=sys.stderr)

@@ -19,3 +19,18 @@ def test_reference_run_writes_results_and_gets_its_own_row(tmp_path, capsys):
     assert reference_maml.main(argv) == 0 and "finished already" in capsys.readouterr().out
     assert make_table.main([str(tmp_path)]) == 0
     assert "| MAML (reference) (5) |" in capsys.readouterr().out
+
+
+def test_paired_differences_use_common_seeds_and_a_t_interval():
+    from engine.results import Cell, Row
+
+    rows = [Row("MAML (5)", "MAML (5)", (5, 0)), Row("MAML + LIL (5)", "MAML (5)", (5, 1)),
+            Row("MAML (reference) (5)", "MAML (reference) (5)", (5, 2))]
+    table = {("MAML (5)", "glyphs"): Cell([70.0, 71.0, 72.0, 60.0], [0, 1, 2, 3]),
+             ("MAML + LIL (5)", "glyphs"): Cell([71.0, 73.0, 75.0], [0, 1, 2]),
+             ("MAML (reference) (5)", "glyphs"): Cell([70.5, 70.5], [0, 9])}
+    pairs = make_table.paired_rows(rows, ["glyphs"], table)
+    # seed 3 has no LIL run; the reference shares one seed only, too few for an interval
+    assert pairs == [("MAML + LIL (5)", "MAML (5)", "glyphs", [1.0, 2.0, 3.0])]
+    # mean 2, std 1, t(0.975, 2) = 4.3027: half-width 4.3027 / sqrt(3) = 2.4842
+    assert "| +2.00 ± 1.00 | [-0.48, +4.48] (covers 0) |" in make_table.paired_markdown(pairs)
