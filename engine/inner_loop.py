@@ -1,4 +1,4 @@
-"""The functional inner loop (DESIGN.md §1) and the mapping of one task's work over a meta-batch.
+"""The functional inner loop (docs/design.md §1) and the mapping of one task's work over a meta-batch.
 
 Parameters are plain ``{name: tensor}`` dicts evaluated with ``torch.func.functional_call``, so
 the same per-task function runs either under ``torch.func.vmap`` (all tasks at once) or in a

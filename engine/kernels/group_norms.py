@@ -1,7 +1,7 @@
 """Trajectory norms: the norms of many parameter-sized vectors in one differentiable call.
 
 The inner loop needs, per task, the step norms ``dₖ = ‖θᵏ⁺¹ − θᵏ‖`` and the gradient norms
-``‖gᵏ‖``, each over all adapted tensors concatenated (DESIGN.md §1). :func:`group_norms` takes the
+``‖gᵏ‖``, each over all adapted tensors concatenated (docs/design.md §1). :func:`group_norms` takes the
 tensors as a flat list of ``groups`` equal-length groups and returns one norm per group::
 
     d = group_norms(flat(θ¹..θˢ), flat(θ⁰..θˢ⁻¹), S)      # step norms, [S]

@@ -1,4 +1,4 @@
-"""LIL pretraining (DESIGN.md §1.1, paper appendix E): linearity in the inner loop, no query labels.
+"""LIL pretraining (docs/design.md §1.1, paper appendix E): linearity in the inner loop, no query labels.
 
 A BYOL-style teacher/student pair over one network (paper Fig. 5):
 

@@ -1,4 +1,4 @@
-"""The functional inner loop against independent references (DESIGN.md §1).
+"""The functional inner loop against independent references (docs/design.md §1).
 
 The reference is the plain way MAML is usually written: one task at a time, a stateful
 ``torch.autograd.grad(create_graph=True)`` per inner step, in fp64.

@@ -1,4 +1,4 @@
-"""LIL pretraining (DESIGN.md §1.1) against a naive, explicit per-task computation in fp64,
+"""LIL pretraining (docs/design.md §1.1) against a naive, explicit per-task computation in fp64,
 and the two-phase chain (pretraining, then the main algorithm) over one network."""
 
 import copy
