@@ -177,7 +177,7 @@ def run(args: argparse.Namespace, extra_hooks=()) -> dict:
                 "support set too when no double backward runs through it)",
                 core.resolved_channels_last(device), core.channels_last)
     trainer = MetaTrainer(algorithm, sampler, optimizer, device, world, cfg.solver.on_nonfinite,
-                          cfg.solver.max_skips, cfg.solver.clip_grad_norm, cfg.solver.task_chunk)
+                          cfg.solver.max_skips, cfg.solver.clip_grad_norm)
     timer = IterationTimer()
     eval_hook = EvalHook(cfg.test.eval_period, val_tasks, checkpointer, cfg.test.batch, device)
     trainer.register_hooks([
@@ -205,7 +205,8 @@ def run(args: argparse.Namespace, extra_hooks=()) -> dict:
         trainer.train(start_iter, max(start_iter, max_iter))
     except NumericalFault as fault:
         saved = checkpointer.save("model_last_good", tag_last=True, **fault.state)
-        raise NumericalFault(f"{fault}. The state before it is in {saved}", fault.state) from None
+        raise NumericalFault(f"{fault}. Try a lower solver.lr or algorithm.inner_lr, solver.clip_grad_norm, "
+                             f"or solver.on_nonfinite=skip. The state before it is in {saved}", fault.state) from None
 
     # ---- final weights, then test final and best-on-validation on the same tasks ----------
     iterations = trainer.iter
