@@ -44,7 +44,7 @@ SHARED_WITH_PRETRAIN = ("inner_lr", "inner_steps", "inner_steps_test", "engine",
 def build_algorithm(cfg: DictConfig) -> GBML | PretrainThen:
     """The meta-learner named by ``algorithm.name``, wrapping :func:`build_backbone`'s network;
     with ``pretrain.iters > 0``, a :class:`PretrainThen` of ``pretrain.algorithm`` and it over
-    the same network."""
+    the same network. Its training step runs ``solver.task_chunk`` tasks at a time."""
     import_extra_modules(cfg)
     losses = build_losses([_plain(spec) for spec in cfg.losses])
     main_spec = _plain(cfg.algorithm)
