@@ -24,6 +24,11 @@ class TaskBatch(NamedTuple):
     def num_tasks(self) -> int:
         return self.support_x.shape[0]
 
+    @property
+    def counts(self) -> dict[str, int]:
+        """What the batch holds, by unit; the trainer logs each as ``<unit>_per_s``."""
+        return {"tasks": self.num_tasks}
+
     def to(self, device, non_blocking: bool = False) -> TaskBatch:
         return TaskBatch(*(t.to(device, non_blocking=non_blocking) for t in self))
 

@@ -1,13 +1,18 @@
-"""Run setup shared by the entry points: seeding, device, output folder, logging, optimizer.
+"""Run setup shared by the entry points: command line, config, seeding, device, output folder,
+logging, optimizer.
 
+:func:`default_argument_parser` is the command line of ``tools/train_net.py`` (and of the SLURM
+jobs that run it, :mod:`engine.slurm`); :func:`load_run_config` turns it into the run's config.
 The rule is *nothing half-written*: an entry point builds everything that can fail on bad input
 (config, dataset, model, algorithm, optimizer, the checkpoint to resume) first, and only then
-calls :func:`default_setup`, which checks the output folder before it writes ``config.yaml``.
-:func:`check_output_dir` is read-only, so entry points may also call it early to fail fast.
+calls :func:`default_setup`, which checks the output folder before it writes ``config.yaml``
+(:func:`engine.runner.build_run` does so). :func:`check_output_dir` is read-only, so entry
+points may also call it early to fail fast.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import os
@@ -21,12 +26,44 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from engine.config import save_config
+from engine import slurm
+from engine.config import load_config, save_config
 from engine.errors import ConfigError, UserInputError
 from engine.launch import World
 
-__all__ = ["check_solver", "seed_all", "resolve_device", "check_output_dir", "default_setup", "setup_logging",
+__all__ = ["default_argument_parser", "load_run_config", "check_solver", "seed_all", "resolve_device", "check_output_dir", "default_setup", "setup_logging",
            "build_optimizer", "build_lr_scheduler"]
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def parse_args(self, args=None, namespace=None):
+        return self.parse_intermixed_args(args, namespace)  # flags may follow the overrides
+
+
+def default_argument_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """The command line of a training run: ``--config-file``, ``--resume``, ``--eval-only``,
+    ``--weights``, ``--output-dir``, the SLURM flags (:func:`engine.slurm.add_arguments`) and
+    ``key=value`` config overrides, which flags may follow."""
+    parser = _ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="experiment YAML")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the output folder's last checkpoint (all state)")
+    parser.add_argument("--eval-only", action="store_true",
+                        help="only test: model_final.pth, else the last checkpoint, else --weights")
+    parser.add_argument("--weights", metavar="PATH", help="checkpoint to evaluate with --eval-only")
+    parser.add_argument("--output-dir", metavar="DIR", help="overrides the config's output_dir")
+    slurm.add_arguments(parser)
+    parser.add_argument("opts", nargs="*", metavar="key=value",
+                        help="config overrides in Hydra's grammar (e.g. solver.lr=3e-4)")
+    return parser
+
+
+def load_run_config(args: argparse.Namespace) -> DictConfig:
+    """The run's config: ``--config-file`` with the ``key=value`` overrides, then ``--output-dir``."""
+    cfg = load_config(args.config_file, args.opts)
+    if args.output_dir:
+        cfg.output_dir = args.output_dir
+    return cfg
 
 
 def seed_all(seed: int) -> None:

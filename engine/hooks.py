@@ -1,6 +1,6 @@
 """Training hooks: timing, lr schedule, evaluation, checkpoints, logging.
 
-Register them in this order (``tools/train_net.py`` does) so that, within one iteration, the
+Register them in this order (:func:`engine.runner.build_trainer` does) so that, within one iteration, the
 lr is stepped and the validation result is known before the checkpoint captures the state, and
 the writer sees everything the others recorded::
 

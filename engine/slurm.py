@@ -1,9 +1,12 @@
 """SLURM launch through submitit, with checkpoint-and-requeue on preemption and time limits.
 
 ``tools/train_net.py --config-file X.yaml --slurm [--nodes N --gpus-per-node G …] key=value``
-submits :class:`TrainJob` with ``submitit.AutoExecutor`` and returns after printing the job id
+submits the run as one job (:func:`submit_command_line`) and returns after printing the job id
 and log paths; the job folders live in ``OUTPUT_DIR/slurm/``. ``--slurm-local`` runs the same
-job with submitit's local executor (no cluster needed).
+job with submitit's local executor (no cluster needed). ``tools/sweep.py --launcher slurm``
+submits its runs as one job array the same way: :func:`submit` takes a list of command lines
+(train_net's arguments) and makes each a :class:`TrainJob`, which runs
+:func:`engine.runner.run` in the job's process.
 
 Each SLURM task is one training process (``tasks_per_node`` = GPUs per node, or 1 on CPUs);
 :mod:`engine.launch` turns the tasks into a torch.distributed group. The job always runs with
@@ -19,9 +22,9 @@ requeues (after that the job ends, its checkpoint kept for a manual ``--resume``
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +33,45 @@ from engine.trainer import HookBase
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainJob", "PreemptionHook", "submit"]
+__all__ = ["add_arguments", "job_argv", "TrainJob", "PreemptionHook", "submit", "submit_command_line"]
 
-TOOLS = str(Path(__file__).resolve().parents[1] / "tools")
+# the SLURM flags of the command line (engine.defaults.default_argument_parser)
+_ARGUMENTS: list[tuple[str, dict[str, Any]]] = [
+    ("--slurm", {"action": "store_true", "help": "submit this run as a SLURM job and return"}),
+    ("--slurm-local", {"action": "store_true", "help": "the same job, on submitit's local executor"}),
+    ("--nodes", {"type": int, "default": 1}),
+    ("--gpus-per-node", {"type": int, "default": 0, "help": "one training process per GPU"}),
+    ("--tasks-per-node", {"type": int, "help": "processes per node (default: GPUs, or 1)"}),
+    ("--cpus-per-task", {"type": int, "default": 2}),
+    ("--partition", {}),
+    ("--account", {}),
+    ("--time", {"type": int, "default": 60, "metavar": "MIN", "help": "time limit per job"}),
+    ("--mem", {"type": int, "metavar": "GB", "help": "memory per node"}),
+    ("--max-requeues", {"type": int, "default": 10, "help": "on preemption or time limit"}),
+]
+_TAKES_VALUE = {flag: kwargs.get("action") != "store_true" for flag, kwargs in _ARGUMENTS}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The SLURM flags, as one argument group."""
+    group = parser.add_argument_group("SLURM (engine/slurm.py, docs/cluster.md)")
+    for flag, kwargs in _ARGUMENTS:
+        group.add_argument(flag, **kwargs)
+
+
+def job_argv(argv: list[str]) -> list[str]:
+    """The command line minus the SLURM flags: what the job itself runs."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        flag = arg.split("=", 1)[0]
+        if flag in _TAKES_VALUE:
+            skip = _TAKES_VALUE[flag] and "=" not in arg
+            continue
+        out.append(arg)
+    return out
 
 
 class PreemptionHook(HookBase):
@@ -60,7 +99,7 @@ class PreemptionHook(HookBase):
 
 
 class TrainJob:
-    """The callable submitit runs: ``train_net.run`` on ``argv`` plus ``--resume``."""
+    """The callable submitit runs: :func:`engine.runner.run` on ``argv`` plus ``--resume``."""
 
     def __init__(self, argv: list[str], max_requeues: int = 10) -> None:
         self.argv = list(argv)
@@ -68,22 +107,17 @@ class TrainJob:
         self.requeues = 0
 
     def __call__(self) -> dict:
-        if TOOLS not in sys.path:
-            sys.path.insert(0, TOOLS)
-        import train_net  # noqa: PLC0415  (tools/train_net.py, imported in the job's process)
+        from engine.checkpoint import Checkpointer  # noqa: PLC0415  (in the job's process)
+        from engine.defaults import default_argument_parser, load_run_config  # noqa: PLC0415
+        from engine.runner import run  # noqa: PLC0415
 
-        from engine.checkpoint import Checkpointer  # noqa: PLC0415
-        from engine.config import load_config  # noqa: PLC0415
-
-        args = train_net.parse_args([*self.argv, "--resume"])
-        cfg = load_config(args.config_file, args.opts)
-        if args.output_dir:
-            cfg.output_dir = args.output_dir
+        args = default_argument_parser().parse_args([*self.argv, "--resume"])
+        cfg = load_run_config(args)
         submitit_handler = signal.getsignal(signal.SIGUSR2)
         hook = PreemptionHook(Checkpointer(cfg.output_dir, cfg.solver.keep_checkpoints, cfg, writer=_is_rank0()),
                               on_stop=lambda signum: submitit_handler(signum, None))
         signal.signal(signal.SIGUSR2, hook.request)
-        return train_net.run(args, extra_hooks=[hook])
+        return run(args, extra_hooks=[hook])
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         """Called by submitit on preemption/timeout, after :class:`PreemptionHook` saved."""
@@ -102,11 +136,13 @@ def _is_rank0() -> bool:
     return world_from_env().is_main
 
 
-def submit(argv: list[str], output_dir: str | Path, *, local: bool = False, nodes: int = 1,
+def submit(argvs: list[list[str]], folder: str | Path, *, local: bool = False, nodes: int = 1,
            gpus_per_node: int = 0, tasks_per_node: int | None = None, cpus_per_task: int = 2,
            partition: str | None = None, account: str | None = None, time_min: int = 60,
-           mem_gb: int | None = None, max_requeues: int = 10, name: str = "lil"):
-    """Submit ``train_net.py argv`` as one job; returns the submitit job."""
+           mem_gb: int | None = None, max_requeues: int = 10, array_parallelism: int | None = None,
+           name: str = "lil") -> list:
+    """Submit one :class:`TrainJob` per command line in ``argvs`` (a job array when there are
+    several), with submitit's folders under ``folder``; returns the submitit jobs."""
     import shutil  # noqa: PLC0415
 
     import submitit  # noqa: PLC0415
@@ -115,14 +151,35 @@ def submit(argv: list[str], output_dir: str | Path, *, local: bool = False, node
         raise ConfigError("--slurm: sbatch is not on PATH (no SLURM here); use --slurm-local to "
                           "run the job with submitit's local executor")
     tasks = tasks_per_node or max(1, gpus_per_node)
-    folder = Path(output_dir) / "slurm" / "%j"
-    executor = submitit.AutoExecutor(folder=folder, cluster="local" if local else "slurm")
+    executor = submitit.AutoExecutor(folder=Path(folder) / "%j", cluster="local" if local else "slurm")
     params: dict[str, Any] = {"name": name, "nodes": nodes, "tasks_per_node": tasks,
                               "cpus_per_task": cpus_per_task, "timeout_min": time_min}
     if gpus_per_node:
         params["gpus_per_node"] = gpus_per_node
     if not local:
         params.update({k: v for k, v in (("slurm_partition", partition), ("slurm_account", account),
-                                          ("mem_gb", mem_gb)) if v})
+                                          ("mem_gb", mem_gb), ("slurm_array_parallelism", array_parallelism))
+                       if v})
     executor.update_parameters(**params)
-    return executor.submit(TrainJob(argv, max_requeues))
+    return executor.submit_array([TrainJob(argv, max_requeues) for argv in argvs])
+
+
+def submit_command_line(args: argparse.Namespace, argv: list[str]) -> None:
+    """``--slurm`` / ``--slurm-local`` of train_net's command line (``args`` parsed from
+    ``argv``): submit the run as one job and print where to look."""
+    from engine.defaults import load_run_config  # noqa: PLC0415
+
+    out = Path(load_run_config(args).output_dir).resolve()
+    command = job_argv(argv)
+    if not args.output_dir:  # pin the folder the job writes to: the one printed here
+        command += ["--output-dir", str(out)]
+    (job,) = submit([command], out / "slurm", local=args.slurm_local, nodes=args.nodes,
+                    gpus_per_node=args.gpus_per_node, tasks_per_node=args.tasks_per_node,
+                    cpus_per_task=args.cpus_per_task, partition=args.partition, account=args.account,
+                    time_min=args.time, mem_gb=args.mem, max_requeues=args.max_requeues)
+    print(f"submitted job {job.job_id} ({'local' if args.slurm_local else 'slurm'})")
+    print(f"  output: {out}")
+    print(f"  stdout: {job.paths.stdout}")
+    print(f"  stderr: {job.paths.stderr}", flush=True)
+    if args.slurm_local:  # the local executor's job dies with this process: wait for it
+        job.result()

@@ -1,18 +1,20 @@
-"""The training loop: ``TrainerBase`` (iterations + hooks) and ``MetaTrainer`` (one meta-step).
+"""The training loop: ``TrainerBase`` (iterations + hooks) and ``MetaTrainer`` (one update).
 
 detectron2's shape, kept small. ``TrainerBase.train`` runs ``run_step`` from ``start_iter`` to
 ``max_iter`` and calls every hook's ``before_train / before_step / after_step / after_train``
 around it; hooks do everything else (lr schedule, evaluation, checkpoints, logging), so the
-loop itself stays readable. ``MetaTrainer.run_step`` is the whole meta-update::
+loop itself stays readable. ``MetaTrainer.run_step`` is the whole update::
 
     batch = sampler.next_batch().to(device)
-    out = algorithm(batch)                 # dict: "loss", metric scalars, "task_acc"
     optimizer.zero_grad(set_to_none=True)
-    out["loss"].backward()
+    out = algorithm.forward_backward(batch, iter)   # or: out = algorithm(batch); out["loss"].backward()
     optimizer.step()
 
-The trainer knows nothing about meta-learning beyond that dict: every 0-dim entry of ``out``
-is a scalar metric recorded in an :class:`EventStorage` for the writers.
+The trainer knows nothing about meta-learning: the algorithm's ``forward_backward`` does the
+backward its own way (in chunks, say) and returns a dict with a 0-dim ``loss``; every 0-dim
+entry is a scalar metric recorded in an :class:`EventStorage` for the writers. When the loss is
+not finite, the algorithm's optional ``diagnose(out, rank)`` says where it came from
+(:mod:`models.algorithms.step` implements both for the algorithms here).
 """
 
 from __future__ import annotations
@@ -33,6 +35,14 @@ from engine.launch import World, average_gradients, average_scalars
 logger = logging.getLogger(__name__)
 
 __all__ = ["EventStorage", "TrainerBase", "MetaTrainer", "NumericalFault"]
+
+
+def _is_scalar(value: Any) -> bool:
+    return (isinstance(value, torch.Tensor) and value.dim() == 0) or isinstance(value, (int, float))
+
+
+def _float(value: torch.Tensor | float) -> float:
+    return float(value.detach().item() if isinstance(value, torch.Tensor) else value)
 
 
 class NumericalFault(FloatingPointError):
@@ -172,25 +182,26 @@ class TrainerBase:
 
 
 class MetaTrainer(TrainerBase):
-    """One meta-update per iteration on a batch of tasks from ``sampler``.
+    """One optimizer update per iteration on a batch from ``sampler``.
 
     Args:
-        algorithm: ``nn.Module`` whose ``forward(task_batch)`` returns the loss/metric dict.
-        sampler: object with ``next_batch() -> TaskBatch`` and ``state_dict``/``load_state_dict``.
+        algorithm: ``nn.Module`` whose ``forward(batch)`` returns the loss/metric dict; when it
+            has ``forward_backward(batch, step)`` (forward, backward, the dict) the trainer calls
+            that instead, with ``step`` the iteration, and its optional ``diagnose(out, rank)``
+            (a sentence or ``None``) completes the message on a non-finite loss.
+        sampler: object with ``next_batch()`` and ``state_dict``/``load_state_dict``; a batch has
+            ``to(device)`` and may have ``counts`` (``{unit: n}``, logged as ``<unit>_per_s``).
         optimizer: the meta-optimizer over the algorithm's parameters.
         device: where the batch is moved before the forward pass.
         world: the run's processes (:mod:`engine.launch`); with several, ``sampler`` yields this
-            process's share of the tasks and the meta-gradients and logged scalars are averaged
-            over the processes after each backward.
+            process's share of the batch and the gradients and logged scalars are averaged over
+            the processes after each backward.
         on_nonfinite, max_skips, clip_grad_norm: numerical faults (``solver.*``, docs/errors.md).
-        task_chunk: forward and backward the meta-batch this many tasks at a time (gradient
-            accumulation: the same update, a lower peak memory); 0 = the whole batch at once.
-            The algorithm's ``forward`` then receives ``chunk=(index, count)``.
     """
 
     def __init__(self, algorithm: torch.nn.Module, sampler, optimizer: torch.optim.Optimizer,
                  device: torch.device | str = "cpu", world: World | None = None, on_nonfinite: str = "stop",
-                 max_skips: int = 10, clip_grad_norm: float = 0.0, task_chunk: int = 0) -> None:
+                 max_skips: int = 10, clip_grad_norm: float = 0.0) -> None:
         super().__init__()
         if on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"solver.on_nonfinite: expected stop or skip, got '{on_nonfinite}'")
@@ -201,7 +212,6 @@ class MetaTrainer(TrainerBase):
         self.world = world or World()
         self.on_nonfinite, self.max_skips = on_nonfinite, int(max_skips)
         self.clip_grad_norm = float(clip_grad_norm)
-        self.task_chunk = int(task_chunk)
         self.skipped = 0  # batches skipped for non-finite values, over the whole run
         self.algorithm.train()
 
@@ -212,10 +222,12 @@ class MetaTrainer(TrainerBase):
         data_time = time.perf_counter() - start
 
         self.optimizer.zero_grad(set_to_none=True)
-        scalars, bad = self._forward_backward(batch)
+        out = self._forward_backward(batch)
+        scalars = {k: _float(v) for k, v in out.items() if _is_scalar(v)}
+        local_finite = math.isfinite(scalars["loss"])
         scalars = average_scalars(scalars, self.world)
         if not math.isfinite(scalars["loss"]):
-            fault = self._describe_loss_fault(scalars, *bad)
+            fault = self._describe_loss_fault(scalars, None if local_finite else out)
         else:
             params = [p for group in self.optimizer.param_groups for p in group["params"]]
             average_gradients(params, self.world)
@@ -226,52 +238,34 @@ class MetaTrainer(TrainerBase):
         self.optimizer.step()
 
         step_time = time.perf_counter() - start
-        tasks = batch.num_tasks * self.world.size
-        self.storage.put_scalars(**scalars, time=step_time, data_time=data_time,
-                                 tasks_per_s=tasks / max(step_time, 1e-9))
+        rates = {f"{unit}_per_s": n * self.world.size / max(step_time, 1e-9)
+                 for unit, n in getattr(batch, "counts", {}).items()}
+        self.storage.put_scalars(**scalars, time=step_time, data_time=data_time, **rates)
 
-    def _forward_backward(self, batch) -> tuple[dict[str, float], tuple[dict | None, int]]:
-        """Forward and backward over the batch, in chunks of ``task_chunk`` tasks when set.
-
-        Each chunk's loss is weighted by its share of the tasks before its backward, so the
-        accumulated gradient and the weighted means of the logged scalars equal those of one
-        pass over the whole batch (every term is a mean over tasks), while only one chunk's
-        graph is alive at a time. A chunk whose loss is not finite is not backpropagated;
-        returns the scalars and ``(output, first task index)`` of the first such chunk.
-        """
-        total = batch.num_tasks
-        step = self.task_chunk if 0 < self.task_chunk < total else total
-        scalars: dict[str, float] = {}
-        bad: tuple[dict | None, int] = (None, 0)
-        for lo in range(0, total, step):
-            part = type(batch)(*(t[lo:lo + step] for t in batch)) if step < total else batch
-            out = self.algorithm(part, chunk=(lo // step, -(-total // step))) if step < total else self.algorithm(part)
-            if "loss" not in out:
-                raise KeyError("algorithm output has no 0-dim 'loss' entry to minimise")
-            weight = part.num_tasks / total
-            for k, v in out.items():
-                if (isinstance(v, torch.Tensor) and v.dim() == 0) or isinstance(v, (int, float)):
-                    scalars[k] = scalars.get(k, 0.0) + weight * float(v.detach().item() if isinstance(v, torch.Tensor) else v)
-            if math.isfinite(float(out["loss"].detach())):
-                (out["loss"] * weight if step < total else out["loss"]).backward()
-            elif bad[0] is None:
-                bad = (out, self.world.rank * total + lo)
-        return scalars, bad
+    def _forward_backward(self, batch) -> dict[str, Any]:
+        """The algorithm's ``forward_backward``, else its forward and, for a finite loss, the
+        backward; the output dict."""
+        forward_backward = getattr(self.algorithm, "forward_backward", None)
+        if forward_backward is not None:
+            out = forward_backward(batch, self.iter)
+        else:
+            out = self.algorithm(batch)
+        if "loss" not in out:
+            raise KeyError("algorithm output has no 0-dim 'loss' entry to minimise")
+        if forward_backward is None and math.isfinite(float(out["loss"].detach())):
+            out["loss"].backward()
+        return out
 
     # ---- numerical faults ---------------------------------------------------------------------
-    def _describe_loss_fault(self, scalars: dict[str, float], out: dict | None, offset: int) -> str:
-        """Which terms are non-finite and in which tasks of the batch, where the output says."""
+    def _describe_loss_fault(self, scalars: dict[str, float], out: dict | None) -> str:
+        """Which terms are non-finite, and where the algorithm says they came from (``out``:
+        this process's output, ``None`` when its own loss was finite)."""
         terms = ", ".join(f"{k}={v}" for k, v in scalars.items() if not math.isfinite(v) and k.startswith("loss"))
         if out is None:
             return f"non-finite loss ({terms}) on another process"
-        where = []
-        for key, what in (("task_inner_finite", "the inner loop diverged (non-finite trajectory)"),
-                          ("task_logits_finite", "non-finite query logits")):
-            flags = out.get(key)
-            if isinstance(flags, torch.Tensor) and not bool(flags.all()):
-                tasks = [offset + i for i in (~flags).nonzero().flatten().tolist()]
-                where.append(f"{what} in task(s) {', '.join(map(str, tasks))}")
-        return f"non-finite loss ({terms})" + (f": {'; '.join(where)}" if where else "")
+        diagnose = getattr(self.algorithm, "diagnose", None)
+        where = diagnose(out, self.world.rank) if diagnose is not None else None
+        return f"non-finite loss ({terms})" + (f": {where}" if where else "")
 
     def _clip_and_check_gradients(self, params: list[torch.Tensor], scalars: dict[str, float]) -> str | None:
         grads = [p.grad for p in params if p.grad is not None]
@@ -298,8 +292,7 @@ class MetaTrainer(TrainerBase):
         state = self.state_dict()
         state.update(iteration=self.iter, sampler=before["sampler"], rng=before["rng"])
         limit = f" after {self.skipped} skipped batches (solver.max_skips)" if self.on_nonfinite == "skip" else ""
-        raise NumericalFault(f"{message}{limit}; training stopped. Try a lower solver.lr or algorithm.inner_lr, "
-                             "solver.clip_grad_norm, or solver.on_nonfinite=skip", state)
+        raise NumericalFault(f"{message}{limit}; training stopped", state)
 
     # ---- state for exact resumption ---------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -191,8 +191,7 @@ class Runner:
         self.optimizer = torch.optim.Adam(self.algo.parameters(), lr=self.cfg.solver.lr)
         self.batch = synthetic_batch(self.cfg, self.device)
         # the trainer's own step (chunking, fault checks included) on the same batch every time
-        self.trainer = MetaTrainer(self.algo, _SameBatch(self.batch), self.optimizer, self.device,
-                                   task_chunk=self.cfg.solver.task_chunk)
+        self.trainer = MetaTrainer(self.algo, _SameBatch(self.batch), self.optimizer, self.device)
         self.meta_batch = self.cfg.solver.meta_batch
         self.path = _path(self.algo, self.device)
         self.times: list[float] = []
@@ -200,6 +199,7 @@ class Runner:
     def step(self) -> float:
         start = time.perf_counter()
         self.trainer.run_step()
+        self.trainer.iter += 1  # the next step (the algorithm's logging schedule follows it)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - start

@@ -17,10 +17,12 @@ is replaced by ``--data-root``. Each run is ``tools/train_net.py --config-file C
 ``OUTPUT_ROOT/[COLUMN/]CONFIG/seedS``: a folder with ``results.json`` is finished and skipped, one
 with only a ``config.yaml`` was interrupted and is resumed (``--resume``), exactly.
 
-Launchers: ``local`` runs ``--jobs`` trainings at a time as subprocesses (the cores split among
-them through ``OMP_NUM_THREADS``), with a progress bar and each run's output in
-``OUTPUT_ROOT/sweep_logs/``; ``slurm`` submits one SLURM job array through submitit and returns;
-``slurm-local`` runs the same array with submitit's local executor. Collect the results with
+Launchers: ``local`` runs ``--jobs`` trainings at a time as ``tools/train_net.py`` subprocesses
+(the cores split among them through ``OMP_NUM_THREADS``), with a progress bar and each run's
+output in ``OUTPUT_ROOT/sweep_logs/``; ``slurm`` submits one SLURM job array through submitit and
+returns — each job the engine's (:mod:`engine.slurm`: the run with ``--resume``, checkpointed and
+requeued on preemption, as ``train_net.py --slurm`` submits it); ``slurm-local`` runs the same
+array with submitit's local executor. Collect the results with
 ``tools/make_table.py OUTPUT_ROOT``.
 """
 
@@ -164,16 +166,6 @@ def expand(configs: list, seeds: list[int], output_root: str | Path, overrides=(
     return runs
 
 
-def _run_train_net(argv: list[str]) -> None:
-    """Entry point of a submitit job: train_net in this process; a failure fails the job."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    import train_net  # noqa: PLC0415  (the job's own process)
-
-    code = train_net.main(argv)
-    if code:
-        raise RuntimeError(f"train_net exited with {code}: {' '.join(argv)}")
-
-
 def run_local(runs: list[Run], jobs: int, log_dir: Path) -> list[tuple[Run, int]]:
     """Run ``runs`` as subprocesses, ``jobs`` at a time; returns (run, exit code) in order."""
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -200,23 +192,14 @@ def run_local(runs: list[Run], jobs: int, log_dir: Path) -> list[tuple[Run, int]
 
 
 def submit(runs: list[Run], args, folder: Path) -> list:
-    """One job array through submitit (``slurm`` or ``slurm-local``); returns the jobs."""
-    import submitit  # noqa: PLC0415  (only needed for this launcher)
+    """One job array (``slurm`` or ``slurm-local``) through the engine's submitit path
+    (:func:`engine.slurm.submit`, the one ``train_net.py --slurm`` takes); returns the jobs."""
+    from engine.slurm import submit as submit_jobs  # noqa: PLC0415  (submitit only for this launcher)
 
-    cluster = "local" if args.launcher == "slurm-local" else "slurm"
-    executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
-    params = {"timeout_min": args.time, "nodes": 1, "tasks_per_node": 1, "cpus_per_task": args.cpus_per_task,
-              "gpus_per_node": args.gpus_per_node}
-    if cluster == "slurm":
-        params.update(slurm_array_parallelism=args.array_parallelism)
-        if args.partition:
-            params["slurm_partition"] = args.partition
-        if args.mem_gb:
-            params["mem_gb"] = args.mem_gb
-        if args.account:
-            params["slurm_account"] = args.account
-    executor.update_parameters(name="lil-sweep", **params)
-    return executor.map_array(_run_train_net, [run.argv() for run in runs])
+    return submit_jobs([run.argv() for run in runs], folder, local=args.launcher == "slurm-local",
+                       gpus_per_node=args.gpus_per_node, tasks_per_node=1, cpus_per_task=args.cpus_per_task,
+                       partition=args.partition, account=args.account, time_min=args.time,
+                       mem_gb=args.mem_gb, array_parallelism=args.array_parallelism, name="lil-sweep")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -275,7 +258,11 @@ def main(argv=None) -> int:
         print(f"{len(todo) - len(failed)} of {len(todo)} runs finished" + (
             "; failed: " + ", ".join(r.name for r in failed) if failed else ""))
         return 1 if failed else 0
-    jobs = submit(todo, args, root / "slurm")
+    try:
+        jobs = submit(todo, args, root / "slurm")
+    except UserInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"submitted {len(jobs)} jobs (array {jobs[0].job_id.split('_')[0]}); logs in {root / 'slurm'}")
     if args.launcher == "slurm-local":
         failed = 0

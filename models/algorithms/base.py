@@ -17,10 +17,11 @@ Variants differ in a few small hooks, not in copies of the loop (see ``docs/new_
 
 ``first_order`` detaches the inner gradients ``gᵏ`` (FOMAML).
 
-``forward(task_batch)`` returns a dict: ``loss`` (what the meta-optimizer minimises), its
+``forward(task_batch, step=None)`` returns a dict: ``loss`` (what the meta-optimizer minimises), its
 terms, and metrics (``acc``, ``acc_init``), plus ``task_acc`` and ``task_acc_init`` (per-task
 accuracies after adaptation and at θ⁰ without it, for evaluation). In ``train()`` mode the inner loop takes ``inner_steps`` steps, in ``eval()``
-mode ``inner_steps_test``.
+mode ``inner_steps_test``. The training step around it — the step index, chunks of tasks, where a
+NaN came from — is :class:`~models.algorithms.step.TrainingStep`'s.
 
 The network contract: ``model(x) == model.head(model.features(x))`` with ``model.head`` an
 ``nn.Linear`` (Conv4 and ResNet-12 follow it). When exactly the head adapts (ANIL), the body
@@ -42,6 +43,7 @@ from engine.inner_loop import ENGINES, Params, adapt, logits_at, map_tasks, stra
 from losses import OuterInputs, OuterLoss
 from losses.cross_entropy import CrossEntropy
 from models.algorithms.inner_lr import InnerLR
+from models.algorithms.step import TrainingStep
 
 ADAPT = ("all", "head", "body")
 CHANNELS_LAST = ("auto", "none", "query", "all")
@@ -70,7 +72,7 @@ def _prefixed(params: Params, prefix: str) -> Params:
     return {name: t for name, t in params.items() if name.startswith(prefix)}
 
 
-class GBML(nn.Module):
+class GBML(TrainingStep):
     """Gradient-based meta-learning over a network ``model`` (images → logits).
 
     Args:
@@ -84,7 +86,8 @@ class GBML(nn.Module):
         losses: the outer-loss terms (default: cross-entropy alone); see :mod:`losses`.
         metrics_period: compute the diagnostics that cost extra work — AC (eq. 4), which needs
             one more support gradient at θˢ, and ``acc_init``, one more query forward at θ⁰ —
-            on every ``metrics_period``-th training forward (the logging steps; 0: never).
+            on the training steps whose index is a multiple of ``metrics_period`` (the logging
+            steps; 0: never).
             In ``eval()`` mode ``acc_init`` is always computed and AC never.
         adapt: which parameters the default :meth:`adapted_names` adapts: ``"all"``,
             ``"head"`` (ANIL) or ``"body"`` (BOIL).
@@ -151,8 +154,6 @@ class GBML(nn.Module):
         self.precompute_features = bool(precompute_features)
         self.channels_last = channels_last
         self.checkpoint_inner_steps = bool(checkpoint_inner_steps)
-        # training forwards so far; a buffer so that a resumed run keeps the logging schedule
-        self.register_buffer("forwards", torch.zeros((), dtype=torch.long))
         adapted, _ = self.split_parameters()
         if not adapted:
             raise ConfigError(f"algorithm: no parameter adapts in the inner loop (adapt={adapt})")
@@ -292,10 +293,10 @@ class GBML(nn.Module):
                 out["straight_logits"] = logits_at(net, straight, frozen, query_x)
         return out
 
-    def forward(self, batch: TaskBatch, chunk: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
-        """The outer loss and metrics of a meta-batch. ``chunk=(i, n)``: this batch is chunk i
-        of n of one training step (the trainer's ``task_chunk``); the step counter that sets the
-        logging schedule advances on the first chunk only."""
+    def forward(self, batch: TaskBatch, step: int | None = None) -> dict[str, torch.Tensor]:
+        """The outer loss and metrics of a meta-batch (or of a chunk of one). ``step``: the
+        index of the training step the batch belongs to, which sets the logging schedule; in
+        training mode ``None`` begins the next step (:mod:`models.algorithms.step`)."""
         batch = self.prepared(batch)
         support_way = int(batch.support_y.max()) + 1
         if support_way != self.way:
@@ -303,13 +304,11 @@ class GBML(nn.Module):
                 f"TaskBatch.support_y: tasks are {support_way}-way but the model's head has "
                 f"{self.way} outputs (set data.way to match)"
             )
-        first = chunk is None or chunk[0] == 0
-        step = int(self.forwards) - (0 if first or not self.training else 1)
-        logging_step = self.metrics_period > 0 and step % self.metrics_period == 0
-        diagnostics = self.training and logging_step
-        init_logits = not self.training or logging_step
-        if self.training and first:
-            self.forwards += 1
+        if self.training and step is None:
+            step = self.begin_step()
+        # logging steps (training only): AC, the Hessian ratios and acc_init; acc_init in eval too
+        diagnostics = self.training and self.metrics_period > 0 and step % self.metrics_period == 0
+        init_logits = not self.training or diagnostics
         adapted, frozen = self.split_parameters()
 
         def task_fn(adapted, frozen, sx, sy, qx):
@@ -346,7 +345,7 @@ class GBML(nn.Module):
         task_acc = (logits.argmax(-1) == query_y).float().mean(1).detach()
         out["acc"] = task_acc.mean()
         out["task_acc"] = task_acc
-        # where a NaN/inf came from, per task (read by the trainer only when the loss is not finite)
+        # where a NaN/inf came from, per task (read by diagnose() only when the loss is not finite)
         out["task_logits_finite"] = torch.isfinite(logits.detach()).flatten(1).all(1)
         if step_norms is not None:
             out["task_inner_finite"] = (torch.isfinite(step_norms.detach()).all(-1)

@@ -9,8 +9,10 @@ The paper's FOMAML + LIL (section 6, appendix E) is 15k iterations of LIL pretra
       algorithm: {name: lil_pretrain, momentum: 0.999, weight: 0.1}
 
 Both algorithms wrap the *same* network object, so phase 2 starts from exactly the weights
-phase 1 ended with. :class:`PretrainThen` counts its training forwards in a buffer (saved in
-checkpoints), so a run resumed on either side of the boundary continues in the right phase.
+phase 1 ended with. The phase follows the training step's index (the trainer's iteration,
+:mod:`models.algorithms.step`), so a run resumed on either side of the boundary continues in the
+right phase; each phase sees its own step index (the main algorithm's starts at 0 at the
+boundary), which sets its logging schedule.
 Evaluation always uses the main algorithm: validation during pretraining measures the
 initialisation θ⁰ the way the final model will be used (adapt on the support set, then test).
 The trainer resets the optimizer's state at the boundary (:class:`engine.hooks.PhaseBoundary`).
@@ -22,10 +24,11 @@ import torch
 from torch import nn
 
 from models.algorithms.base import GBML
+from models.algorithms.step import TrainingStep
 
 
-class PretrainThen(nn.Module):
-    """``pretrain`` for the first ``pretrain_iters`` training forwards, then ``main``.
+class PretrainThen(TrainingStep):
+    """``pretrain`` for the first ``pretrain_iters`` training steps, then ``main``.
 
     ``pretrain.model`` must be ``main.model`` (one network). The output dict gains ``phase``
     (0 while pretraining, 1 after) so the logs show where the boundary was.
@@ -39,7 +42,6 @@ class PretrainThen(nn.Module):
             raise ValueError(f"pretrain.iters: must be >= 0, got {pretrain_iters}")
         self.pretrain, self.main = pretrain, main
         self.pretrain_iters = int(pretrain_iters)
-        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
 
     @property
     def model(self) -> nn.Module:
@@ -53,14 +55,24 @@ class PretrainThen(nn.Module):
     def pretraining(self) -> bool:
         return int(self.steps_done) < self.pretrain_iters
 
-    def forward(self, batch, chunk: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+    def phase(self, step: int) -> tuple[int, GBML, int]:
+        """``(phase, its algorithm, the step's index within the phase)`` of training step ``step``."""
+        if step < self.pretrain_iters:
+            return 0, self.pretrain, step
+        return 1, self.main, step - self.pretrain_iters
+
+    def begin_step(self, step: int | None = None) -> int:
+        step = super().begin_step(step)
+        _, algorithm, local = self.phase(step)
+        algorithm.begin_step(local)
+        return step
+
+    def forward(self, batch, step: int | None = None) -> dict[str, torch.Tensor]:
         if not self.training:
             return self.main(batch)
-        first = chunk is None or chunk[0] == 0
-        phase = 0 if int(self.steps_done) - (0 if first else 1) < self.pretrain_iters else 1
-        if first:
-            self.steps_done += 1
-        algorithm = self.pretrain if phase == 0 else self.main
-        out = algorithm(batch) if chunk is None else algorithm(batch, chunk=chunk)
+        if step is None:
+            step = self.begin_step()
+        phase, algorithm, local = self.phase(step)
+        out = algorithm(batch, step=local)
         out["phase"] = torch.tensor(float(phase))
         return out

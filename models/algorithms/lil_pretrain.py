@@ -15,9 +15,9 @@ Support labels drive the inner loops, as in every GBML method; query labels neve
 gradient flows through θ⁰ and, unless ``first_order``, through g⁰ (one Hessian-vector product,
 the cost of one-step MAML: the paper's "only calculates the student's gradient").
 
-The EMA update runs at the start of each training forward, before the loss: with the teacher
-initialised to the student, that is the same sequence as BYOL's update after each optimizer step,
-and it keeps the trainer unaware of teachers. The teacher is part of the ``state_dict``, so a
+The EMA update runs at the start of each training step (:meth:`LILPretrain.begin_step`), before
+the loss: with the teacher initialised to the student, that is the same sequence as BYOL's update
+after each optimizer step, and it keeps the trainer unaware of teachers. The teacher is part of the ``state_dict``, so a
 resumed run continues exactly. In ``eval()`` mode this is plain :class:`GBML` evaluation of the
 student θ⁰ (adapt, then query accuracy).
 """
@@ -82,13 +82,18 @@ class LILPretrain(GBML):
             "traj_len": traj_len,
         }
 
-    def forward(self, batch: TaskBatch, chunk: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+    def begin_step(self, step: int | None = None) -> int:
+        """A training step begins: the teacher's EMA update, once however the step is chunked."""
+        step = super().begin_step(step)
+        self.update_teacher()
+        return step
+
+    def forward(self, batch: TaskBatch, step: int | None = None) -> dict[str, torch.Tensor]:
         if not self.training:
             return super().forward(batch)
         batch = self.prepared(batch)
-        if chunk is None or chunk[0] == 0:  # once per training step, however it is chunked
-            self.update_teacher()
-            self.forwards += 1
+        if step is None:
+            self.begin_step()
         per_task = map_tasks(
             self.pretrain_task, (*self.split_parameters(), *self.split_parameters(self.teacher)),
             (batch.support_x, batch.support_y, batch.query_x),

@@ -15,6 +15,7 @@ from engine.defaults import build_lr_scheduler, build_optimizer
 from engine.errors import ConfigError
 from engine.hooks import EvalHook, LRScheduler, PeriodicCheckpointer, PeriodicWriter, PhaseBoundary
 from engine.trainer import EventStorage, HookBase, MetaTrainer, NumericalFault, TrainerBase
+from models.algorithms.step import TrainingStep
 
 
 class Recorder(HookBase):
@@ -167,15 +168,16 @@ def test_phase_boundary_clears_the_optimizer_state_once():
     assert torch.allclose(w.detach(), torch.full((3,), 1 - 0.2))
 
 
-class Faulty(torch.nn.Module):
-    """loss = (w·x)² per batch, made NaN (loss) or its gradient inf on chosen calls."""
+class Faulty(TrainingStep):
+    """loss = (w·x)² per batch, made NaN (loss) or its gradient inf on chosen calls; the
+    training step (and the diagnosis from ``task_logits_finite``) is the algorithms' own."""
 
     def __init__(self, nan_at=(), inf_grad_at=()):
         super().__init__()
         self.w = torch.nn.Parameter(torch.ones(2))
         self.calls, self.nan_at, self.inf_grad_at = 0, set(nan_at), set(inf_grad_at)
 
-    def forward(self, batch):
+    def forward(self, batch, step=None):
         i, self.calls = self.calls, self.calls + 1
         loss = (self.w.sum() * float(batch)) ** 2
         if i in self.nan_at:
@@ -186,7 +188,8 @@ class Faulty(torch.nn.Module):
 
 
 class Scalar(float):
-    """A one-number 'batch' with the two things the trainer asks of a batch."""
+    """A one-number 'batch' with what the trainer (``to``) and the training step (``num_tasks``)
+    ask of a batch."""
 
     num_tasks = 2
 
@@ -278,8 +281,8 @@ def chunked_run(task_chunk: int, pretrain: bool):
         algo = PretrainThen(LILPretrain(net, momentum=0.5, inner_lr=0.4, inner_steps=2, engine="loop"), algo, 2)
     batches = [tiny_batch(tasks=4, size=16, seed=s) for s in range(3)]
     batches = [type(b)(*(t.double() if t.is_floating_point() else t for t in b)) for b in batches]
-    trainer = MetaTrainer(algo, FixedBatches(batches), torch.optim.SGD(algo.parameters(), lr=0.1),
-                          task_chunk=task_chunk)
+    algo.task_chunk = task_chunk  # solver.task_chunk (models.build_algorithm)
+    trainer = MetaTrainer(algo, FixedBatches(batches), torch.optim.SGD(algo.parameters(), lr=0.1))
     trainer.train(0, 4)
     history = {k: [v for _, v in trainer.storage.history(k)] for k in ("loss", "acc", "acc_init", "pc")}
     return [p.detach() for p in net.parameters()], history

@@ -146,3 +146,13 @@ def test_a_config_entry_can_carry_its_own_overrides(tmp_path):
     runs = sweep.expand(loaded["configs"], loaded["seeds"], tmp_path, [*loaded["overrides"], "solver.max_iter=60"])
     assert runs[0].overrides == ["solver.max_iter=50", "solver.max_iter=60"]
     assert runs[1].overrides == ["solver.max_iter=50", "solver.max_iter=60", "solver.max_iter=0"]
+
+
+def test_the_slurm_local_launcher_runs_each_run_as_the_engines_job(tmp_path):
+    """The job array goes through engine/slurm.py, the path train_net.py --slurm takes."""
+    argv = ["--configs", str(TINY), "--seeds", "0", "1", "--output-root", str(tmp_path),
+            "--launcher", "slurm-local", "solver.max_iter=2", "test.tasks=6"]
+    assert sweep.main(argv) == 0
+    for seed in (0, 1):
+        assert results(tmp_path / "tiny" / f"seed{seed}")["iterations"] == 2
+    assert len(list((tmp_path / "slurm").rglob("*_log.out"))) == 2

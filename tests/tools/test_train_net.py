@@ -173,12 +173,11 @@ def test_slurm_local_runs_the_job_through_submitit(tmp_path):
 
 
 def test_the_job_command_line_drops_only_the_slurm_flags():
-    sys.path.insert(0, str(ROOT / "tools"))
-    import train_net as tn
+    from engine.slurm import job_argv
 
     argv = ["--config-file", "c.yaml", "--slurm", "--nodes", "2", "--time=30", "--partition", "gpu",
             "--output-dir", "out", "solver.lr=0.1", "--resume"]
-    assert tn._job_argv(argv) == ["--config-file", "c.yaml", "--output-dir", "out", "solver.lr=0.1", "--resume"]
+    assert job_argv(argv) == ["--config-file", "c.yaml", "--output-dir", "out", "solver.lr=0.1", "--resume"]
 
 
 def test_a_diverging_run_stops_with_one_line_and_the_last_good_state(tmp_path):
