@@ -102,6 +102,8 @@ class GBML(TrainingStep):
             and the support set too when no double backward runs through the convolutions
             (first-order, or ANIL's precomputed features) — second-order convolution backward
             measured slower in NHWC. On CUDA ``auto`` is ``none`` (not measured yet).
+        hessian_ratio: on logging steps, also the Hessian ratios hₖ of eq. 5 (``hess_ratio``;
+            one Hessian-vector product per inner step and task, no graph; ``docs/design.md``).
         checkpoint_inner_steps: recompute each second-order inner step in the backward pass
             instead of keeping its graph (the memory switch, with ``solver.task_chunk``): the
             same meta-gradient for less memory and one more support pass per step. Runs on the
@@ -127,6 +129,7 @@ class GBML(TrainingStep):
         precompute_features: bool = True,
         channels_last: str = "auto",
         checkpoint_inner_steps: bool = False,
+        hessian_ratio: bool = True,
     ):
         super().__init__()
         if engine not in (*ENGINES, "auto"):
@@ -154,6 +157,7 @@ class GBML(TrainingStep):
         self.precompute_features = bool(precompute_features)
         self.channels_last = channels_last
         self.checkpoint_inner_steps = bool(checkpoint_inner_steps)
+        self.hessian_ratio = bool(hessian_ratio)
         adapted, _ = self.split_parameters()
         if not adapted:
             raise ConfigError(f"algorithm: no parameter adapts in the inner loop (adapt={adapt})")
@@ -277,7 +281,7 @@ class GBML(TrainingStep):
         net, frozen, support_x, query_x = self.task_network(adapted, frozen, support_x, query_x)
         final, record = adapt(
             net, adapted, frozen, support_x, support_y, steps, self.inner_update, self.first_order,
-            diagnostics, self.inner_loss, self.checkpoint_inner_steps, hessian_ratios=diagnostics,
+            diagnostics, self.inner_loss, self.checkpoint_inner_steps, hessian_ratios=diagnostics and self.hessian_ratio,
         )
         out = {"logits": logits_at(net, final, frozen, query_x), **record}
         d0 = out.pop("d0", None)
