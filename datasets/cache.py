@@ -11,7 +11,7 @@ class names, the image size, the source layout and the sha256 of every cache fil
 
 Later builds verify the checksums and memory-map the arrays: training never decodes an image.
 A cache whose checksum does not match is rebuilt (one line is printed). Every file is written
-to a temporary name and moved into place with ``os.replace``; the manifest goes last, so an
+to a temporary name and moved into place (:mod:`engine.fileio`); the manifest goes last, so an
 interrupted preparation leaves no cache that looks complete.
 
 Readers raise :class:`DataError` with one line naming the file and what was expected (missing
@@ -24,9 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import pickle
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +36,7 @@ from PIL import Image, UnidentifiedImageError
 
 from datasets.sampler import SplitData
 from engine.errors import ConfigError, DataError
+from engine.fileio import atomic_path, atomic_write
 
 __all__ = ["CachedDataset", "SourceSplit", "load_pickle", "open_image", "require", "to_array",
            "file_digest", "CACHE_VERSION", "SPLITS"]
@@ -124,18 +123,6 @@ def file_digest(path: Path) -> str:
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()
     except OSError:
         return str(path)
-
-
-def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class CachedDataset:
@@ -249,8 +236,7 @@ class CachedDataset:
             splits[split] = self._write_split(split, src)
         manifest = {**self._expected(), "layout": layout, "source": str(self.root.resolve()),
                     "splits": splits}
-        _write_atomic(self.cache_path / "manifest.json",
-                      lambda f: f.write((json.dumps(manifest, indent=2) + "\n").encode()))
+        atomic_write(self.cache_path / "manifest.json", json.dumps(manifest, indent=2) + "\n")
         return manifest
 
     def _write_split(self, split: str, src: SourceSplit) -> dict[str, Any]:
@@ -268,20 +254,13 @@ class CachedDataset:
         n, c, s = len(labels), self.native_channels, self.image_size
         img_name, lab_name = f"{split}_images.npy", f"{split}_labels.npy"
         img_path = self.cache_path / img_name
-        fd, tmp = tempfile.mkstemp(dir=self.cache_path, prefix=img_name + ".", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(img_path) as tmp:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, c, s, s))
             for i in self._progress(range(n), f"{self.name}/{split}"):
                 out[i] = to_array(src.fetch(i), s, c)
             out.flush()
             del out
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, img_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _write_atomic(self.cache_path / lab_name, lambda f: np.save(f, labels))
+        atomic_write(self.cache_path / lab_name, lambda f: np.save(f, labels))
         return {"images": img_name, "labels": lab_name, "count": n, "classes": len(src.classes),
                 "class_names": list(src.classes),
                 "sha256": {img_name: _sha256(img_path),

@@ -35,10 +35,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engine.checkpoint import atomic_write  # noqa: E402
-from engine.errors import UserInputError  # noqa: E402
-from engine.results import cells, find_runs  # noqa: E402
 from scipy import stats  # noqa: E402
+
+from engine.errors import UserInputError  # noqa: E402
+from engine.fileio import atomic_write  # noqa: E402
+from engine.results import cells, find_runs  # noqa: E402
 
 METRICS = ("test_acc", "best_test_acc", "test_acc_init")
 
