@@ -34,14 +34,13 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from datasets.sampler import SplitData
+from datasets.sampler import SPLITS, SplitData
 from engine.errors import ConfigError, DataError
 from engine.fileio import atomic_path, atomic_write
 
 __all__ = ["CachedDataset", "SourceSplit", "load_pickle", "open_image", "require", "to_array",
            "file_digest", "CACHE_VERSION", "SPLITS"]
 
-SPLITS = ("train", "val", "test")
 CACHE_VERSION = 1
 _HASH_CHUNK = 1 << 22
 

@@ -26,14 +26,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datasets.sampler import SplitData
+from datasets.sampler import SPLITS, SplitData
 from engine.errors import ConfigError, DataError
 from engine.fileio import atomic_write
 from engine.registry import DATASETS
 
 __all__ = ["Glyphs", "SPLITS"]
 
-SPLITS = ("train", "val", "test")
 _VERSION = 2
 _STROKES, _SEGMENTS = 4, 16
 _CHUNK = 64
