@@ -38,8 +38,9 @@ from datasets.sampler import SPLITS, SplitData
 from engine.errors import ConfigError, DataError
 from engine.fileio import atomic_path, atomic_write
 
-__all__ = ["CachedDataset", "SourceSplit", "load_pickle", "open_image", "require", "to_array",
-           "file_digest", "CACHE_VERSION", "SPLITS"]
+__all__ = ["CachedDataset", "SplitFileDataset", "SourceSplit", "load_pickle", "load_pickled_dict",
+           "open_image", "require", "to_array", "hwc_uint8", "file_split", "file_digest",
+           "split_classes", "CACHE_VERSION", "SPLITS"]
 
 CACHE_VERSION = 1
 _HASH_CHUNK = 1 << 22
@@ -61,6 +62,24 @@ def load_pickle(path: Path, what: str) -> Any:
     except Exception as exc:  # any failure to unpickle (truncated, foreign, not a pickle)
         reason = "truncated" if isinstance(exc, EOFError) else f"{type(exc).__name__}: {exc}"
         raise DataError(f"{path}: cannot unpickle ({reason}); expected {what}") from None
+
+
+def load_pickled_dict(path: Path, what: str, keys: Sequence[str]) -> dict:
+    """:func:`load_pickle` of a dict that must hold ``keys``; otherwise one :class:`DataError`
+    line saying what was expected and what keys (or type) were found."""
+    data = load_pickle(path, what)
+    if not isinstance(data, dict) or any(k not in data for k in keys):
+        found = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise DataError(f"{path}: expected {what}; got {found}")
+    return data
+
+
+def hwc_uint8(array: Any, path: Path, key: str) -> np.ndarray:
+    """``array`` as uint8 ``[N, H, W, 3]`` images, or a :class:`DataError` naming ``path``'s ``key``."""
+    array = np.asarray(array)
+    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[3] != 3:
+        raise DataError(f"{path}: '{key}' must be uint8 [N, H, W, 3], got {array.dtype} {array.shape}")
+    return array
 
 
 def open_image(source: Any, where: str) -> Image.Image:
@@ -105,6 +124,25 @@ class SourceSplit:
     labels: np.ndarray
     fetch: Callable[[int], Image.Image | np.ndarray]
     class_sources: list[str] | None = None
+
+
+def file_split(classes: Sequence[str], files: Sequence[Sequence[Path]],
+               class_sources: list[str] | None = None,
+               convert: Callable[[Image.Image], Image.Image] | None = None) -> SourceSplit:
+    """A split of image files listed per class: class ``c`` is ``classes[c]`` with the files
+    ``files[c]`` (taken in that order). Images are opened with :func:`open_image` (errors name
+    the file) and passed through ``convert`` when given."""
+    paths: list[Path] = []
+    labels: list[int] = []
+    for c, class_files in enumerate(files):
+        paths += class_files
+        labels += [c] * len(class_files)
+
+    def fetch(i: int) -> Image.Image:
+        img = open_image(paths[i], str(paths[i]))
+        return convert(img) if convert is not None else img
+
+    return SourceSplit(list(classes), np.array(labels, dtype=np.int64), fetch, class_sources)
 
 
 def _sha256(path: Path) -> str:
@@ -195,6 +233,21 @@ class CachedDataset:
         detail = f" ({missing})" if missing else ""
         return DataError(f"{self.root}: no supported {self.name} layout found{detail}; supported: "
                          f"{'; '.join(self.layouts)}")
+
+    def find_base(self, bases: Sequence[Path], parts: Sequence[str | Path],
+                  present: Callable[[Path], bool] = Path.exists) -> Path:
+        """The first of ``bases`` in which every one of ``parts`` is ``present``.
+
+        A base holding only some of them is an :meth:`unsupported_layout` naming the first
+        missing one; a root where no base holds any lists the supported layouts.
+        """
+        for base in bases:
+            found = [present(base / part) for part in parts]
+            if all(found):
+                return base
+            if any(found):
+                raise self.unsupported_layout(f"{base / parts[found.index(False)]} is missing")
+        raise self.unsupported_layout()
 
     def _expected(self) -> dict[str, Any]:
         return {"version": CACHE_VERSION, "dataset": self.name, "image_size": self.image_size,
@@ -301,6 +354,31 @@ class CachedDataset:
             lines.append(f"  {split:5s}: {info['classes']:5d} classes {info['count']:8d} images "
                          f"{size / 2**20:9.1f} MiB  sha256 {info['sha256'][info['images']][:12]}")
         return "\n".join(lines)
+
+
+class SplitFileDataset(CachedDataset):
+    """A reader whose classes are split by a JSON file of class-name lists: ``split_file``, or
+    the reader's shipped ``default_split`` when unset. The file's sha256 is a cache parameter,
+    so editing the split rebuilds the cache.
+
+    Args:
+        split_file: path of a JSON with ``train``/``val``/``test`` lists of class names.
+        **kwargs: the arguments of :class:`CachedDataset`.
+    """
+
+    default_split: Path
+
+    def __init__(self, root: str | None = None, image_size: int | None = None,
+                 channels: int | None = None, split_file: str | None = None, **kwargs) -> None:
+        self.split_file = Path(split_file) if split_file else self.default_split
+        super().__init__(root, image_size, channels, **kwargs)
+
+    def cache_params(self) -> dict[str, Any]:
+        return {"split_file": file_digest(self.split_file)}
+
+    def split_classes(self, split: str, available: Sequence[str], source: str) -> list[str]:
+        """:func:`split_classes` of this reader's split file."""
+        return split_classes(self.split_file, split, available, source)
 
 
 def load_split_file(path: Path, split: str) -> list[str]:
