@@ -11,7 +11,7 @@ class names, the image size, the source layout and the sha256 of every cache fil
 
 Later builds verify the checksums and memory-map the arrays: training never decodes an image.
 A cache whose checksum does not match is rebuilt (one line is printed). Every file is written
-to a temporary name and moved into place with ``os.replace``; the manifest goes last, so an
+to a temporary name and moved into place (:mod:`engine.fileio`); the manifest goes last, so an
 interrupted preparation leaves no cache that looks complete.
 
 Readers raise :class:`DataError` with one line naming the file and what was expected (missing
@@ -24,9 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import pickle
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,13 +34,14 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from datasets.sampler import SplitData
+from datasets.sampler import SPLITS, SplitData
 from engine.errors import ConfigError, DataError
+from engine.fileio import atomic_path, atomic_write
 
-__all__ = ["CachedDataset", "SourceSplit", "load_pickle", "open_image", "require", "to_array",
-           "file_digest", "CACHE_VERSION", "SPLITS"]
+__all__ = ["CachedDataset", "SplitFileDataset", "SourceSplit", "load_pickle", "load_pickled_dict",
+           "open_image", "require", "to_array", "hwc_uint8", "file_split", "file_digest",
+           "split_classes", "CACHE_VERSION", "SPLITS"]
 
-SPLITS = ("train", "val", "test")
 CACHE_VERSION = 1
 _HASH_CHUNK = 1 << 22
 
@@ -63,6 +62,24 @@ def load_pickle(path: Path, what: str) -> Any:
     except Exception as exc:  # any failure to unpickle (truncated, foreign, not a pickle)
         reason = "truncated" if isinstance(exc, EOFError) else f"{type(exc).__name__}: {exc}"
         raise DataError(f"{path}: cannot unpickle ({reason}); expected {what}") from None
+
+
+def load_pickled_dict(path: Path, what: str, keys: Sequence[str]) -> dict:
+    """:func:`load_pickle` of a dict that must hold ``keys``; otherwise one :class:`DataError`
+    line saying what was expected and what keys (or type) were found."""
+    data = load_pickle(path, what)
+    if not isinstance(data, dict) or any(k not in data for k in keys):
+        found = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise DataError(f"{path}: expected {what}; got {found}")
+    return data
+
+
+def hwc_uint8(array: Any, path: Path, key: str) -> np.ndarray:
+    """``array`` as uint8 ``[N, H, W, 3]`` images, or a :class:`DataError` naming ``path``'s ``key``."""
+    array = np.asarray(array)
+    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[3] != 3:
+        raise DataError(f"{path}: '{key}' must be uint8 [N, H, W, 3], got {array.dtype} {array.shape}")
+    return array
 
 
 def open_image(source: Any, where: str) -> Image.Image:
@@ -109,6 +126,25 @@ class SourceSplit:
     class_sources: list[str] | None = None
 
 
+def file_split(classes: Sequence[str], files: Sequence[Sequence[Path]],
+               class_sources: list[str] | None = None,
+               convert: Callable[[Image.Image], Image.Image] | None = None) -> SourceSplit:
+    """A split of image files listed per class: class ``c`` is ``classes[c]`` with the files
+    ``files[c]`` (taken in that order). Images are opened with :func:`open_image` (errors name
+    the file) and passed through ``convert`` when given."""
+    paths: list[Path] = []
+    labels: list[int] = []
+    for c, class_files in enumerate(files):
+        paths += class_files
+        labels += [c] * len(class_files)
+
+    def fetch(i: int) -> Image.Image:
+        img = open_image(paths[i], str(paths[i]))
+        return convert(img) if convert is not None else img
+
+    return SourceSplit(list(classes), np.array(labels, dtype=np.int64), fetch, class_sources)
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -124,18 +160,6 @@ def file_digest(path: Path) -> str:
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()
     except OSError:
         return str(path)
-
-
-def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class CachedDataset:
@@ -210,6 +234,21 @@ class CachedDataset:
         return DataError(f"{self.root}: no supported {self.name} layout found{detail}; supported: "
                          f"{'; '.join(self.layouts)}")
 
+    def find_base(self, bases: Sequence[Path], parts: Sequence[str | Path],
+                  present: Callable[[Path], bool] = Path.exists) -> Path:
+        """The first of ``bases`` in which every one of ``parts`` is ``present``.
+
+        A base holding only some of them is an :meth:`unsupported_layout` naming the first
+        missing one; a root where no base holds any lists the supported layouts.
+        """
+        for base in bases:
+            found = [present(base / part) for part in parts]
+            if all(found):
+                return base
+            if any(found):
+                raise self.unsupported_layout(f"{base / parts[found.index(False)]} is missing")
+        raise self.unsupported_layout()
+
     def _expected(self) -> dict[str, Any]:
         return {"version": CACHE_VERSION, "dataset": self.name, "image_size": self.image_size,
                 "channels": self.native_channels, "params": self.cache_params()}
@@ -249,8 +288,7 @@ class CachedDataset:
             splits[split] = self._write_split(split, src)
         manifest = {**self._expected(), "layout": layout, "source": str(self.root.resolve()),
                     "splits": splits}
-        _write_atomic(self.cache_path / "manifest.json",
-                      lambda f: f.write((json.dumps(manifest, indent=2) + "\n").encode()))
+        atomic_write(self.cache_path / "manifest.json", json.dumps(manifest, indent=2) + "\n")
         return manifest
 
     def _write_split(self, split: str, src: SourceSplit) -> dict[str, Any]:
@@ -268,20 +306,13 @@ class CachedDataset:
         n, c, s = len(labels), self.native_channels, self.image_size
         img_name, lab_name = f"{split}_images.npy", f"{split}_labels.npy"
         img_path = self.cache_path / img_name
-        fd, tmp = tempfile.mkstemp(dir=self.cache_path, prefix=img_name + ".", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(img_path) as tmp:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, c, s, s))
             for i in self._progress(range(n), f"{self.name}/{split}"):
                 out[i] = to_array(src.fetch(i), s, c)
             out.flush()
             del out
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, img_path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _write_atomic(self.cache_path / lab_name, lambda f: np.save(f, labels))
+        atomic_write(self.cache_path / lab_name, lambda f: np.save(f, labels))
         return {"images": img_name, "labels": lab_name, "count": n, "classes": len(src.classes),
                 "class_names": list(src.classes),
                 "sha256": {img_name: _sha256(img_path),
@@ -323,6 +354,31 @@ class CachedDataset:
             lines.append(f"  {split:5s}: {info['classes']:5d} classes {info['count']:8d} images "
                          f"{size / 2**20:9.1f} MiB  sha256 {info['sha256'][info['images']][:12]}")
         return "\n".join(lines)
+
+
+class SplitFileDataset(CachedDataset):
+    """A reader whose classes are split by a JSON file of class-name lists: ``split_file``, or
+    the reader's shipped ``default_split`` when unset. The file's sha256 is a cache parameter,
+    so editing the split rebuilds the cache.
+
+    Args:
+        split_file: path of a JSON with ``train``/``val``/``test`` lists of class names.
+        **kwargs: the arguments of :class:`CachedDataset`.
+    """
+
+    default_split: Path
+
+    def __init__(self, root: str | None = None, image_size: int | None = None,
+                 channels: int | None = None, split_file: str | None = None, **kwargs) -> None:
+        self.split_file = Path(split_file) if split_file else self.default_split
+        super().__init__(root, image_size, channels, **kwargs)
+
+    def cache_params(self) -> dict[str, Any]:
+        return {"split_file": file_digest(self.split_file)}
+
+    def split_classes(self, split: str, available: Sequence[str], source: str) -> list[str]:
+        """:func:`split_classes` of this reader's split file."""
+        return split_classes(self.split_file, split, available, source)
 
 
 def load_split_file(path: Path, split: str) -> list[str]:

@@ -24,14 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from datasets.cache import (
-    CachedDataset,
-    SourceSplit,
-    file_digest,
-    open_image,
-    require,
-    split_classes,
-)
+from datasets.cache import SourceSplit, SplitFileDataset, file_split, require
 from engine.errors import DataError
 from engine.registry import DATASETS
 
@@ -66,8 +59,8 @@ def _load_mat(path: Path, key: str, what: str) -> Any:
 
 
 @DATASETS.register("cars")
-class Cars(CachedDataset):
-    """Stanford Cars (module docstring); ``split_file`` plus the arguments of :class:`CachedDataset`."""
+class Cars(SplitFileDataset):
+    """Stanford Cars (module docstring); the arguments of :class:`SplitFileDataset`."""
 
     name = "cars"
     default_size = 84
@@ -75,25 +68,13 @@ class Cars(CachedDataset):
     layouts = ("cars_train/ with devkit/cars_train_annos.mat and devkit/cars_meta.mat "
                "(directly or under stanford_cars/)",)
 
-    def __init__(self, root: str | None = None, image_size: int | None = None,
-                 channels: int | None = None, split_file: str | None = None, **kwargs) -> None:
-        self.split_file = Path(split_file) if split_file else DEFAULT_SPLIT
-        self._table: dict[str, list[Path]] | None = None
-        super().__init__(root, image_size, channels, **kwargs)
-
-    def cache_params(self) -> dict:
-        return {"split_file": file_digest(self.split_file)}
+    default_split = DEFAULT_SPLIT
+    _table: dict[str, list[Path]] | None = None
 
     def detect_layout(self) -> str:
-        for base in (self.root / "stanford_cars", self.root):
-            parts = (base / _ANNOS, base / _META, base / _IMAGES)
-            present = [p.exists() for p in parts]
-            if all(present):
-                self._base = base
-                return "devkit"
-            if any(present):
-                raise self.unsupported_layout(f"{parts[present.index(False)]} is missing")
-        raise self.unsupported_layout()
+        self._base = self.find_base((self.root / "stanford_cars", self.root),
+                                    (_ANNOS, _META, _IMAGES))
+        return "devkit"
 
     def _load(self) -> dict[str, list[Path]]:
         """Class name → image paths, in class-id order (dicts keep insertion order)."""
@@ -127,11 +108,6 @@ class Cars(CachedDataset):
     def read_split(self, layout: str, split: str) -> SourceSplit:
         per_class = self._load()
         ordered = list(per_class)  # by class id
-        chosen = split_classes(self.split_file, split, ordered, str(self._base / _META))
-        files, labels = [], []
-        for c, name in enumerate(chosen):
-            files += sorted(per_class[name])
-            labels += [c] * len(per_class[name])
+        chosen = self.split_classes(split, ordered, str(self._base / _META))
         sources = [f"{self._base / _ANNOS} (class {ordered.index(n) + 1})" for n in chosen]
-        return SourceSplit(chosen, np.array(labels, dtype=np.int64),
-                           lambda i: open_image(files[i], str(files[i])), sources)
+        return file_split(chosen, [sorted(per_class[name]) for name in chosen], sources)

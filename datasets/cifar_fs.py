@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.cache import CachedDataset, SourceSplit, file_digest, load_pickle, split_classes
+from datasets.cache import SourceSplit, SplitFileDataset, load_pickle
 from engine.errors import DataError
 from engine.registry import DATASETS
 
@@ -26,22 +26,16 @@ _WHAT = "a CIFAR-100 python pickle: a dict with 'data' (uint8 [N, 3072]) and 'fi
 
 
 @DATASETS.register("cifar_fs")
-class CifarFS(CachedDataset):
-    """CIFAR-FS (module docstring); ``split_file`` plus the arguments of :class:`CachedDataset`."""
+class CifarFS(SplitFileDataset):
+    """CIFAR-FS (module docstring); the arguments of :class:`SplitFileDataset`."""
 
     name = "cifar_fs"
     default_size = 84
     native_channels = 3
     layouts = ("cifar-100-python/{train,test,meta} (the CIFAR-100 python version)",)
 
-    def __init__(self, root: str | None = None, image_size: int | None = None,
-                 channels: int | None = None, split_file: str | None = None, **kwargs) -> None:
-        self.split_file = Path(split_file) if split_file else DEFAULT_SPLIT
-        self._pool: tuple[np.ndarray, np.ndarray, list[str]] | None = None
-        super().__init__(root, image_size, channels, **kwargs)
-
-    def cache_params(self) -> dict:
-        return {"split_file": file_digest(self.split_file)}
+    default_split = DEFAULT_SPLIT
+    _pool: tuple[np.ndarray, np.ndarray, list[str]] | None = None
 
     def detect_layout(self) -> str:
         for folder in (self.root / "cifar-100-python", self.root):
@@ -76,8 +70,7 @@ class CifarFS(CachedDataset):
 
     def read_split(self, layout: str, split: str) -> SourceSplit:
         images, fine, names = self._load_pool()
-        classes = split_classes(self.split_file, split, names,
-                                f"the fine_label_names of {self._folder / 'meta'}")
+        classes = self.split_classes(split, names, f"the fine_label_names of {self._folder / 'meta'}")
         pos = {names.index(c): k for k, c in enumerate(classes)}
         rows = np.flatnonzero(np.isin(fine, list(pos)))
         labels = np.array([pos[int(f)] for f in fine[rows]], dtype=np.int64)

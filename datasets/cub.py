@@ -17,16 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from datasets.cache import (
-    CachedDataset,
-    SourceSplit,
-    file_digest,
-    open_image,
-    require,
-    split_classes,
-)
+from datasets.cache import SourceSplit, SplitFileDataset, file_split, require
 from engine.errors import DataError
 from engine.registry import DATASETS
 
@@ -51,32 +42,19 @@ def _read_table(path: Path, what: str) -> list[tuple[str, str]]:
 
 
 @DATASETS.register("cub")
-class CUB(CachedDataset):
-    """CUB-200-2011 (module docstring); ``split_file`` plus the arguments of :class:`CachedDataset`."""
+class CUB(SplitFileDataset):
+    """CUB-200-2011 (module docstring); the arguments of :class:`SplitFileDataset`."""
 
     name = "cub"
     default_size = 84
     native_channels = 3
     layouts = ("CUB_200_2011/ with images/, images.txt, classes.txt, image_class_labels.txt",)
-
-    def __init__(self, root: str | None = None, image_size: int | None = None,
-                 channels: int | None = None, split_file: str | None = None, **kwargs) -> None:
-        self.split_file = Path(split_file) if split_file else DEFAULT_SPLIT
-        self._table = None
-        super().__init__(root, image_size, channels, **kwargs)
-
-    def cache_params(self) -> dict:
-        return {"split_file": file_digest(self.split_file)}
+    default_split = DEFAULT_SPLIT
+    _table: dict[str, list[Path]] | None = None
 
     def detect_layout(self) -> str:
-        for base in (self.root / "CUB_200_2011", self.root):
-            present = [(base / f).is_file() for f in _FILES]
-            if all(present):
-                self._base = base
-                return "CUB_200_2011"
-            if any(present):
-                raise self.unsupported_layout(f"{base / _FILES[present.index(False)]} is missing")
-        raise self.unsupported_layout()
+        self._base = self.find_base((self.root / "CUB_200_2011", self.root), _FILES, Path.is_file)
+        return "CUB_200_2011"
 
     def _load(self):
         if self._table is None:
@@ -95,11 +73,6 @@ class CUB(CachedDataset):
 
     def read_split(self, layout: str, split: str) -> SourceSplit:
         per_class = self._load()
-        chosen = split_classes(self.split_file, split, list(per_class), str(self._base / "classes.txt"))
-        files, labels = [], []
-        for c, name in enumerate(chosen):
-            files += sorted(per_class[name])
-            labels += [c] * len(per_class[name])
-        return SourceSplit(chosen, np.array(labels, dtype=np.int64),
-                           lambda i: open_image(files[i], str(files[i])),
-                           [str(self._base / "images" / c) for c in chosen])
+        chosen = self.split_classes(split, list(per_class), str(self._base / "classes.txt"))
+        return file_split(chosen, [sorted(per_class[name]) for name in chosen],
+                          [str(self._base / "images" / c) for c in chosen])

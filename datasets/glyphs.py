@@ -19,8 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,13 +26,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datasets.sampler import SplitData
+from datasets.sampler import SPLITS, SplitData
 from engine.errors import ConfigError, DataError
+from engine.fileio import atomic_write
 from engine.registry import DATASETS
 
 __all__ = ["Glyphs", "SPLITS"]
 
-SPLITS = ("train", "val", "test")
 _VERSION = 2
 _STROKES, _SEGMENTS = 4, 16
 _CHUNK = 64
@@ -214,15 +212,7 @@ class Glyphs:
         data = generate(p["num_classes"], p["per_class"], p["image_size"], p["seed"],
                         p["distortion"], p["noise"])
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, data)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(self.path, lambda f: np.save(f, data))
         return data
 
     def split(self, name: str) -> SplitData:

@@ -17,7 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.cache import CachedDataset, SourceSplit, load_pickle, open_image, require
+from datasets.cache import (
+    CachedDataset,
+    SourceSplit,
+    hwc_uint8,
+    load_pickled_dict,
+    open_image,
+    require,
+)
 from engine.errors import DataError
 from engine.registry import DATASETS
 
@@ -71,14 +78,8 @@ class MiniImageNet(CachedDataset):
             require(self.root / "images", "the folder 'images/' holding the JPEGs named in the CSVs")
             return read_csv_split(self.root / f"{split}.csv", self.root / "images", split)
         path = self.root / _PKL.format(split)
-        data = load_pickle(path, _PKL_WHAT)
-        if not isinstance(data, dict) or "image_data" not in data or "class_dict" not in data:
-            keys = sorted(data) if isinstance(data, dict) else type(data).__name__
-            raise DataError(f"{path}: expected {_PKL_WHAT}; got {keys}")
-        images = np.asarray(data["image_data"])
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
-            raise DataError(f"{path}: 'image_data' must be uint8 [N, H, W, 3], got "
-                            f"{images.dtype} {images.shape}")
+        data = load_pickled_dict(path, _PKL_WHAT, ("image_data", "class_dict"))
+        images = hwc_uint8(data["image_data"], path, "image_data")
         classes = sorted(data["class_dict"])
         order, labels = [], []
         for c, name in enumerate(classes):

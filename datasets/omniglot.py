@@ -22,11 +22,12 @@ What is implemented, exactly:
 
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
+
 import torch
 from PIL import ImageOps
 
-from datasets.cache import CachedDataset, SourceSplit, open_image
+from datasets.cache import CachedDataset, SourceSplit, file_split
 from engine.errors import ConfigError, DataError
 from engine.registry import DATASETS
 
@@ -60,15 +61,8 @@ class Omniglot(CachedDataset):
         return {"num_train": self.num_train, "num_val": self.num_val}
 
     def detect_layout(self) -> str:
-        for base in (self.root, self.root / "omniglot-py"):
-            present = [(base / f).is_dir() for f in _FOLDERS]
-            if all(present):
-                self._base = base
-                return "images_background+images_evaluation"
-            if any(present):
-                missing = _FOLDERS[present.index(False)]
-                raise self.unsupported_layout(f"{base / missing} is missing")
-        raise self.unsupported_layout()
+        self._base = self.find_base((self.root, self.root / "omniglot-py"), _FOLDERS, Path.is_dir)
+        return "images_background+images_evaluation"
 
     def _characters(self):
         if self._chars is None:
@@ -90,18 +84,9 @@ class Omniglot(CachedDataset):
                   "val": (self.num_train, self.num_train + self.num_val),
                   "test": (self.num_train + self.num_val, len(chars))}[split]
         chars = chars[lo:hi]
-        files, labels = [], []
-        for c, char in enumerate(chars):
-            pngs = sorted(char.glob("*.png"))
-            files += pngs
-            labels += [c] * len(pngs)
-
-        def fetch(i: int):
-            img = open_image(files[i], str(files[i])).convert("L")
-            return ImageOps.invert(img)
-
-        names = [f"{ch.parent.name}/{ch.name}" for ch in chars]
-        return SourceSplit(names, np.array(labels, dtype=np.int64), fetch, [str(ch) for ch in chars])
+        return file_split([f"{ch.parent.name}/{ch.name}" for ch in chars],
+                          [sorted(ch.glob("*.png")) for ch in chars], [str(ch) for ch in chars],
+                          convert=lambda img: ImageOps.invert(img.convert("L")))
 
     def transform(self, split: str, images: torch.Tensor, labels: torch.Tensor):
         if not self.rotations:

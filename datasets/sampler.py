@@ -22,7 +22,10 @@ import torch
 from datasets.task_batch import TaskBatch
 from engine.errors import DataError
 
-__all__ = ["SplitData", "EpisodicSampler", "TaskList"]
+__all__ = ["SPLITS", "SplitData", "EpisodicSampler", "TaskList"]
+
+#: The splits of every dataset, in order: classes of one never appear in another.
+SPLITS = ("train", "val", "test")
 
 
 @dataclass(eq=False)

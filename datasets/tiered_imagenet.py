@@ -19,7 +19,15 @@ import zipfile
 
 import numpy as np
 
-from datasets.cache import CachedDataset, SourceSplit, load_pickle, open_image, require
+from datasets.cache import (
+    CachedDataset,
+    SourceSplit,
+    hwc_uint8,
+    load_pickle,
+    load_pickled_dict,
+    open_image,
+    require,
+)
 from engine.errors import DataError
 from engine.registry import DATASETS
 
@@ -47,10 +55,7 @@ class TieredImageNet(CachedDataset):
 
     def _labels(self, split: str) -> tuple[np.ndarray, list[str], str]:
         path = self.root / f"{split}_labels.pkl"
-        meta = load_pickle(path, _LABELS_WHAT)
-        if not isinstance(meta, dict) or "label_specific" not in meta:
-            keys = sorted(meta) if isinstance(meta, dict) else type(meta).__name__
-            raise DataError(f"{path}: expected {_LABELS_WHAT}; got {keys}")
+        meta = load_pickled_dict(path, _LABELS_WHAT, ("label_specific",))
         raw = np.asarray(meta["label_specific"]).astype(np.int64).ravel()
         ids, labels = np.unique(raw, return_inverse=True)
         names = meta.get("label_specific_str")
@@ -85,10 +90,7 @@ class TieredImageNet(CachedDataset):
             except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
                 raise DataError(f"{path}: cannot read npz ({type(exc).__name__}: {exc}); "
                                 f"expected key 'images' (uint8 [N, 84, 84, 3])") from None
-            if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
-                raise DataError(f"{path}: 'images' must be uint8 [N, H, W, 3], got "
-                                f"{images.dtype} {images.shape}")
-            data = images
+            data = images = hwc_uint8(images, path, "images")
 
             def fetch(i: int):
                 return images[i]

@@ -7,9 +7,9 @@ plus ``fingerprint``/``config``: a sha256 of the resolved config without the key
 legitimately change between a run and its resumption (:data:`VOLATILE_KEYS`), so weights from
 another experiment are refused with the differing keys named instead of silently loaded.
 
-Files are written to a temporary file in the same folder and moved into place with
-``os.replace``, so a crash mid-save never leaves a truncated ``model_*.pth`` or a
-``last_checkpoint`` naming one.
+Files are written with :func:`engine.fileio.atomic_write` (a temporary file in the same
+folder moved into place with ``os.replace``), so a crash mid-save never leaves a truncated
+``model_*.pth`` or a ``last_checkpoint`` naming one.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import logging
 import os
 import random
 import re
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from engine.errors import CheckpointError
+from engine.fileio import atomic_write  # re-exported: callers import it from here too
 
 logger = logging.getLogger(__name__)
 
@@ -115,25 +115,6 @@ def _to_cpu(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(_to_cpu(v) for v in obj)
     return obj
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(binary_file)`` on a temp file next to ``path``, fsync it, rename it over ``path``.
-
-    Readers see the old file or the new one, never a partial one. The temp file is opened
-    normally (not with ``mkstemp``), so the result gets the usual umask permissions.
-    """
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class Checkpointer:

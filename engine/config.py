@@ -30,6 +30,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from engine.errors import ConfigError
+from engine.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -180,9 +181,7 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictC
 def save_config(cfg: DictConfig, output_dir: str | os.PathLike) -> Path:
     """Write the resolved config to ``output_dir/config.yaml`` and make ``cfg`` read-only."""
     out = Path(output_dir) / "config.yaml"
-    tmp = out.with_suffix(".yaml.tmp")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    os.replace(tmp, out)
+    atomic_write(out, OmegaConf.to_yaml(cfg, resolve=True))
     OmegaConf.set_readonly(cfg, True)
     return out
 

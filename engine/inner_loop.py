@@ -12,7 +12,6 @@ detach every ``gᵏ``, so ``∂θˢ/∂θ⁰ = I``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -23,22 +22,12 @@ from torch.utils._pytree import tree_map
 from torch.utils.checkpoint import checkpoint
 
 from engine.kernels import group_norms
+from engine.vmap_context import tasks_under_vmap, tasks_vmapped  # tasks_vmapped re-exported
 
 Params = dict[str, torch.Tensor]
 UpdateRule = Callable[[Params, Params, int], Params]
 
 ENGINES = ("vmap", "loop")
-
-_TASKS_VMAPPED: ContextVar[bool] = ContextVar("tasks_vmapped", default=False)
-
-
-def tasks_vmapped() -> bool:
-    """True while :func:`map_tasks` runs the per-task function under ``torch.func.vmap``.
-
-    Layers whose fused kernels are wrong or slow under vmap consult it to pick another form
-    (see :class:`models.backbones.layers.TaskBatchNorm2d`).
-    """
-    return _TASKS_VMAPPED.get()
 
 
 def logits_at(model: nn.Module, adapted: Mapping[str, torch.Tensor], frozen: Mapping[str, torch.Tensor], x):
@@ -264,11 +253,8 @@ def map_tasks(fn: Callable[..., Any], shared: Sequence[Any], per_task: Sequence[
     """
     if engine == "vmap":
         in_dims = (None,) * len(shared) + (0,) * len(per_task)
-        token = _TASKS_VMAPPED.set(True)
-        try:
+        with tasks_under_vmap():
             return vmap(fn, in_dims=in_dims, randomness="different")(*shared, *per_task)
-        finally:
-            _TASKS_VMAPPED.reset(token)
     if engine != "loop":
         raise ValueError(f"algorithm.engine: expected one of {ENGINES} or 'auto', got '{engine}'")
     outputs = [fn(*shared, *(t[i] for t in per_task)) for i in range(per_task[0].shape[0])]

@@ -8,7 +8,7 @@
 
 Arguments are run folders or folders holding them (searched recursively for ``config.yaml``).
 Rows are algorithm ± LIL and shots (``MAML + LIL (5)``), columns the datasets or
-``train→test`` pairs, labelled from each run's saved config (:mod:`engine.results`); runs that
+``train→test`` pairs, labelled from each run's saved config (:mod:`tools.results`); runs that
 differ only in their seed form one cell. In Markdown the better of a baseline and its LIL
 variants is bold in each column; ties are all bold. ``--metric`` picks the ``results.json``
 entry: ``test_acc`` (final weights; the default), ``best_test_acc`` (best on validation) or
@@ -35,10 +35,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engine.checkpoint import atomic_write  # noqa: E402
-from engine.errors import UserInputError  # noqa: E402
-from engine.results import cells, find_runs  # noqa: E402
 from scipy import stats  # noqa: E402
+
+from engine.errors import UserInputError  # noqa: E402
+from engine.fileio import atomic_write  # noqa: E402
+from tools.results import cells, find_runs  # noqa: E402
 
 METRICS = ("test_acc", "best_test_acc", "test_acc_init")
 

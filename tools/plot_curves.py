@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from engine.errors import UserInputError  # noqa: E402
-from engine.results import RunRecord, find_runs  # noqa: E402
+from tools.results import RunRecord, find_runs  # noqa: E402
 
 
 def val_series(record: RunRecord) -> dict[int, float]:

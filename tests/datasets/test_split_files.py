@@ -12,8 +12,8 @@ import pytest
 from datasets.cars import DEFAULT_SPLIT as CARS_SPLIT
 from datasets.cifar_fs import DEFAULT_SPLIT as CIFAR_FS_SPLIT
 from datasets.cub import DEFAULT_SPLIT as CUB_SPLIT
+from datasets.sampler import SPLITS
 
-SPLITS = ("train", "val", "test")
 SPLIT_DIR = Path(CUB_SPLIT).parent
 
 

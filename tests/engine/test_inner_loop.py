@@ -1,17 +1,17 @@
 """The functional inner loop against independent references (docs/design.md §1).
 
-The reference is the plain way MAML is usually written: one task at a time, a stateful
-``torch.autograd.grad(create_graph=True)`` per inner step, in fp64.
+The reference (``tests/naive_reference.py``) is the plain way MAML is usually written: one task
+at a time, a ``torch.autograd.grad(create_graph=True)`` per inner step, in fp64.
 """
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from datasets.task_batch import TaskBatch
 from models.algorithms.base import GBML
 from models.backbones.conv4 import Conv4
+from naive_reference import meta_gradient
 
 WAY, SHOT, QUERY, TASKS, LR, STEPS = 3, 2, 3, 3, 0.4, 3
 
@@ -23,22 +23,6 @@ def make_batch(image_size=16, channels=1, dtype=torch.float64, seed=0):
     sy = torch.stack([torch.randperm(WAY, generator=g).repeat_interleave(SHOT) for _ in range(TASKS)])
     qy = torch.stack([torch.randperm(WAY, generator=g).repeat_interleave(QUERY) for _ in range(TASKS)])
     return TaskBatch(sx, sy, qx, qy)
-
-
-def reference_meta_gradient(model, batch, first_order, steps=STEPS, lr=LR):
-    """Per-task loop with explicit parameter lists and ``torch.autograd.grad``."""
-    names = [n for n, _ in model.named_parameters()]
-    theta0 = list(model.parameters())
-    total = 0.0
-    for i in range(batch.num_tasks):
-        fast = theta0
-        for _ in range(steps):
-            logits = torch.func.functional_call(model, dict(zip(names, fast, strict=True)), (batch.support_x[i],))
-            grads = torch.autograd.grad(F.cross_entropy(logits, batch.support_y[i]), fast, create_graph=not first_order)
-            fast = [p - lr * g for p, g in zip(fast, grads, strict=True)]
-        logits = torch.func.functional_call(model, dict(zip(names, fast, strict=True)), (batch.query_x[i],))
-        total = total + F.cross_entropy(logits, batch.query_y[i]) / batch.num_tasks
-    return total.detach(), torch.autograd.grad(total, theta0)
 
 
 def engine_meta_gradient(algo, batch):
@@ -61,7 +45,7 @@ def test_meta_gradient_matches_per_task_reference_fp64(engine, first_order):
     model = Conv4(num_classes=WAY, in_channels=1, image_size=16, hidden=6).double()
     algo = GBML(model, inner_lr=LR, inner_steps=STEPS, engine=engine, first_order=first_order)
     batch = make_batch()
-    ref_loss, ref_grads = reference_meta_gradient(model, batch, first_order)
+    ref_loss, ref_grads = meta_gradient(model, batch, steps=STEPS, lr=LR, first_order=first_order)
     loss, grads = engine_meta_gradient(algo, batch)
     torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=0)
     assert_close_rel(grads, ref_grads, rtol=1e-8)
@@ -78,7 +62,7 @@ def test_channels_last_layouts_give_the_reference_meta_gradient_fp64(engine, fir
     algo = GBML(model, inner_lr=LR, inner_steps=STEPS, engine=engine, first_order=first_order,
                 channels_last=layout)
     batch = make_batch(channels=3)
-    ref_loss, ref_grads = reference_meta_gradient(model, batch, first_order)
+    ref_loss, ref_grads = meta_gradient(model, batch, steps=STEPS, lr=LR, first_order=first_order)
     seen = []
 
     def record_layout(module, args, out):
@@ -111,8 +95,8 @@ def test_second_order_differs_from_first_order():
     torch.manual_seed(0)
     model = Conv4(num_classes=WAY, in_channels=1, image_size=16, hidden=6).double()
     batch = make_batch()
-    _, so = reference_meta_gradient(model, batch, first_order=False)
-    _, fo = reference_meta_gradient(model, batch, first_order=True)
+    _, so = meta_gradient(model, batch, steps=STEPS, lr=LR, first_order=False)
+    _, fo = meta_gradient(model, batch, steps=STEPS, lr=LR, first_order=True)
     assert max((a - b).abs().max().item() for a, b in zip(so, fo, strict=True)) > 1e-4
 
 

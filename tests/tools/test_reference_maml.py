@@ -22,7 +22,7 @@ def test_reference_run_writes_results_and_gets_its_own_row(tmp_path, capsys):
 
 
 def test_paired_differences_use_common_seeds_and_a_t_interval():
-    from engine.results import Cell, Row
+    from tools.results import Cell, Row
 
     rows = [Row("MAML (5)", "MAML (5)", (5, 0)), Row("MAML + LIL (5)", "MAML (5)", (5, 1)),
             Row("MAML (reference) (5)", "MAML (reference) (5)", (5, 2))]

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from engine.config import load_config
-from engine.results import row_label
 from tests_helpers import ROOT
+from tools.results import row_label
 
 sys.path.insert(0, str(ROOT / "tools"))
 import make_table  # noqa: E402

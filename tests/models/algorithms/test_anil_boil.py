@@ -1,13 +1,12 @@
 """ANIL and BOIL against a naive per-task reference (fp64), and what their inner loops touch.
 
-The reference adapts only the head (ANIL) or only the body (BOIL) with explicit
-``torch.autograd.grad(create_graph=True)`` steps on the *whole* network (the body is
-recomputed at every step), then adds LIL's phase loss over the adapted tensors.
+The reference (``tests/naive_reference.py``) adapts only the head (ANIL) or only the body
+(BOIL) with explicit ``torch.autograd.grad(create_graph=True)`` steps on the *whole* network
+(the body is recomputed at every step), then adds LIL's phase loss over the adapted tensors.
 """
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from datasets.task_batch import TaskBatch
@@ -18,6 +17,7 @@ from losses.phase import PhaseLoss
 from models import build_algorithm
 from models.algorithms.base import GBML
 from models.backbones.conv4 import Conv4
+from naive_reference import meta_objective
 from tests_helpers import ROOT, tiny_batch
 
 LR, STEPS, W_PHASE = 0.4, 3, 0.1
@@ -29,35 +29,11 @@ def in_adapted_set(name, mode):
 
 def naive_reference(model, batch, mode, first_order=False):
     """Per task: S explicit steps on the adapted tensors only; CE + w·phase over them."""
-    names = [n for n, _ in model.named_parameters()]
-    theta0 = dict(model.named_parameters())
-    adapted = [n for n in names if in_adapted_set(n, mode)]
-
-    def logits(fast, x):
-        return torch.func.functional_call(model, {**theta0, **fast}, (x,))
-
-    ce, phase, traj = [], [], []
-    for i in range(batch.num_tasks):
-        fast, grads, norms = {n: theta0[n] for n in adapted}, [], []
-        for _ in range(STEPS):
-            loss = F.cross_entropy(logits(fast, batch.support_x[i]), batch.support_y[i])
-            g = torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)
-            g = [t.detach() if first_order else t for t in g]
-            grads.append(g)
-            step = {n: fast[n] - LR * gn for n, gn in zip(adapted, g, strict=True)}
-            norms.append(torch.cat([(step[n] - fast[n]).flatten() for n in adapted]).norm())
-            fast = step
-        T = torch.stack(norms).sum()
-        g0_norm = torch.cat([t.flatten() for t in grads[0]]).norm()
-        straight = {n: theta0[n] - T * g0n / g0_norm for n, g0n in zip(adapted, grads[0], strict=True)}
-        q = logits(fast, batch.query_x[i])
-        p, p_hat = torch.softmax(q, -1), torch.softmax(logits(straight, batch.query_x[i]), -1)
-        phase.append((p * (p.log() - p_hat.log())).sum(-1).mean())
-        ce.append(F.cross_entropy(q, batch.query_y[i]))
-        traj.append(T)
-    ce, phase, traj = (torch.stack(v).mean() for v in (ce, phase, traj))
-    total = ce + W_PHASE * phase
-    return {"loss_ce": ce, "phase_kl": phase, "traj_len": traj}, total, torch.autograd.grad(total, list(theta0.values()))
+    adapted = [n for n, _ in model.named_parameters() if in_adapted_set(n, mode)]
+    expected = meta_objective(model, batch, steps=STEPS, rates=LR, adapted=adapted,
+                              order="first" if first_order else "second", phase_weight=W_PHASE)
+    total = expected.pop("loss")
+    return expected, total, torch.autograd.grad(total, list(model.parameters()))
 
 
 def fp64_setup(seed=0, tasks=2):

@@ -1,7 +1,8 @@
 """The Hessian ratio hₖ of eq. 5 and the straight step along Δ⁰, against naive fp64 references.
 
-The reference adapts one flat parameter vector per task with explicit rates, takes gradients
-with ``torch.autograd.grad`` and the Hessian itself with ``torch.autograd.functional.hessian``.
+The reference (``tests/naive_reference.py``) adapts one flat parameter vector per task with
+explicit rates, takes gradients with ``torch.autograd.grad``; the Hessian itself comes from
+``torch.autograd.functional.hessian``.
 """
 
 import pytest
@@ -14,6 +15,7 @@ from losses.cross_entropy import CrossEntropy
 from losses.phase import PhaseLoss, phase_kl
 from models.algorithms.base import GBML
 from models.backbones.conv4 import Conv4
+from naive_reference import Flat, meta_objective
 from tests_helpers import tiny_batch
 
 STEPS = 3
@@ -33,39 +35,18 @@ def fp64_setup(mode, engine="loop", cls=GBML, seed=0, **kwargs):
     return model, algo, batch
 
 
-class Flat:
-    """The model's parameters as one vector, and the rates α as a vector of the same layout."""
-
-    def __init__(self, model, algo):
-        self.model, self.names = model, [n for n, _ in model.named_parameters()]
-        self.shapes = [p.shape for p in model.parameters()]
-        self.sizes = [p.numel() for p in model.parameters()]
-        self.theta0 = torch.cat([p.detach().flatten() for p in model.parameters()])
-        self.rates = torch.cat([torch.as_tensor(algo.inner_lrs[n], dtype=torch.float64).expand(s).flatten()
-                                for n, s in zip(self.names, self.shapes, strict=True)])
-
-    def logits(self, vec, x):
-        tensors = [t.view(s) for t, s in zip(vec.split(self.sizes), self.shapes, strict=True)]
-        return torch.func.functional_call(self.model, dict(zip(self.names, tensors, strict=True)), (x,))
-
-    def trajectory(self, sx, sy):
-        """θ⁰..θˢ and g⁰..gˢ⁻¹ of the plain update θᵏ⁺¹ = θᵏ − α ⊙ gᵏ."""
-        thetas, grads = [self.theta0], []
-        for _ in range(STEPS):
-            theta = thetas[-1].detach().requires_grad_()
-            (g,) = torch.autograd.grad(F.cross_entropy(self.logits(theta, sx), sy), theta)
-            grads.append(g)
-            thetas.append(thetas[-1] - self.rates * g)
-        return thetas, grads
+def flat_view(model, algo):
+    """The model's parameters as one vector and the rates α as a vector of the same layout."""
+    return Flat(model, {n: algo.inner_lrs[n] for n, _ in model.named_parameters()})
 
 
 def naive_hessian_ratios(model, algo, batch):
     """[tasks, S] of hₖ = ½ ΔₖᵀH(θᵏ)Δₖ / (−gᵏᵀΔₖ), H the explicit Hessian of the support loss."""
-    flat = Flat(model, algo)
+    flat = flat_view(model, algo)
     rows = []
     for i in range(batch.num_tasks):
         sx, sy = batch.support_x[i], batch.support_y[i]
-        thetas, grads = flat.trajectory(sx, sy)
+        thetas, grads = flat.trajectory(sx, sy, STEPS, "none")
         row = []
         for k in range(STEPS):
             H = hessian(lambda v: F.cross_entropy(flat.logits(v, sx), sy), thetas[k])  # noqa: B023
@@ -90,9 +71,9 @@ def test_hess_ratio_matches_the_explicit_hessian(mode, engine):
 
 def test_hess_ratio_for_a_scalar_rate_is_alpha_gHg_over_twice_the_squared_gradient():
     model, algo, batch = fp64_setup("scalar")
-    flat = Flat(model, algo)
+    flat = flat_view(model, algo)
     sx, sy = batch.support_x[0], batch.support_y[0]
-    thetas, grads = flat.trajectory(sx, sy)
+    thetas, grads = flat.trajectory(sx, sy, STEPS, "none")
     H = hessian(lambda v: F.cross_entropy(flat.logits(v, sx), sy), thetas[1])
     scalar_form = 0.4 * (grads[1] @ H @ grads[1]) / (2 * grads[1].square().sum())
     d = thetas[2] - thetas[1]
@@ -141,27 +122,19 @@ def test_per_element_rates_make_the_gradient_direction_miss_a_straight_loop():
     """The counterpart of the test above: along g⁰ instead of Δ⁰, a straight loop with
     per-element rates does not land on θ̂, so the phase check above can fail."""
     model, algo, batch = fp64_setup("per_element", cls=FirstDirection, losses=[CrossEntropy(), PhaseLoss(0.1)])
-    flat = Flat(model, algo)
+    flat = flat_view(model, algo)
     sx, sy, qx = batch.support_x[0], batch.support_y[0], batch.query_x[0]
-    theta = flat.theta0.clone().requires_grad_()
-    (g0,) = torch.autograd.grad(F.cross_entropy(flat.logits(theta, sx), sy), theta)
-    final = flat.theta0 - STEPS * flat.rates * g0
-    along_g0 = flat.theta0 - (STEPS * (flat.rates * g0).norm()) * g0 / g0.norm()
+    _, (g0,) = flat.trajectory(sx, sy, 0, "none", final_grad=True)
+    theta0 = flat.theta0.detach()
+    final = theta0 - STEPS * flat.rates * g0
+    along_g0 = theta0 - (STEPS * (flat.rates * g0).norm()) * g0 / g0.norm()
     assert phase_kl(flat.logits(final, qx)[None], flat.logits(along_g0, qx)[None]).item() > 1e-6
 
 
 @pytest.mark.parametrize("engine", ["loop", "vmap"])
 def test_phase_kl_under_random_per_element_rates_uses_the_first_step(engine):
     model, algo, batch = fp64_setup("per_element", engine, losses=[CrossEntropy(), PhaseLoss(0.1)])
-    flat = Flat(model, algo)
-    kls = []
-    for i in range(batch.num_tasks):
-        thetas, _ = flat.trajectory(batch.support_x[i], batch.support_y[i])
-        d0 = thetas[1] - thetas[0]
-        length = sum((thetas[k + 1] - thetas[k]).norm() for k in range(STEPS))
-        theta_hat = thetas[0] + length * d0 / d0.norm()
-        p = torch.softmax(flat.logits(thetas[-1], batch.query_x[i]), -1)
-        q = torch.softmax(flat.logits(theta_hat, batch.query_x[i]), -1)
-        kls.append((p * (p.log() - q.log())).sum(-1).mean())
+    ref = meta_objective(model, batch, steps=STEPS, order="none", phase_weight=0.1,
+                         rates={n: algo.inner_lrs[n] for n, _ in model.named_parameters()})
     out = algo(batch)
-    torch.testing.assert_close(out["phase_kl"], torch.stack(kls).mean().detach(), rtol=1e-9, atol=1e-14)
+    torch.testing.assert_close(out["phase_kl"], ref["phase_kl"], rtol=1e-9, atol=1e-14)

@@ -1,12 +1,12 @@
 """Inner learning rates: scalar / per-tensor / per-element, fixed or meta-learned (Meta-SGD).
 
 The meta-gradient with respect to learned rates is checked against a naive fp64 per-task loop
-(explicit rate tensors, ``torch.autograd.grad(create_graph=True)``) and by central differences.
+(``tests/naive_reference.py``: explicit rate tensors, ``torch.autograd.grad(create_graph=True)``)
+and by central differences.
 """
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from datasets.task_batch import TaskBatch
 from engine.config import load_config
@@ -15,6 +15,7 @@ from engine.errors import ConfigError
 from models import build_algorithm
 from models.algorithms.base import GBML
 from models.backbones.conv4 import Conv4
+from naive_reference import meta_objective
 from tests_helpers import ROOT, tiny_batch
 
 STEPS, LR = 2, 0.3
@@ -35,21 +36,11 @@ def setup(mode, learn=True, adapt="all", seed=0, engine="loop"):
 def naive_reference(algo, batch):
     """Per task, θᵏ⁺¹ = θᵏ − α ⊙ gᵏ with the rates as explicit tensors; returns the outer loss
     and its gradients with respect to the rates and to θ⁰."""
-    model = algo.model
-    theta0 = dict(model.named_parameters())
     names = algo.adapted_names()
     rates = {n: algo.inner_lrs[n] for n in names}
     leaves = list(dict.fromkeys(r for r in rates.values() if isinstance(r, torch.Tensor)))
-    total = 0.0
-    for i in range(batch.num_tasks):
-        fast = {n: theta0[n] for n in names}
-        for _ in range(STEPS):
-            logits = torch.func.functional_call(model, {**theta0, **fast}, (batch.support_x[i],))
-            grads = torch.autograd.grad(F.cross_entropy(logits, batch.support_y[i]), list(fast.values()), create_graph=True)
-            fast = {n: fast[n] - rates[n] * g for n, g in zip(names, grads, strict=True)}
-        logits = torch.func.functional_call(model, {**theta0, **fast}, (batch.query_x[i],))
-        total = total + F.cross_entropy(logits, batch.query_y[i]) / batch.num_tasks
-    return total, torch.autograd.grad(total, leaves + list(theta0.values()))
+    total = meta_objective(algo.model, batch, steps=STEPS, rates=rates, adapted=names)["loss"]
+    return total, torch.autograd.grad(total, leaves + list(algo.model.parameters()))
 
 
 @pytest.mark.parametrize("mode,adapt,engine", [

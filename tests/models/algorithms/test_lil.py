@@ -1,12 +1,11 @@
 """LIL's losses and linearity metrics against a naive, explicit per-task computation (fp64).
 
-The reference keeps every θᵏ as one flat vector, takes gradients with
-``torch.autograd.grad``, and evaluates the KL from explicit probabilities.
+The reference (``tests/naive_reference.py``) keeps every θᵏ as one flat vector, takes
+gradients with ``torch.autograd.grad``, and evaluates the KL from explicit probabilities.
 """
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from datasets.task_batch import TaskBatch
@@ -15,44 +14,10 @@ from losses.phase import PhaseLoss
 from losses.pseudo_amplitude import PseudoAmplitudeLoss
 from models.algorithms.base import GBML, linearity_metrics
 from models.backbones.conv4 import Conv4
+from naive_reference import meta_objective
 from tests_helpers import tiny_batch
 
 LR, STEPS, W_PHASE, W_AMP = 0.4, 3, 0.1, 0.1
-
-
-def naive_lil(model, batch, first_order, lr=LR, steps=STEPS):
-    """Per-task loop with explicit parameter vectors; returns the quantities and the total loss."""
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for p in model.parameters()]
-    sizes = [p.numel() for p in model.parameters()]
-    theta0 = torch.cat([p.flatten() for p in model.parameters()])
-
-    def logits(vec, x):
-        tensors = [t.view(s) for t, s in zip(vec.split(sizes), shapes, strict=True)]
-        return torch.func.functional_call(model, dict(zip(names, tensors, strict=True)), (x,))
-
-    ce, phase, amp, pcs, acs = [], [], [], [], []
-    for i in range(batch.num_tasks):
-        thetas, grads = [theta0], []
-        for _ in range(steps + 1):
-            loss = F.cross_entropy(logits(thetas[-1], batch.support_x[i]), batch.support_y[i])
-            (g,) = torch.autograd.grad(loss, thetas[-1], create_graph=not first_order)
-            grads.append(g.detach() if first_order else g)
-            if len(thetas) <= steps:
-                thetas.append(thetas[-1] - lr * grads[-1])
-        d = torch.stack([(thetas[k + 1] - thetas[k]).norm() for k in range(steps)])
-        T = d.sum()
-        theta_hat = theta0 - T * grads[0] / grads[0].norm()
-        p = torch.softmax(logits(thetas[-1], batch.query_x[i]), -1)
-        q = torch.softmax(logits(theta_hat, batch.query_x[i]), -1)
-        phase.append((p * (p.log() - q.log())).sum(-1).mean())
-        ce.append(F.cross_entropy(logits(thetas[-1], batch.query_x[i]), batch.query_y[i]))
-        amp.append(T)
-        pcs.append(T / (thetas[-1] - theta0).norm())
-        acs.append(torch.stack([grads[k].norm() / grads[0].norm() for k in range(1, steps + 1)]).mean())
-    mean = lambda xs: torch.stack(xs).mean()  # noqa: E731
-    total = mean(ce) + W_PHASE * mean(phase) + W_AMP * mean(amp)
-    return {"loss_ce": mean(ce), "phase_kl": mean(phase), "traj_len": mean(amp), "pc": mean(pcs), "ac": mean(acs)}, total
 
 
 def lil_algo(model, engine, first_order):
@@ -66,7 +31,9 @@ def test_lil_terms_and_meta_gradient_match_naive_reference(engine, first_order):
     torch.manual_seed(0)
     model = Conv4(num_classes=5, in_channels=1, image_size=16, hidden=4).double()
     batch = TaskBatch(*(t.double() if t.is_floating_point() else t for t in tiny_batch(tasks=2)))
-    expected, total = naive_lil(model, batch, first_order)
+    expected = meta_objective(model, batch, steps=STEPS, rates=LR, order="first" if first_order else "second",
+                              phase_weight=W_PHASE, amplitude_weight=W_AMP, metrics=True)
+    total = expected.pop("loss")
     ref_grads = torch.autograd.grad(total, list(model.parameters()))
 
     algo = lil_algo(model, engine, first_order)

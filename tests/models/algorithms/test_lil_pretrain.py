@@ -1,11 +1,11 @@
-"""LIL pretraining (docs/design.md §1.1) against a naive, explicit per-task computation in fp64,
-and the two-phase chain (pretraining, then the main algorithm) over one network."""
+"""LIL pretraining (docs/design.md §1.1) against a naive, explicit per-task computation in fp64
+(``tests/naive_reference.py``), and the two-phase chain (pretraining, then the main algorithm)
+over one network."""
 
 import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from datasets.task_batch import TaskBatch
 from losses.cross_entropy import CrossEntropy
@@ -13,44 +13,24 @@ from models.algorithms.base import GBML
 from models.algorithms.chain import PretrainThen
 from models.algorithms.lil_pretrain import LILPretrain
 from models.backbones.conv4 import Conv4
+from naive_reference import Flat, kl, path_length, straight_step
 from tests_helpers import tiny_batch
 
 LR, STEPS, MOMENTUM, WEIGHT = 0.4, 3, 0.9, 0.1
 
 
-def flat_logits(model):
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for p in model.parameters()]
-    sizes = [p.numel() for p in model.parameters()]
-
-    def logits(vec, x):
-        tensors = [t.view(s) for t, s in zip(vec.split(sizes), shapes, strict=True)]
-        return torch.func.functional_call(model, dict(zip(names, tensors, strict=True)), (x,))
-
-    return logits
-
-
 def naive_pretrain_loss(student, teacher_vec, batch, first_order):
     """Teacher: S explicit SGD steps from its own vector, no graph. Student: one straight step of
-    the teacher's trajectory length along g⁰ = ∇ CE at θ⁰. Loss: weight · KL(P ‖ Q̂), mean."""
-    logits = flat_logits(student)
-    theta0 = torch.cat([p.flatten() for p in student.parameters()])
+    the teacher's trajectory length along its own first step Δ⁰ = −α g⁰, g⁰ = ∇ CE at θ⁰.
+    Loss: weight · KL(P ‖ Q̂), mean."""
+    flat = Flat(student, LR)
     kls = []
     for i in range(batch.num_tasks):
         sx, sy, qx = batch.support_x[i], batch.support_y[i], batch.query_x[i]
-        theta = teacher_vec.detach().requires_grad_(True)
-        length = 0.0
-        for _ in range(STEPS):
-            (g,) = torch.autograd.grad(F.cross_entropy(logits(theta, sx), sy), theta)
-            nxt = (theta - LR * g).detach().requires_grad_(True)
-            length = length + (nxt - theta).norm().detach()
-            theta = nxt
-        p = torch.softmax(logits(theta, qx), -1).detach()
-        (g0,) = torch.autograd.grad(F.cross_entropy(logits(theta0, sx), sy), theta0, create_graph=not first_order)
-        if first_order:
-            g0 = g0.detach()
-        q = torch.softmax(logits(theta0 - length * g0 / g0.norm(), qx), -1)
-        kls.append((p * (p.log() - q.log())).sum(-1).mean())
+        teacher, _ = flat.trajectory(sx, sy, STEPS, "none", start=teacher_vec)
+        first, _ = flat.trajectory(sx, sy, 1, "first" if first_order else "second")
+        p_logits = flat.logits(teacher[-1], qx).detach()
+        kls.append(kl(p_logits, flat.logits(straight_step(first, path_length(teacher)), qx)))
     return WEIGHT * torch.stack(kls).mean()
 
 

@@ -3,9 +3,9 @@
 import pytest
 
 from engine.config import load_config
-from engine.results import Cell, row_label
-from engine.results import column_label as column
 from tests_helpers import ROOT
+from tools.results import Cell, row_label
+from tools.results import column_label as column
 
 
 @pytest.mark.parametrize("config, label, family", [
