@@ -18,11 +18,14 @@ import difflib
 import importlib
 import logging
 import os
+import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
@@ -33,7 +36,7 @@ from engine.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_config", "save_config", "import_extra_modules", "Config"]
+__all__ = ["load_config", "read_yaml_mapping", "save_config", "import_extra_modules", "Config"]
 
 
 @dataclass
@@ -157,11 +160,74 @@ def _explain(exc: BaseException, where: str) -> ConfigError:
     return ConfigError(f"{where}: {first}")
 
 
+def _yaml_loader():
+    try:  # the loader OmegaConf and Hydra read config files with: safe, duplicate keys refused
+        from omegaconf._utils import get_yaml_loader  # noqa: PLC0415
+
+        return get_yaml_loader()
+    except ImportError:
+        return yaml.SafeLoader
+
+
+def _yaml_problem(exc: yaml.YAMLError, path: str | os.PathLike) -> str:
+    """One line for a YAML error: the file, line and column, and what is wrong there."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    name = mark.name if mark is not None and not str(mark.name).startswith("<") else str(path)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+    tag = re.search(r"constructor for the tag '([^']*)'", problem)
+    if tag:
+        shown = tag.group(1).replace("tag:yaml.org,2002:", "!!")
+        return f"{name}: YAML tag '{shown}'{where} is not allowed; a config is plain data (nothing in it is run)"
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and context_mark is not None and context_mark is not mark:
+        problem += f" ({context} at line {context_mark.line + 1}, column {context_mark.column + 1})"
+    elif context:
+        problem += f" ({context})"
+    return f"{name}: invalid YAML{where}: {problem}"
+
+
+def read_yaml_mapping(path: str | os.PathLike, what: str = "config file") -> dict:
+    """The top-level mapping of the YAML file at ``path``; anything else is one :class:`ConfigError`
+    naming the file: not found, a folder, unreadable, not UTF-8, a YAML error (with its line and
+    column), a tag (``!!python/...``: refused by the safe loader, never run), empty, or a top level
+    that is not a mapping."""
+    file = Path(path).expanduser()
+    try:
+        mode = file.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise ConfigError(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(mode):
+        raise ConfigError(f"{path}: is a folder, not a {what}")
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - data.rfind(b"\n", 0, exc.start)
+        raise ConfigError(f"{path}: {what} is not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}, "
+                          f"column {column})") from None
+    try:
+        value = yaml.load(text, Loader=_yaml_loader())  # noqa: S506  (a safe loader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(_yaml_problem(exc, path)) from None
+    if value is None or value == {}:
+        raise ConfigError(f"{path}: {what} is empty; expected a mapping of keys")
+    if not isinstance(value, dict):
+        kind = "a list" if isinstance(value, list) else f"the value {value!r}"
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level of the {what}, got {kind}")
+    return value
+
+
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictConfig:
     """Compose the YAML file at ``path`` with its bases and ``key=value`` overrides."""
+    read_yaml_mapping(path)  # a bad file is one line naming it, before Hydra reads it
     file = Path(path).expanduser().resolve()
-    if not file.is_file():
-        raise ConfigError(f"{path}: config file not found")
     if file.suffix not in (".yaml", ".yml"):
         raise ConfigError(f"{path}: expected a .yaml config file")
     try:
@@ -171,6 +237,11 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictC
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as exc:
         raise _explain(exc, str(path)) from None
+    except yaml.YAMLError as exc:  # in a file of the defaults list
+        raise ConfigError(_yaml_problem(exc, path)) from None
+    except (OSError, ValueError) as exc:  # likewise: unreadable, not UTF-8, not a mapping
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"{path}: cannot compose the files it includes ({first})") from None
     if cfg.output_dir is None:
         cfg.output_dir = str(Path("output") / file.stem)
     OmegaConf.set_struct(cfg, True)

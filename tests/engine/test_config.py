@@ -77,3 +77,28 @@ def test_checkpoints_cannot_run_code(tmp_path):
     with pytest.raises(ValueError, match=r"evil\.pth: cannot read checkpoint"):
         Checkpointer(tmp_path).load(tmp_path / "evil.pth")
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ("seed: [1\n", r"base\.yaml: invalid YAML at line 2, column 1: .*flow sequence at line 1, column 7"),
+    ("seed: !!python/object/apply:os.system ['true']\n", r"base\.yaml: YAML tag '!!python/object/apply:os\.system' "
+                                                          r"at line 1, column 7 is not allowed"),
+    ("seed: 1\nseed: 2\n", r"base\.yaml: invalid YAML at line 2, column 1: found duplicate key seed"),
+])
+def test_a_bad_file_in_the_defaults_list_is_named(tmp_path, text, pattern):
+    (tmp_path / "base.yaml").write_text(text)
+    (tmp_path / "run.yaml").write_text("defaults:\n  - lil_schema\n  - base\n  - _self_\nsolver:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(tmp_path / "run.yaml")
+
+
+def test_an_unreadable_file_is_a_config_error(tmp_path, monkeypatch):
+    path = tmp_path / "run.yaml"
+    path.write_text("seed: 1\n")
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    with pytest.raises(ConfigError, match=r"run\.yaml: cannot read config file \(Permission denied\)$"):
+        load_config(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -132,6 +133,36 @@ def test_bad_input_writes_nothing(tmp_path, overrides, pattern):
     refused(train_net("--output-dir", used, *overrides), pattern)
     assert not fresh.exists()
     assert snapshot(used) == before
+
+
+BAD_FILES = {  # name: (how to make it, what the one line says)
+    "syntax": (lambda p: p.write_text("seed: 1\nsolver:\n  lr: [0.1, 0.2\n"),
+               r"bad\.yaml: invalid YAML at line 4, column 1: expected ',' or '\]'.*flow sequence at line 3, column 7"),
+    "tag": (lambda p: p.write_text(f'seed: !!python/object/apply:os.system ["touch {p.parent}/PWNED"]\n'),
+            r"bad\.yaml: YAML tag '!!python/object/apply:os\.system' at line 1, column 7 is not allowed"),
+    "empty": (lambda p: p.write_text(""), r"bad\.yaml: config file is empty"),
+    "comments only": (lambda p: p.write_text("# nothing here\n"), r"bad\.yaml: config file is empty"),
+    "list": (lambda p: p.write_text("- seed\n- 1\n"), r"bad\.yaml: expected a mapping .* got a list"),
+    "scalar": (lambda p: p.write_text("42\n"), r"bad\.yaml: expected a mapping .* got the value 42"),
+    "folder": (lambda p: p.mkdir(), r"bad\.yaml: is a folder, not a config file"),
+    "missing": (lambda p: None, r"bad\.yaml: config file not found"),
+    "unreadable": (lambda p: (p.write_text("seed: 1\n"), p.chmod(0)),
+                   r"bad\.yaml: cannot read config file \(Permission denied\)"),
+    "not utf-8": (lambda p: p.write_bytes(b"seed: 1\nname: caf\xe9\n"),
+                  r"bad\.yaml: config file is not UTF-8 text \(byte 0xe9 at line 2, column 10\)"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_a_bad_config_file_is_one_line_and_writes_nothing(tmp_path, case):
+    make, pattern = BAD_FILES[case]
+    bad, out = tmp_path / "bad.yaml", tmp_path / "out"
+    make(bad)
+    if case == "unreadable" and os.access(bad, os.R_OK):
+        pytest.skip("this user reads files whatever their mode (root)")
+    proc = train_net("--output-dir", out, config=bad)
+    refused(proc, pattern)
+    assert not out.exists() and not (tmp_path / "PWNED").exists()
 
 
 def test_corrupt_checkpoint_is_one_line_error(full_run, tmp_path):
