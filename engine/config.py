@@ -3,13 +3,17 @@
 A run's config is ``load_config("configs/maml_5shot.yaml", ["solver.lr=3e-4", ...])``.
 Files compose from shared bases through Hydra's ``defaults:`` list (``configs/base.yaml``
 pulls in the schema below, so every key has a default and a type). Overrides use Hydra's
-grammar: ``key=value`` sets an existing key, ``+key=value`` adds one (e.g. an extra argument
-of a user-registered algorithm). A typo or a wrongly typed value is a :class:`ConfigError`
-that names the key and suggests the closest valid one.
+grammar: ``key=value`` sets a key, ``+key=value`` adds one the config does not know (e.g. an
+argument of a component registered by a user module). A typo or a wrongly typed value is a
+:class:`ConfigError` that names the key and suggests the closest valid one.
 
-Component sections (``algorithm``, ``model.backbone``, ``data.args``) are open dicts: their
-keys are checked against the component's constructor when it is built (see
-:mod:`engine.registry`).
+Component sections (``algorithm``, ``model.backbone``, ``pretrain.algorithm``, ``data.args``)
+are open dicts: their keys are checked against the component's constructor when it is built
+(see :mod:`engine.registry`). The constructor arguments of the registered backbones and
+algorithms are config keys like any other (``model.backbone.hidden=32``,
+``algorithm.inner_lr_mode=per_element``): after composing, each of those nodes is filled with
+the arguments it does not set, at the values the component is built with anyway
+(:func:`models.fill_component_defaults`), so ``config.yaml`` shows every one.
 """
 
 from __future__ import annotations
@@ -150,14 +154,53 @@ def _explain(exc: BaseException, where: str) -> ConfigError:
     first = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
     if key and ("not in" in first or "is not in struct" in first):
         schema = OmegaConf.structured(Config)
-        hint = difflib.get_close_matches(key, _all_keys(schema), n=1, cutoff=0.5)
+        known = _all_keys(schema) + [f"{path}.{arg}" for path, args in _component_arguments().items()
+                                     for arg in sorted(args)]
+        known = [k for k in known if not key.startswith(f"{k}.")]  # not the section it is in
+        hint = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
         hint_text = f"; did you mean '{hint[0]}'?" if hint else ""
         open_section = key.startswith(("algorithm.", "pretrain.algorithm.", "model.backbone.", "data.args."))
-        add = f" (a registered component's extra argument is added with +{key}=...)" if open_section else ""
+        add = (f" (an argument of a component registered by a user module is added with +{key}=...)"
+               if open_section else "")
         return ConfigError(f"{where}: unknown config key '{key}'{hint_text}{add}")
     if key:
         return ConfigError(f"{where}: bad value for '{key}': {first}")
     return ConfigError(f"{where}: {first}")
+
+
+def _component_arguments() -> dict[str, set[str]]:
+    """Each component node's settable keys, from the registries (imported here: ``models``
+    registers the built-in components and imports this module)."""
+    import models  # noqa: PLC0415
+
+    return {path: models.component_arguments(path) for path in models.COMPONENT_NODES}
+
+
+def _plain_component_overrides(overrides: Sequence[str]) -> list[str]:
+    """``overrides`` with each plain ``node.arg=value`` of a component node whose ``arg`` some
+    registered component takes turned into Hydra's ``++node.arg=value`` (set, or add if absent):
+    such an argument is a config key even where the composed files do not set it. Anything else
+    (a typo, ``+``/``~`` forms, a line Hydra cannot parse) is passed on unchanged."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: PLC0415
+    from hydra.core.override_parser.types import OverrideType  # noqa: PLC0415
+
+    arguments = _component_arguments()
+    parser = OverridesParser.create()
+    out = []
+    for line in overrides:
+        try:
+            (override,) = parser.parse_overrides([line])
+        except (HydraException, ValueError):
+            out.append(line)
+            continue
+        path, _, rest = override.key_or_group.rpartition(".")
+        arg = rest
+        while path and path not in arguments:  # a nested key: model.backbone.arg.sub
+            path, _, head = path.rpartition(".")
+            arg = head
+        plain = override.type is OverrideType.CHANGE and override.package is None and not override.is_sweep_override()
+        out.append(f"++{line}" if plain and path in arguments and arg in arguments[path] else line)
+    return out
 
 
 def _yaml_loader():
@@ -232,7 +275,10 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictC
         raise ConfigError(f"{path}: expected a .yaml config file")
     try:
         with initialize_config_dir(version_base=None, config_dir=str(file.parent)):
-            composed = compose(config_name=file.stem, overrides=list(overrides))
+            composed = compose(config_name=file.stem, overrides=_plain_component_overrides(overrides))
+        import models  # noqa: PLC0415  (registers the built-in components; it imports this module)
+
+        models.fill_component_defaults(composed)
         cfg = OmegaConf.merge(OmegaConf.structured(Config), composed)
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as exc:
