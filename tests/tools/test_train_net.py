@@ -118,7 +118,7 @@ def test_bad_input_leaves_existing_run_untouched(full_run, overrides, pattern):
     (["data.way=7"], r"glyphs/test: a 7-way task needs 7 classes"),
     (["data.shot=5"], r"glyphs/test: a 3-way task needs 3 classes with >= 8 images"),
     (["solver.max_iter=abc"], r"bad value for 'solver\.max_iter'"),
-    (["+model.backbone.num_classes=7"], r"model\.backbone: the network's head has 7 outputs but the tasks are 3-way"),
+    (["model.backbone.num_classes=7"], r"model\.backbone: the network's head has 7 outputs but the tasks are 3-way"),
     (["data.query=40"], r"glyphs/test: a 3-way task needs 3 classes with >= 42 images"),
     (["algorithm.inner_steps=-1"], r"algorithm\.inner_steps / inner_steps_test: must be >= 0"),
     (["solver.meta_batch=0"], r"solver\.meta_batch: must be >= 1, got 0"),
