@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tools" / "train_net.py"
@@ -60,6 +61,10 @@ def test_full_run_writes_everything(full_run):
                             "best_val_acc", "best_val_iter",
                             "best_test_acc", "best_test_ci95", "iterations", "wall_time_s"}
     assert results["test_tasks"] == 10 and results["iterations"] == 6
+    saved = OmegaConf.load(out / "config.yaml")  # every constructor argument, as built
+    assert dict(saved.model.backbone) == {"name": "conv4", "hidden": 8, "num_classes": 3, "in_channels": 1,
+                                          "image_size": 28}
+    assert saved.algorithm.metrics_period == 1 and saved.algorithm.first_order is False
     assert results["best_val_iter"] in (3, 6) and 0 <= results["test_acc"] <= 100
     last = proc.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"test accuracy: \d+\.\d\d ± \d+\.\d\d % \(10 tasks, 3-way 2-shot\)", last), last
@@ -118,6 +123,7 @@ def test_bad_input_leaves_existing_run_untouched(full_run, overrides, pattern):
     (["data.way=7"], r"glyphs/test: a 7-way task needs 7 classes"),
     (["data.shot=5"], r"glyphs/test: a 3-way task needs 3 classes with >= 8 images"),
     (["solver.max_iter=abc"], r"bad value for 'solver\.max_iter'"),
+    (["model.backbone.hiden=16"], r"unknown config key 'model\.backbone\.hiden'; did you mean 'model\.backbone\.hidden'"),
     (["model.backbone.num_classes=7"], r"model\.backbone: the network's head has 7 outputs but the tasks are 3-way"),
     (["data.query=40"], r"glyphs/test: a 3-way task needs 3 classes with >= 42 images"),
     (["algorithm.inner_steps=-1"], r"algorithm\.inner_steps / inner_steps_test: must be >= 0"),
