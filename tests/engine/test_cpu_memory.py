@@ -95,8 +95,8 @@ def test_later_steps_reuse_freed_memory_without_new_page_faults():
         pytest.skip(note)
     assert "kept for reuse" in note
     assert kept[0] > BLOCK // page, kept  # the first step touches fresh pages ...
-    growth = [max(0, b - a) for a, b in zip(heap, heap[1:])]
-    for step, (faults, grown) in enumerate(zip(kept[1:], growth), start=2):
+    growth = [max(0, b - a) for a, b in zip(heap, heap[1:], strict=False)]
+    for step, (faults, grown) in enumerate(zip(kept[1:], growth, strict=True), start=2):
         assert faults * page <= grown + SLACK, (f"step {step}: {faults} page faults but the heap grew by "
                                                 f"{grown // page} pages; faults {kept}, heap {heap}")
     assert sum(kept[1:]) < (STEPS - 1) * kept[0] / 2, (kept, heap)  # ... and later steps reuse them
