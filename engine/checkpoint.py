@@ -14,6 +14,7 @@ folder moved into place with ``os.replace``), so a crash mid-save never leaves a
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -38,20 +39,24 @@ __all__ = ["Checkpointer", "atomic_write", "config_fingerprint", "get_rng_state"
 VOLATILE_KEYS = ("output_dir", "device", "test", "log", "solver.max_iter",
                  "solver.checkpoint_period", "solver.keep_checkpoints",
                  "algorithm.inner_steps_test", "algorithm.engine", "algorithm.channels_last",
-                 "algorithm.checkpoint_inner_steps",
+                 "algorithm.checkpoint_inner_steps", "algorithm.metrics_period",
+                 "pretrain.algorithm.inner_steps_test", "pretrain.algorithm.engine",
+                 "pretrain.algorithm.channels_last", "pretrain.algorithm.checkpoint_inner_steps",
+                 "pretrain.algorithm.metrics_period",
                  "solver.on_nonfinite",
                  "solver.max_skips", "solver.task_chunk")
 _PERIODIC = re.compile(r"^model_(\d{7})\.pth$")
 
 
 def _fingerprinted(cfg: DictConfig | Mapping) -> dict:
-    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else copy.deepcopy(dict(cfg))
     for key in VOLATILE_KEYS:
-        node, *rest = key.split(".")
-        if not rest:
-            data.pop(node, None)
-        elif isinstance(data.get(node), dict):
-            data[node].pop(rest[0], None)
+        *parents, last = key.split(".")
+        node = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
     return data
 
 

@@ -3,13 +3,17 @@
 A run's config is ``load_config("configs/maml_5shot.yaml", ["solver.lr=3e-4", ...])``.
 Files compose from shared bases through Hydra's ``defaults:`` list (``configs/base.yaml``
 pulls in the schema below, so every key has a default and a type). Overrides use Hydra's
-grammar: ``key=value`` sets an existing key, ``+key=value`` adds one (e.g. an extra argument
-of a user-registered algorithm). A typo or a wrongly typed value is a :class:`ConfigError`
-that names the key and suggests the closest valid one.
+grammar: ``key=value`` sets a key, ``+key=value`` adds one the config does not know (e.g. an
+argument of a component registered by a user module). A typo or a wrongly typed value is a
+:class:`ConfigError` that names the key and suggests the closest valid one.
 
-Component sections (``algorithm``, ``model.backbone``, ``data.args``) are open dicts: their
-keys are checked against the component's constructor when it is built (see
-:mod:`engine.registry`).
+Component sections (``algorithm``, ``model.backbone``, ``pretrain.algorithm``, ``data.args``)
+are open dicts: their keys are checked against the component's constructor when it is built
+(see :mod:`engine.registry`). The constructor arguments of the registered backbones and
+algorithms are config keys like any other (``model.backbone.hidden=32``,
+``algorithm.inner_lr_mode=per_element``): after composing, each of those nodes is filled with
+the arguments it does not set, at the values the component is built with anyway
+(:func:`models.fill_component_defaults`), so ``config.yaml`` shows every one.
 """
 
 from __future__ import annotations
@@ -18,11 +22,14 @@ import difflib
 import importlib
 import logging
 import os
+import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
@@ -34,7 +41,7 @@ from engine.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["load_config", "save_config", "import_extra_modules", "Config"]
+__all__ = ["load_config", "read_yaml_mapping", "save_config", "import_extra_modules", "Config"]
 
 
 @dataclass
@@ -148,30 +155,140 @@ def _explain(exc: BaseException, where: str) -> ConfigError:
     first = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
     if key and ("not in" in first or "is not in struct" in first):
         schema = OmegaConf.structured(Config)
-        hint = difflib.get_close_matches(key, _all_keys(schema), n=1, cutoff=0.5)
+        known = _all_keys(schema) + [f"{path}.{arg}" for path, args in _component_arguments().items()
+                                     for arg in sorted(args)]
+        known = [k for k in known if not key.startswith(f"{k}.")]  # not the section it is in
+        hint = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
         hint_text = f"; did you mean '{hint[0]}'?" if hint else ""
         open_section = key.startswith(("algorithm.", "pretrain.algorithm.", "model.backbone.", "data.args."))
-        add = f" (a registered component's extra argument is added with +{key}=...)" if open_section else ""
+        add = (f" (an argument of a component registered by a user module is added with +{key}=...)"
+               if open_section else "")
         return ConfigError(f"{where}: unknown config key '{key}'{hint_text}{add}")
     if key:
         return ConfigError(f"{where}: bad value for '{key}': {first}")
     return ConfigError(f"{where}: {first}")
 
 
+def _component_arguments() -> dict[str, set[str]]:
+    """Each component node's settable keys, from the registries (imported here: ``models``
+    registers the built-in components and imports this module)."""
+    import models  # noqa: PLC0415
+
+    return {path: models.component_arguments(path) for path in models.COMPONENT_NODES}
+
+
+def _plain_component_overrides(overrides: Sequence[str]) -> list[str]:
+    """``overrides`` with each plain ``node.arg=value`` of a component node whose ``arg`` some
+    registered component takes turned into Hydra's ``++node.arg=value`` (set, or add if absent):
+    such an argument is a config key even where the composed files do not set it. Anything else
+    (a typo, ``+``/``~`` forms, a line Hydra cannot parse) is passed on unchanged."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: PLC0415
+    from hydra.core.override_parser.types import OverrideType  # noqa: PLC0415
+
+    arguments = _component_arguments()
+    parser = OverridesParser.create()
+    out = []
+    for line in overrides:
+        try:
+            (override,) = parser.parse_overrides([line])
+        except (HydraException, ValueError):
+            out.append(line)
+            continue
+        path, _, rest = override.key_or_group.rpartition(".")
+        arg = rest
+        while path and path not in arguments:  # a nested key: model.backbone.arg.sub
+            path, _, head = path.rpartition(".")
+            arg = head
+        plain = override.type is OverrideType.CHANGE and override.package is None and not override.is_sweep_override()
+        out.append(f"++{line}" if plain and path in arguments and arg in arguments[path] else line)
+    return out
+
+
+def _yaml_loader():
+    try:  # the loader OmegaConf and Hydra read config files with: safe, duplicate keys refused
+        from omegaconf._utils import get_yaml_loader  # noqa: PLC0415
+
+        return get_yaml_loader()
+    except ImportError:
+        return yaml.SafeLoader
+
+
+def _yaml_problem(exc: yaml.YAMLError, path: str | os.PathLike) -> str:
+    """One line for a YAML error: the file, line and column, and what is wrong there."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    name = mark.name if mark is not None and not str(mark.name).startswith("<") else str(path)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+    tag = re.search(r"constructor for the tag '([^']*)'", problem)
+    if tag:
+        shown = tag.group(1).replace("tag:yaml.org,2002:", "!!")
+        return f"{name}: YAML tag '{shown}'{where} is not allowed; a config is plain data (nothing in it is run)"
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and context_mark is not None and context_mark is not mark:
+        problem += f" ({context} at line {context_mark.line + 1}, column {context_mark.column + 1})"
+    elif context:
+        problem += f" ({context})"
+    return f"{name}: invalid YAML{where}: {problem}"
+
+
+def read_yaml_mapping(path: str | os.PathLike, what: str = "config file") -> dict:
+    """The top-level mapping of the YAML file at ``path``; anything else is one :class:`ConfigError`
+    naming the file: not found, a folder, unreadable, not UTF-8, a YAML error (with its line and
+    column), a tag (``!!python/...``: refused by the safe loader, never run), empty, or a top level
+    that is not a mapping."""
+    file = Path(path).expanduser()
+    try:
+        mode = file.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise ConfigError(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(mode):
+        raise ConfigError(f"{path}: is a folder, not a {what}")
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - data.rfind(b"\n", 0, exc.start)
+        raise ConfigError(f"{path}: {what} is not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}, "
+                          f"column {column})") from None
+    try:
+        value = yaml.load(text, Loader=_yaml_loader())  # noqa: S506  (a safe loader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(_yaml_problem(exc, path)) from None
+    if value is None or value == {}:
+        raise ConfigError(f"{path}: {what} is empty; expected a mapping of keys")
+    if not isinstance(value, dict):
+        kind = "a list" if isinstance(value, list) else f"the value {value!r}"
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level of the {what}, got {kind}")
+    return value
+
+
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictConfig:
     """Compose the YAML file at ``path`` with its bases and ``key=value`` overrides."""
+    read_yaml_mapping(path)  # a bad file is one line naming it, before Hydra reads it
     file = Path(path).expanduser().resolve()
-    if not file.is_file():
-        raise ConfigError(f"{path}: config file not found")
     if file.suffix not in (".yaml", ".yml"):
         raise ConfigError(f"{path}: expected a .yaml config file")
     try:
         with initialize_config_dir(version_base=None, config_dir=str(file.parent)):
-            composed = compose(config_name=file.stem, overrides=list(overrides))
+            composed = compose(config_name=file.stem, overrides=_plain_component_overrides(overrides))
+        import models  # noqa: PLC0415  (registers the built-in components; it imports this module)
+
+        models.fill_component_defaults(composed)
         cfg = OmegaConf.merge(OmegaConf.structured(Config), composed)
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as exc:
         raise _explain(exc, str(path)) from None
+    except yaml.YAMLError as exc:  # in a file of the defaults list
+        raise ConfigError(_yaml_problem(exc, path)) from None
+    except (OSError, ValueError) as exc:  # likewise: unreadable, not UTF-8, not a mapping
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"{path}: cannot compose the files it includes ({first})") from None
     if cfg.output_dir is None:
         cfg.output_dir = str(Path("output") / file.stem)
     OmegaConf.set_struct(cfg, True)

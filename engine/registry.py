@@ -27,8 +27,8 @@ def _closest(word: str, choices) -> str:
     return f"; did you mean '{match[0]}'?" if match else ""
 
 
-def _arguments(target: Callable[..., Any]) -> tuple[list[str], bool]:
-    """The keyword names ``target`` accepts, and whether it accepts any (``**kwargs``).
+def _parameters(target: Callable[..., Any]) -> tuple[list[inspect.Parameter], bool]:
+    """The keyword parameters ``target`` accepts, and whether it accepts any (``**kwargs``).
 
     A class whose ``__init__`` passes ``**kwargs`` on (``def __init__(self, model, prox=0.1,
     **kwargs)``) accepts its bases' arguments too: they are collected along the MRO up to the
@@ -39,14 +39,32 @@ def _arguments(target: Callable[..., Any]) -> tuple[list[str], bool]:
         chain = [inspect.signature(target)] + [inspect.signature(f) for f in inits[1:]]
     else:
         chain = [inspect.signature(target)]
-    names: list[str] = []
+    found: dict[str, inspect.Parameter] = {}
     for i, sig in enumerate(chain):
         params = list(sig.parameters.values())[1 if i else 0:]  # bases' __init__: drop self
-        names += [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-                  and p.name not in names]
+        for p in params:
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in found:
+                found[p.name] = p
         if not any(p.kind is p.VAR_KEYWORD for p in params):
-            return names, False
-    return names, True
+            return list(found.values()), False
+    return list(found.values()), True
+
+
+def _arguments(target: Callable[..., Any]) -> tuple[list[str], bool]:
+    """The keyword names ``target`` accepts, and whether it accepts any (``**kwargs``)."""
+    params, open_kwargs = _parameters(target)
+    return [p.name for p in params], open_kwargs
+
+
+def _plain_value(value: Any) -> bool:
+    """Whether a default can be written into a config (and read back as the same value)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain_value(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain_value(v) for k, v in value.items())
+    return False
 
 
 class Registry:
@@ -82,6 +100,33 @@ class Registry:
                 f"(registered: {', '.join(self.names()) or 'none'})"
             )
         return self._entries[name]
+
+    def defaults(self, name: str, supplied=()) -> dict[str, Any]:
+        """The keyword arguments component ``name`` is built with when its config sets none:
+        the constructor's defaults, then the entry's presets over them. ``supplied`` (arguments
+        the framework passes itself, e.g. the network) and values a config cannot hold are left
+        out; tuples become lists."""
+        target, presets = self.get(name)
+        params, _ = _parameters(target)
+        found = {p.name: p.default for p in params
+                 if p.default is not inspect.Parameter.empty and p.name not in supplied}
+        found.update({k: v for k, v in presets.items() if k not in supplied})
+
+        def plain(value):
+            if isinstance(value, (list, tuple)):
+                return [plain(v) for v in value]
+            if isinstance(value, dict):
+                return {k: plain(v) for k, v in value.items()}
+            return value
+
+        return {k: plain(v) for k, v in found.items() if _plain_value(v)}
+
+    def argument_names(self, supplied=()) -> set[str]:
+        """Every keyword argument some registered component of this kind takes, less ``supplied``."""
+        names: set[str] = set()
+        for target, presets in self._entries.values():
+            names.update(_arguments(target)[0], presets)
+        return names - set(supplied)
 
     def build(self, cfg: Mapping[str, Any], path: str, *args, defaults=None, **fixed):
         """Build the component named by ``cfg["name"]`` with the other keys as kwargs.

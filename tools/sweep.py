@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from engine.config import read_yaml_mapping  # noqa: E402
 from engine.errors import ConfigError, UserInputError  # noqa: E402
 
 TRAIN_NET = ROOT / "tools" / "train_net.py"
@@ -88,15 +89,11 @@ def _strings(value, where: str) -> list[str]:
 
 def load_sweep(path: str | Path) -> dict:
     """A sweep file as ``{"configs", "seeds", "overrides", "columns"}`` (see the module doc)."""
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"{path}: sweep file not found")
+    data = read_yaml_mapping(path, "sweep file")  # not found, unreadable, bad YAML, not a mapping: one line
     try:
-        spec = OmegaConf.load(file)
+        spec = OmegaConf.create(data)
     except (OmegaConfBaseException, ValueError) as exc:
         raise ConfigError(f"{path}: not a YAML mapping ({str(exc).splitlines()[0]})") from None
-    if not isinstance(spec, DictConfig):
-        raise ConfigError(f"{path}: expected a mapping with keys {sorted(SWEEP_KEYS)}")
     unknown = set(spec.keys()) - SWEEP_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)}; expected {sorted(SWEEP_KEYS)}")

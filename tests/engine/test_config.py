@@ -77,3 +77,93 @@ def test_checkpoints_cannot_run_code(tmp_path):
     with pytest.raises(ValueError, match=r"evil\.pth: cannot read checkpoint"):
         Checkpointer(tmp_path).load(tmp_path / "evil.pth")
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ("seed: [1\n", r"base\.yaml: invalid YAML at line 2, column 1: .*flow sequence at line 1, column 7"),
+    ("seed: !!python/object/apply:os.system ['true']\n", r"base\.yaml: YAML tag '!!python/object/apply:os\.system' "
+                                                          r"at line 1, column 7 is not allowed"),
+    ("seed: 1\nseed: 2\n", r"base\.yaml: invalid YAML at line 2, column 1: found duplicate key seed"),
+])
+def test_a_bad_file_in_the_defaults_list_is_named(tmp_path, text, pattern):
+    (tmp_path / "base.yaml").write_text(text)
+    (tmp_path / "run.yaml").write_text("defaults:\n  - lil_schema\n  - base\n  - _self_\nsolver:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(tmp_path / "run.yaml")
+
+
+def test_an_unreadable_file_is_a_config_error(tmp_path, monkeypatch):
+    path = tmp_path / "run.yaml"
+    path.write_text("seed: 1\n")
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    with pytest.raises(ConfigError, match=r"run\.yaml: cannot read config file \(Permission denied\)$"):
+        load_config(path)
+
+
+def test_component_arguments_are_plain_keys():
+    cfg = load_config(MAML, ["model.backbone.hidden=32", "algorithm.inner_lr_mode=per_element",
+                             "algorithm.learn_inner_lr=true", "algorithm.precompute_features=false"])
+    assert cfg.model.backbone.hidden == 32
+    assert cfg.algorithm.inner_lr_mode == "per_element" and cfg.algorithm.learn_inner_lr is True
+    assert cfg.algorithm.precompute_features is False
+    cfg = load_config(MAML, ["model.backbone.name=resnet12", "model.backbone.widths=[8,8,16,16]",
+                             "model.backbone.drop_block=0.1", "pretrain.algorithm.momentum=0.5"])
+    assert list(cfg.model.backbone.widths) == [8, 8, 16, 16] and cfg.model.backbone.drop_block == 0.1
+    assert "hidden" not in cfg.model.backbone  # the defaults of the backbone the config names
+    assert cfg.pretrain.algorithm.momentum == 0.5
+
+
+def test_the_plus_form_still_adds_an_argument():
+    cfg = load_config(MAML, ["+model.backbone.hidden=16", "+algorithm.inner_lr_mode=per_tensor"])
+    assert cfg.model.backbone.hidden == 16 and cfg.algorithm.inner_lr_mode == "per_tensor"
+
+
+def test_the_filled_defaults_are_what_the_component_is_built_with():
+    cfg = load_config(MAML, ["data.way=3", "data.image_size=16", "log.period=7", "algorithm.name=fomaml"])
+    backbone = cfg.model.backbone
+    assert (backbone.hidden, backbone.num_classes, backbone.in_channels, backbone.image_size) == (64, 3, 1, 16)
+    assert cfg.algorithm.first_order is True  # fomaml's preset, not GBML's default
+    assert cfg.algorithm.metrics_period == 7 and cfg.algorithm.adapt == "all"
+    assert cfg.pretrain.algorithm.metrics_period == 7 and cfg.pretrain.algorithm.momentum == 0.999
+
+
+def test_a_pretraining_phase_follows_only_what_the_main_algorithm_sets():
+    cfg = load_config(ROOT / "configs" / "anil_5shot.yaml", ["algorithm.inner_lr=0.2", "pretrain.iters=1"])
+    assert cfg.algorithm.adapt == "head"  # anil's preset, not set by the config ...
+    assert cfg.pretrain.algorithm.adapt == "all"  # ... so not passed on to the pretraining phase
+    assert cfg.pretrain.algorithm.inner_lr == 0.2  # set: passed on
+    cfg = load_config(MAML, ["algorithm.adapt=head", "pretrain.algorithm.inner_lr=0.1"])
+    assert cfg.pretrain.algorithm.adapt == "head" and cfg.pretrain.algorithm.inner_lr == 0.1
+
+
+@pytest.mark.parametrize("override, pattern", [
+    ("model.backbone.hiden=32", r"unknown config key 'model\.backbone\.hiden'; did you mean 'model\.backbone\.hidden'\? "
+                                r"\(an argument of a component registered by a user module is added with "
+                                r"\+model\.backbone\.hiden=\.\.\.\)$"),
+    ("algorithm.inner_lr_mod=per_element",
+     r"unknown config key 'algorithm\.inner_lr_mod'; did you mean 'algorithm\.inner_lr_mode'\? \("),
+    ("pretrain.algorithm.momentun=0.5",
+     r"unknown config key 'pretrain\.algorithm\.momentun'; did you mean 'pretrain\.algorithm\.momentum'\? \("),
+])
+def test_a_misspelled_component_argument_is_refused_with_a_suggestion(override, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(MAML, [override])
+
+
+def test_an_argument_of_another_component_fails_when_built():
+    from models import build_algorithm
+
+    cfg = load_config(MAML, ["model.backbone.widths=[8,8,8,8]"])  # a resnet12 argument, conv4 named
+    with pytest.raises(ConfigError, match=r"model\.backbone\.widths: unknown argument for backbone 'conv4'"):
+        build_algorithm(cfg)
+
+
+def test_the_logging_period_is_not_part_of_the_fingerprint():
+    from engine.checkpoint import config_fingerprint
+
+    prints = {config_fingerprint(load_config(MAML, ["pretrain.iters=5", f"log.period={p}"]))[0] for p in (1, 20)}
+    assert len(prints) == 1

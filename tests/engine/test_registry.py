@@ -71,3 +71,21 @@ def test_subclass_passing_kwargs_on_accepts_and_checks_its_bases_arguments():
     assert (obj.size, obj.frame, obj.color) == (4, 2, "green")
     with pytest.raises(ConfigError, match=r"shape.colr: unknown argument .*did you mean 'color'\? \(accepted: size, frame, color\)"):
         reg.build({"name": "framed", "size": 1, "colr": "red"}, "shape")
+
+
+def test_defaults_are_what_a_config_without_the_keys_builds_with():
+    reg = Registry("widget")
+
+    class Base:
+        def __init__(self, net, widths=(1, 2), act=print, losses=None):
+            pass
+
+    class Sub(Base):
+        def __init__(self, net, rate: float = 0.5, **kwargs):
+            super().__init__(net, **kwargs)
+
+    reg.register("sub", Sub, rate=0.25)
+    # the preset over the signature, the bases' arguments through **kwargs, tuples as lists;
+    # no required argument, no supplied one (losses), no value a config cannot hold (act)
+    assert reg.defaults("sub", supplied=("losses",)) == {"rate": 0.25, "widths": [1, 2]}
+    assert reg.argument_names(supplied=("net", "losses")) == {"rate", "widths", "act"}

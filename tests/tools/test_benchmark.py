@@ -59,7 +59,7 @@ def test_json_output_has_the_documented_keys(capsys, monkeypatch):
     monkeypatch.setattr("engine.cpu_memory._applied", None)
     config = str(ROOT / "configs" / "maml_1shot.yaml")
     argv = ["--config-file", config, "--config-file", f"{config} algorithm.channels_last=none", "--iters", "1",
-            "--warmup", "0", "--json", "--floor", "+model.backbone.hidden=4", "data.image_size=16",
+            "--warmup", "0", "--json", "--floor", "model.backbone.hidden=4", "data.image_size=16",
             "data.channels=3", "solver.meta_batch=2"]
     assert benchmark.main(argv) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

@@ -15,7 +15,7 @@ import check_compile  # noqa: E402
 
 def test_first_order_compiles_and_second_order_is_refused(capsys):
     argv = ["--config-file", str(ROOT / "configs" / "maml_1shot.yaml"), "--dtype", "float64",
-            "data.image_size=16", "+model.backbone.hidden=4"]
+            "data.image_size=16", "model.backbone.hidden=4"]
     assert check_compile.main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
     first = next(line for line in lines if line.startswith("first order"))

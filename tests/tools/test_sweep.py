@@ -104,10 +104,15 @@ def test_an_interrupted_run_is_resumed(tmp_path):
     ("configs: [maml_5shot]\nseeds: [0]\ncolumns: {mini: ['data.root={data_root}/mini']}\n",
      r"pass --data-root"),
     ("configs: [maml_5shot]\nseeds: [0, 0]\n", r"seeds repeat"),
+    ("configs: [maml_5shot\nseeds: [0]\n", r"sweep\.yaml: invalid YAML at line 2, column 6: "),
+    ("configs: !!python/object/apply:os.system ['true']\n", r"sweep\.yaml: YAML tag '!!python/object/apply:os\.system'"),
+    ("", r"sweep\.yaml: sweep file is empty"),
+    ("- maml_5shot\n", r"sweep\.yaml: expected a mapping .* got a list"),
+    ("configs: [caf\xe9]\n", r"sweep\.yaml: sweep file is not UTF-8 text \(byte 0xe9 at line 1, column 14\)"),
 ])
 def test_bad_sweep_files_are_one_line_errors(tmp_path, capsys, text, pattern):
     spec = tmp_path / "sweep.yaml"
-    spec.write_text(text)
+    spec.write_bytes(text.encode("latin-1"))
     assert sweep.main([str(spec), "--output-root", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tools" / "train_net.py"
@@ -59,6 +61,10 @@ def test_full_run_writes_everything(full_run):
                             "best_val_acc", "best_val_iter",
                             "best_test_acc", "best_test_ci95", "iterations", "wall_time_s"}
     assert results["test_tasks"] == 10 and results["iterations"] == 6
+    saved = OmegaConf.load(out / "config.yaml")  # every constructor argument, as built
+    assert dict(saved.model.backbone) == {"name": "conv4", "hidden": 8, "num_classes": 3, "in_channels": 1,
+                                          "image_size": 28}
+    assert saved.algorithm.metrics_period == 1 and saved.algorithm.first_order is False
     assert results["best_val_iter"] in (3, 6) and 0 <= results["test_acc"] <= 100
     last = proc.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"test accuracy: \d+\.\d\d ± \d+\.\d\d % \(10 tasks, 3-way 2-shot\)", last), last
@@ -117,7 +123,8 @@ def test_bad_input_leaves_existing_run_untouched(full_run, overrides, pattern):
     (["data.way=7"], r"glyphs/test: a 7-way task needs 7 classes"),
     (["data.shot=5"], r"glyphs/test: a 3-way task needs 3 classes with >= 8 images"),
     (["solver.max_iter=abc"], r"bad value for 'solver\.max_iter'"),
-    (["+model.backbone.num_classes=7"], r"model\.backbone: the network's head has 7 outputs but the tasks are 3-way"),
+    (["model.backbone.hiden=16"], r"unknown config key 'model\.backbone\.hiden'; did you mean 'model\.backbone\.hidden'"),
+    (["model.backbone.num_classes=7"], r"model\.backbone: the network's head has 7 outputs but the tasks are 3-way"),
     (["data.query=40"], r"glyphs/test: a 3-way task needs 3 classes with >= 42 images"),
     (["algorithm.inner_steps=-1"], r"algorithm\.inner_steps / inner_steps_test: must be >= 0"),
     (["solver.meta_batch=0"], r"solver\.meta_batch: must be >= 1, got 0"),
@@ -132,6 +139,36 @@ def test_bad_input_writes_nothing(tmp_path, overrides, pattern):
     refused(train_net("--output-dir", used, *overrides), pattern)
     assert not fresh.exists()
     assert snapshot(used) == before
+
+
+BAD_FILES = {  # name: (how to make it, what the one line says)
+    "syntax": (lambda p: p.write_text("seed: 1\nsolver:\n  lr: [0.1, 0.2\n"),
+               r"bad\.yaml: invalid YAML at line 4, column 1: expected ',' or '\]'.*flow sequence at line 3, column 7"),
+    "tag": (lambda p: p.write_text(f'seed: !!python/object/apply:os.system ["touch {p.parent}/PWNED"]\n'),
+            r"bad\.yaml: YAML tag '!!python/object/apply:os\.system' at line 1, column 7 is not allowed"),
+    "empty": (lambda p: p.write_text(""), r"bad\.yaml: config file is empty"),
+    "comments only": (lambda p: p.write_text("# nothing here\n"), r"bad\.yaml: config file is empty"),
+    "list": (lambda p: p.write_text("- seed\n- 1\n"), r"bad\.yaml: expected a mapping .* got a list"),
+    "scalar": (lambda p: p.write_text("42\n"), r"bad\.yaml: expected a mapping .* got the value 42"),
+    "folder": (lambda p: p.mkdir(), r"bad\.yaml: is a folder, not a config file"),
+    "missing": (lambda p: None, r"bad\.yaml: config file not found"),
+    "unreadable": (lambda p: (p.write_text("seed: 1\n"), p.chmod(0)),
+                   r"bad\.yaml: cannot read config file \(Permission denied\)"),
+    "not utf-8": (lambda p: p.write_bytes(b"seed: 1\nname: caf\xe9\n"),
+                  r"bad\.yaml: config file is not UTF-8 text \(byte 0xe9 at line 2, column 10\)"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_a_bad_config_file_is_one_line_and_writes_nothing(tmp_path, case):
+    make, pattern = BAD_FILES[case]
+    bad, out = tmp_path / "bad.yaml", tmp_path / "out"
+    make(bad)
+    if case == "unreadable" and os.access(bad, os.R_OK):
+        pytest.skip("this user reads files whatever their mode (root)")
+    proc = train_net("--output-dir", out, config=bad)
+    refused(proc, pattern)
+    assert not out.exists() and not (tmp_path / "PWNED").exists()
 
 
 def test_corrupt_checkpoint_is_one_line_error(full_run, tmp_path):

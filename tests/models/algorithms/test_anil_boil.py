@@ -157,7 +157,7 @@ def test_boil_inner_loop_computes_no_head_gradient(mode, head_grads):
 
 @pytest.mark.parametrize("name,adapted", [("anil", "head"), ("boil", "body")])
 def test_registered_presets_build_from_their_configs(name, adapted):
-    cfg = load_config(ROOT / "configs" / f"{name}_lil_1shot.yaml", ["data.image_size=16", "+model.backbone.hidden=4"])
+    cfg = load_config(ROOT / "configs" / f"{name}_lil_1shot.yaml", ["data.image_size=16", "model.backbone.hidden=4"])
     algo = build_algorithm(cfg)
     assert isinstance(algo, GBML) and algo.adapt == adapted and cfg.data.shot == 1
     assert [t.key for t in algo.losses] == ["ce", "phase"] and algo.losses[1].weight == 0.1

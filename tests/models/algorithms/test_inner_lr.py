@@ -93,8 +93,8 @@ def test_fixed_rates_are_buffers_and_start_at_inner_lr():
 
 
 def test_config_switch_learns_rates_with_the_optimizer_and_checkpoints_them():
-    overrides = ["data.image_size=16", "+model.backbone.hidden=3", "+algorithm.inner_lr_mode=per_element",
-                 "+algorithm.learn_inner_lr=true", "algorithm.engine=loop"]
+    overrides = ["data.image_size=16", "model.backbone.hidden=3", "algorithm.inner_lr_mode=per_element",
+                 "algorithm.learn_inner_lr=true", "algorithm.engine=loop"]
     cfg = load_config(ROOT / "configs" / "maml_5shot.yaml", overrides)
     algo = build_algorithm(cfg)
     rates = list(algo.inner_lrs.parameters())

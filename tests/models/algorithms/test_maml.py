@@ -12,7 +12,7 @@ from tests_helpers import ROOT, tiny_batch
 
 @pytest.fixture
 def algo():
-    cfg = load_config(ROOT / "configs" / "maml_5shot.yaml", ["data.image_size=16", "+model.backbone.hidden=8"])
+    cfg = load_config(ROOT / "configs" / "maml_5shot.yaml", ["data.image_size=16", "model.backbone.hidden=8"])
     torch.manual_seed(0)
     return build_algorithm(cfg)
 

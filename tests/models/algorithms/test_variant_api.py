@@ -31,7 +31,7 @@ def test_extra_modules_registers_an_out_of_tree_variant(tmp_path, monkeypatch):
     name = "user_variant_for_test"
     (tmp_path / f"{name}.py").write_text(USER_MODULE.format(name=name))
     monkeypatch.syspath_prepend(str(tmp_path))
-    overrides = [f"extra_modules=[{name}]", f"algorithm.name={name}", "data.image_size=16", "+model.backbone.hidden=3"]
+    overrides = [f"extra_modules=[{name}]", f"algorithm.name={name}", "data.image_size=16", "model.backbone.hidden=3"]
     cfg = load_config(ROOT / "configs" / "maml_5shot.yaml", overrides)
     assert name not in ALGORITHMS
     try:
