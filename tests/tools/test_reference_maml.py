@@ -9,7 +9,7 @@ from tools import make_table, reference_maml
 def test_reference_run_writes_results_and_gets_its_own_row(tmp_path, capsys):
     out = tmp_path / "reference_maml_5shot" / "seed0"
     argv = ["--config-file", str(ROOT / "configs/maml_5shot.yaml"), "--output-dir", str(out), "seed=0",
-            "+model.backbone.hidden=4", "solver.max_iter=2", "solver.meta_batch=2", "test.eval_period=1",
+            "model.backbone.hidden=4", "solver.max_iter=2", "solver.meta_batch=2", "test.eval_period=1",
             "test.val_tasks=3", "test.tasks=4", f"data.root={tmp_path / 'cache'}",
             "++data.args.num_classes=[10,5,5]"]
     assert reference_maml.main(argv) == 0
