@@ -11,19 +11,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import datasets.cars  # noqa: F401  (registers "cars")
-import datasets.cifar_fs  # noqa: F401  (registers "cifar_fs")
-import datasets.cross_domain  # noqa: F401  (registers "cross_domain")
-import datasets.cub  # noqa: F401  (registers "cub")
-import datasets.glyphs  # noqa: F401  (registers "glyphs")
-import datasets.mini_imagenet  # noqa: F401  (registers "mini_imagenet")
-import datasets.omniglot  # noqa: F401  (registers "omniglot")
-import datasets.tiered_imagenet  # noqa: F401  (registers "tiered_imagenet")
-from datasets.baselines import nearest_class_mean_accuracy
-from datasets.sampler import EpisodicSampler, SplitData, TaskList
-from datasets.task_batch import TaskBatch
-from engine.errors import ConfigError
-from engine.registry import DATASETS
+from lil_meta.datasets import (
+    cars,  # noqa: F401  (registers "cars")
+    cifar_fs,  # noqa: F401  (registers "cifar_fs")
+    cross_domain,  # noqa: F401  (registers "cross_domain")
+    cub,  # noqa: F401  (registers "cub")
+    glyphs,  # noqa: F401  (registers "glyphs")
+    mini_imagenet,  # noqa: F401  (registers "mini_imagenet")
+    omniglot,  # noqa: F401  (registers "omniglot")
+    tiered_imagenet,  # noqa: F401  (registers "tiered_imagenet")
+)
+from lil_meta.datasets.baselines import nearest_class_mean_accuracy
+from lil_meta.datasets.sampler import EpisodicSampler, SplitData, TaskList
+from lil_meta.datasets.task_batch import TaskBatch
+from lil_meta.engine.errors import ConfigError
+from lil_meta.engine.registry import DATASETS
 
 __all__ = [
     "TaskBatch",

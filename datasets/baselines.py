@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from datasets.task_batch import TaskBatch
+from lil_meta.datasets.task_batch import TaskBatch
 
 __all__ = ["nearest_class_mean_accuracy"]
 

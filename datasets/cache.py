@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from datasets.sampler import SPLITS, SplitData
-from engine.errors import ConfigError, DataError
-from engine.fileio import atomic_path, atomic_write
+from lil_meta.datasets.sampler import SPLITS, SplitData
+from lil_meta.engine.errors import ConfigError, DataError
+from lil_meta.engine.fileio import atomic_path, atomic_write
 
 __all__ = ["CachedDataset", "SplitFileDataset", "SourceSplit", "load_pickle", "load_pickled_dict",
            "open_image", "require", "to_array", "hwc_uint8", "file_split", "file_digest",

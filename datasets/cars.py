@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from datasets.cache import SourceSplit, SplitFileDataset, file_split, require
-from engine.errors import DataError
-from engine.registry import DATASETS
+from lil_meta.datasets.cache import SourceSplit, SplitFileDataset, file_split, require
+from lil_meta.engine.errors import DataError
+from lil_meta.engine.registry import DATASETS
 
 __all__ = ["Cars", "DEFAULT_SPLIT"]
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.cache import SourceSplit, SplitFileDataset, load_pickle
-from engine.errors import DataError
-from engine.registry import DATASETS
+from lil_meta.datasets.cache import SourceSplit, SplitFileDataset, load_pickle
+from lil_meta.engine.errors import DataError
+from lil_meta.engine.registry import DATASETS
 
 __all__ = ["CifarFS", "DEFAULT_SPLIT"]
 

@@ -23,9 +23,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from datasets.sampler import SplitData
-from engine.errors import ConfigError, DataError
-from engine.registry import DATASETS
+from lil_meta.datasets.sampler import SplitData
+from lil_meta.engine.errors import ConfigError, DataError
+from lil_meta.engine.registry import DATASETS
 
 __all__ = ["CrossDomain"]
 

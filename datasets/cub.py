@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datasets.cache import SourceSplit, SplitFileDataset, file_split, require
-from engine.errors import DataError
-from engine.registry import DATASETS
+from lil_meta.datasets.cache import SourceSplit, SplitFileDataset, file_split, require
+from lil_meta.engine.errors import DataError
+from lil_meta.engine.registry import DATASETS
 
 __all__ = ["CUB", "DEFAULT_SPLIT"]
 

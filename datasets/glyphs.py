@@ -26,10 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datasets.sampler import SPLITS, SplitData
-from engine.errors import ConfigError, DataError
-from engine.fileio import atomic_write
-from engine.registry import DATASETS
+from lil_meta.datasets.sampler import SPLITS, SplitData
+from lil_meta.engine.errors import ConfigError, DataError
+from lil_meta.engine.fileio import atomic_write
+from lil_meta.engine.registry import DATASETS
 
 __all__ = ["Glyphs", "SPLITS"]
 

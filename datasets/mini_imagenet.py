@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.cache import (
+from lil_meta.datasets.cache import (
     CachedDataset,
     SourceSplit,
     hwc_uint8,
@@ -25,8 +25,8 @@ from datasets.cache import (
     open_image,
     require,
 )
-from engine.errors import DataError
-from engine.registry import DATASETS
+from lil_meta.engine.errors import DataError
+from lil_meta.engine.registry import DATASETS
 
 __all__ = ["MiniImageNet"]
 

@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 from PIL import ImageOps
 
-from datasets.cache import CachedDataset, SourceSplit, file_split
-from engine.errors import ConfigError, DataError
-from engine.registry import DATASETS
+from lil_meta.datasets.cache import CachedDataset, SourceSplit, file_split
+from lil_meta.engine.errors import ConfigError, DataError
+from lil_meta.engine.registry import DATASETS
 
 __all__ = ["Omniglot"]
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from datasets.task_batch import TaskBatch
-from engine.errors import DataError
+from lil_meta.datasets.task_batch import TaskBatch
+from lil_meta.engine.errors import DataError
 
 __all__ = ["SPLITS", "SplitData", "EpisodicSampler", "TaskList"]
 

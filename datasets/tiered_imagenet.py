@@ -19,7 +19,7 @@ import zipfile
 
 import numpy as np
 
-from datasets.cache import (
+from lil_meta.datasets.cache import (
     CachedDataset,
     SourceSplit,
     hwc_uint8,
@@ -28,8 +28,8 @@ from datasets.cache import (
     open_image,
     require,
 )
-from engine.errors import DataError
-from engine.registry import DATASETS
+from lil_meta.engine.errors import DataError
+from lil_meta.engine.registry import DATASETS
 
 __all__ = ["TieredImageNet"]
 

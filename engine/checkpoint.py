@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from engine.errors import CheckpointError
-from engine.fileio import atomic_write  # re-exported: callers import it from here too
+from lil_meta.engine.errors import CheckpointError
+from lil_meta.engine.fileio import atomic_write  # re-exported: callers import it from here too
 
 logger = logging.getLogger(__name__)
 

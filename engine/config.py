@@ -36,8 +36,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from engine.errors import ConfigError
-from engine.fileio import atomic_write
+from lil_meta.engine.errors import ConfigError
+from lil_meta.engine.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def _explain(exc: BaseException, where: str) -> ConfigError:
 def _component_arguments() -> dict[str, set[str]]:
     """Each component node's settable keys, from the registries (imported here: ``models``
     registers the built-in components and imports this module)."""
-    import models  # noqa: PLC0415
+    from lil_meta import models  # noqa: PLC0415
 
     return {path: models.component_arguments(path) for path in models.COMPONENT_NODES}
 
@@ -277,7 +277,7 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictC
     try:
         with initialize_config_dir(version_base=None, config_dir=str(file.parent)):
             composed = compose(config_name=file.stem, overrides=_plain_component_overrides(overrides))
-        import models  # noqa: PLC0415  (registers the built-in components; it imports this module)
+        from lil_meta import models  # noqa: PLC0415  (registers the built-in components; it imports this module)
 
         models.fill_component_defaults(composed)
         cfg = OmegaConf.merge(OmegaConf.structured(Config), composed)

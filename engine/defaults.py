@@ -26,10 +26,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from engine import slurm
-from engine.config import load_config, save_config
-from engine.errors import ConfigError, UserInputError
-from engine.launch import World
+from lil_meta.engine import slurm
+from lil_meta.engine.config import load_config, save_config
+from lil_meta.engine.errors import ConfigError, UserInputError
+from lil_meta.engine.launch import World
 
 __all__ = ["default_argument_parser", "load_run_config", "check_solver", "seed_all", "resolve_device", "check_output_dir", "default_setup", "setup_logging",
            "build_optimizer", "build_lr_scheduler"]

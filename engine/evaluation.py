@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import torch
 from tqdm import tqdm
 
-from engine.checkpoint import get_rng_state, set_rng_state
-from engine.launch import World, gather_lists
+from lil_meta.engine.checkpoint import get_rng_state, set_rng_state
+from lil_meta.engine.launch import World, gather_lists
 
 __all__ = ["evaluate", "mean_ci95"]
 

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from engine.checkpoint import Checkpointer
-from engine.evaluation import evaluate
-from engine.trainer import HookBase
+from lil_meta.engine.checkpoint import Checkpointer
+from lil_meta.engine.evaluation import evaluate
+from lil_meta.engine.trainer import HookBase
 
 logger = logging.getLogger(__name__)
 

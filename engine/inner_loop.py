@@ -21,8 +21,11 @@ from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 from torch.utils.checkpoint import checkpoint
 
-from engine.kernels import group_norms
-from engine.vmap_context import tasks_under_vmap, tasks_vmapped  # tasks_vmapped re-exported
+from lil_meta.engine.kernels import group_norms
+from lil_meta.engine.vmap_context import (  # tasks_vmapped re-exported
+    tasks_under_vmap,
+    tasks_vmapped,
+)
 
 Params = dict[str, torch.Tensor]
 UpdateRule = Callable[[Params, Params, int], Params]

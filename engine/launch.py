@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from engine.errors import ConfigError
+from lil_meta.engine.errors import ConfigError
 
 __all__ = ["World", "world_from_env", "init_distributed", "average_gradients", "average_scalars",
            "gather_lists", "RankSlice"]

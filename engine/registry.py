@@ -17,7 +17,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from engine.errors import ConfigError
+from lil_meta.engine.errors import ConfigError
 
 __all__ = ["Registry", "BACKBONES", "ALGORITHMS", "LOSSES", "DATASETS"]
 

@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from datasets import EpisodicSampler, TaskList, build_dataset
-from engine.checkpoint import Checkpointer, atomic_write
-from engine.cpu_memory import keep_freed_memory
-from engine.defaults import (
+from lil_meta.datasets import EpisodicSampler, TaskList, build_dataset
+from lil_meta.engine.checkpoint import Checkpointer, atomic_write
+from lil_meta.engine.cpu_memory import keep_freed_memory
+from lil_meta.engine.defaults import (
     build_lr_scheduler,
     build_optimizer,
     check_output_dir,
@@ -39,9 +39,9 @@ from engine.defaults import (
     resolve_device,
     seed_all,
 )
-from engine.errors import CheckpointError
-from engine.evaluation import evaluate
-from engine.hooks import (
+from lil_meta.engine.errors import CheckpointError
+from lil_meta.engine.evaluation import evaluate
+from lil_meta.engine.hooks import (
     EvalHook,
     IterationTimer,
     LRScheduler,
@@ -49,9 +49,9 @@ from engine.hooks import (
     PeriodicWriter,
     PhaseBoundary,
 )
-from engine.launch import RankSlice, World, check_meta_batch, init_distributed
-from engine.trainer import MetaTrainer, NumericalFault
-from models import build_algorithm
+from lil_meta.engine.launch import RankSlice, World, check_meta_batch, init_distributed
+from lil_meta.engine.trainer import MetaTrainer, NumericalFault
+from lil_meta.models import build_algorithm
 
 logger = logging.getLogger(__name__)
 

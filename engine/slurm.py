@@ -28,8 +28,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ConfigError
-from engine.trainer import HookBase
+from lil_meta.engine.errors import ConfigError
+from lil_meta.engine.trainer import HookBase
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class PreemptionHook(HookBase):
         self.signum = signum
 
     def after_step(self) -> None:
-        from engine.launch import any_process  # noqa: PLC0415  (keeps this module light)
+        from lil_meta.engine.launch import any_process  # noqa: PLC0415  (keeps this module light)
 
         trainer = self.trainer
         if not any_process(self.requested, trainer.world):
@@ -107,9 +107,9 @@ class TrainJob:
         self.requeues = 0
 
     def __call__(self) -> dict:
-        from engine.checkpoint import Checkpointer  # noqa: PLC0415  (in the job's process)
-        from engine.defaults import default_argument_parser, load_run_config  # noqa: PLC0415
-        from engine.runner import run  # noqa: PLC0415
+        from lil_meta.engine.checkpoint import Checkpointer  # noqa: PLC0415  (in the job's process)
+        from lil_meta.engine.defaults import default_argument_parser, load_run_config  # noqa: PLC0415
+        from lil_meta.engine.runner import run  # noqa: PLC0415
 
         args = default_argument_parser().parse_args([*self.argv, "--resume"])
         cfg = load_run_config(args)
@@ -131,7 +131,7 @@ class TrainJob:
 
 
 def _is_rank0() -> bool:
-    from engine.launch import world_from_env  # noqa: PLC0415
+    from lil_meta.engine.launch import world_from_env  # noqa: PLC0415
 
     return world_from_env().is_main
 
@@ -167,7 +167,7 @@ def submit(argvs: list[list[str]], folder: str | Path, *, local: bool = False, n
 def submit_command_line(args: argparse.Namespace, argv: list[str]) -> None:
     """``--slurm`` / ``--slurm-local`` of train_net's command line (``args`` parsed from
     ``argv``): submit the run as one job and print where to look."""
-    from engine.defaults import load_run_config  # noqa: PLC0415
+    from lil_meta.engine.defaults import load_run_config  # noqa: PLC0415
 
     out = Path(load_run_config(args).output_dir).resolve()
     command = job_argv(argv)

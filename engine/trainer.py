@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from engine.checkpoint import get_rng_state, set_rng_state
-from engine.launch import World, average_gradients, average_scalars
+from lil_meta.engine.checkpoint import get_rng_state, set_rng_state
+from lil_meta.engine.launch import World, average_gradients, average_scalars
 
 logger = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from engine.errors import ConfigError
-from engine.registry import LOSSES
-from losses import cross_entropy, phase, pseudo_amplitude  # noqa: F401  (registration)
-from losses.base import OuterInputs, OuterLoss
+from lil_meta.engine.errors import ConfigError
+from lil_meta.engine.registry import LOSSES
+from lil_meta.losses import cross_entropy, phase, pseudo_amplitude  # noqa: F401  (registration)
+from lil_meta.losses.base import OuterInputs, OuterLoss
 
 __all__ = ["OuterInputs", "OuterLoss", "build_losses"]
 

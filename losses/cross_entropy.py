@@ -3,8 +3,8 @@
 import torch
 import torch.nn.functional as F
 
-from engine.registry import LOSSES
-from losses.base import OuterInputs, OuterLoss
+from lil_meta.engine.registry import LOSSES
+from lil_meta.losses.base import OuterInputs, OuterLoss
 
 
 @LOSSES.register("cross_entropy")

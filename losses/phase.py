@@ -2,8 +2,8 @@
 
 import torch
 
-from engine.registry import LOSSES
-from losses.base import OuterInputs, OuterLoss
+from lil_meta.engine.registry import LOSSES
+from lil_meta.losses.base import OuterInputs, OuterLoss
 
 
 def phase_kl(logits: torch.Tensor, straight_logits: torch.Tensor) -> torch.Tensor:

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from engine.config import import_extra_modules
-from engine.errors import ConfigError
-from engine.registry import ALGORITHMS, BACKBONES
-from losses import build_losses
-from models import algorithms, backbones  # noqa: F401  (explicit registration)
-from models.algorithms.base import GBML
-from models.algorithms.chain import PretrainThen
-from models.algorithms.step import TrainingStep
+from lil_meta.engine.config import import_extra_modules
+from lil_meta.engine.errors import ConfigError
+from lil_meta.engine.registry import ALGORITHMS, BACKBONES
+from lil_meta.losses import build_losses
+from lil_meta.models import algorithms, backbones  # noqa: F401  (explicit registration)
+from lil_meta.models.algorithms.base import GBML
+from lil_meta.models.algorithms.chain import PretrainThen
+from lil_meta.models.algorithms.step import TrainingStep
 
 __all__ = ["build_backbone", "build_algorithm", "fill_component_defaults", "component_arguments", "GBML",
            "PretrainThen", "TrainingStep"]

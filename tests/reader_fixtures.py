@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from datasets.cifar_fs import DEFAULT_SPLIT
-from datasets.cub import DEFAULT_SPLIT as CUB_SPLIT
+from lil_meta.datasets.cifar_fs import DEFAULT_SPLIT
+from lil_meta.datasets.cub import DEFAULT_SPLIT as CUB_SPLIT
 
 QUIET = {"progress": False}
 RNG = np.random.default_rng(0)

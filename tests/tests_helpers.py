@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from datasets.task_batch import TaskBatch
+from lil_meta.datasets.task_batch import TaskBatch
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -25,7 +25,7 @@ from torch.func import vmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.kernels import group_norms  # noqa: E402
+from lil_meta.engine.kernels import group_norms  # noqa: E402
 
 
 def conv4_shapes(way: int = 5) -> list[tuple[int, ...]]:

@@ -23,9 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.sampler import EpisodicSampler, SplitData  # noqa: E402
-from models.algorithms.base import GBML  # noqa: E402
-from models.backbones.conv4 import Conv4  # noqa: E402
+from lil_meta.datasets.sampler import EpisodicSampler, SplitData  # noqa: E402
+from lil_meta.models.algorithms.base import GBML  # noqa: E402
+from lil_meta.models.backbones.conv4 import Conv4  # noqa: E402
 
 
 def timed(fn, repeats: int) -> float:

@@ -51,14 +51,14 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.task_batch import TaskBatch  # noqa: E402
-from engine.config import load_config  # noqa: E402
-from engine.cpu_memory import keep_freed_memory  # noqa: E402
-from engine.defaults import resolve_device  # noqa: E402
-from engine.errors import UserInputError  # noqa: E402
-from engine.trainer import MetaTrainer  # noqa: E402
-from models import build_algorithm  # noqa: E402
-from models.backbones.layers import TaskBatchNorm2d  # noqa: E402
+from lil_meta.datasets.task_batch import TaskBatch  # noqa: E402
+from lil_meta.engine.config import load_config  # noqa: E402
+from lil_meta.engine.cpu_memory import keep_freed_memory  # noqa: E402
+from lil_meta.engine.defaults import resolve_device  # noqa: E402
+from lil_meta.engine.errors import UserInputError  # noqa: E402
+from lil_meta.engine.trainer import MetaTrainer  # noqa: E402
+from lil_meta.models import build_algorithm  # noqa: E402
+from lil_meta.models.backbones.layers import TaskBatchNorm2d  # noqa: E402
 
 
 def synthetic_batch(cfg, device) -> TaskBatch:

@@ -29,10 +29,10 @@ from torch.func import functional_call
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.config import load_config  # noqa: E402
-from engine.errors import UserInputError  # noqa: E402
-from models import build_backbone  # noqa: E402
-from tools.benchmark import synthetic_batch  # noqa: E402
+from lil_meta.engine.config import load_config  # noqa: E402
+from lil_meta.engine.errors import UserInputError  # noqa: E402
+from lil_meta.models import build_backbone  # noqa: E402
+from lil_meta.tools.benchmark import synthetic_batch  # noqa: E402
 
 
 def meta_loss_fn(model, task, steps: int, lr: float):

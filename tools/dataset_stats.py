@@ -27,9 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import torch
 
-    from datasets import TaskList, nearest_class_mean_accuracy
-    from datasets.glyphs import Glyphs
-    from engine.errors import UserInputError
+    from lil_meta.datasets import TaskList, nearest_class_mean_accuracy
+    from lil_meta.datasets.glyphs import Glyphs
+    from lil_meta.engine.errors import UserInputError
 
     try:
         start = time.perf_counter()

@@ -24,12 +24,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import engine.inner_loop as inner_loop  # noqa: E402
-from datasets.task_batch import TaskBatch  # noqa: E402
-from engine.kernels import group_norms  # noqa: E402
-from losses import build_losses  # noqa: E402
-from models.algorithms.base import GBML  # noqa: E402
-from models.backbones.conv4 import Conv4  # noqa: E402
+import lil_meta.engine.inner_loop as inner_loop  # noqa: E402
+from lil_meta.datasets.task_batch import TaskBatch  # noqa: E402
+from lil_meta.engine.kernels import group_norms  # noqa: E402
+from lil_meta.losses import build_losses  # noqa: E402
+from lil_meta.models.algorithms.base import GBML  # noqa: E402
+from lil_meta.models.backbones.conv4 import Conv4  # noqa: E402
 
 LIL = [{"name": "cross_entropy"}, {"name": "phase", "weight": 0.1}, {"name": "pseudo_amplitude", "weight": 0.01}]
 CE = LIL[:1]

@@ -37,9 +37,9 @@ if str(ROOT) not in sys.path:
 
 from scipy import stats  # noqa: E402
 
-from engine.errors import UserInputError  # noqa: E402
-from engine.fileio import atomic_write  # noqa: E402
-from tools.results import cells, find_runs  # noqa: E402
+from lil_meta.engine.errors import UserInputError  # noqa: E402
+from lil_meta.engine.fileio import atomic_write  # noqa: E402
+from lil_meta.tools.results import cells, find_runs  # noqa: E402
 
 METRICS = ("test_acc", "best_test_acc", "test_acc_init")
 

@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engine.errors import UserInputError  # noqa: E402
-from tools.results import RunRecord, find_runs  # noqa: E402
+from lil_meta.engine.errors import UserInputError  # noqa: E402
+from lil_meta.tools.results import RunRecord, find_runs  # noqa: E402
 
 
 def val_series(record: RunRecord) -> dict[int, float]:

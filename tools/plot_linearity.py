@@ -24,7 +24,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
 import numpy as np  # noqa: E402
 
 METRICS = (("pc", "PC (phase consistency, eq. 3)", 1.0), ("ac", "AC (amplitude consistency, eq. 4)", 1.0),

@@ -22,10 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from datasets import build_dataset  # noqa: E402
-from datasets.cache import CachedDataset  # noqa: E402
-from engine.errors import UserInputError  # noqa: E402
-from engine.registry import DATASETS  # noqa: E402
+from lil_meta.datasets import build_dataset  # noqa: E402
+from lil_meta.datasets.cache import CachedDataset  # noqa: E402
+from lil_meta.engine.errors import UserInputError  # noqa: E402
+from lil_meta.engine.registry import DATASETS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,9 +38,9 @@ from omegaconf import OmegaConf  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.func import functional_call  # noqa: E402
 
-from datasets import build_dataset  # noqa: E402
-from engine.config import load_config  # noqa: E402
-from engine.errors import UserInputError  # noqa: E402
+from lil_meta.datasets import build_dataset  # noqa: E402
+from lil_meta.engine.config import load_config  # noqa: E402
+from lil_meta.engine.errors import UserInputError  # noqa: E402
 
 
 def conv4(in_channels: int, hidden: int, way: int, image_size: int) -> nn.Sequential:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from engine.errors import UserInputError
+from lil_meta.engine.errors import UserInputError
 
 __all__ = ["RunRecord", "Row", "Cell", "find_runs", "row_label", "column_label", "cells"]
 

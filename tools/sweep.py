@@ -44,8 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from engine.config import read_yaml_mapping  # noqa: E402
-from engine.errors import ConfigError, UserInputError  # noqa: E402
+from lil_meta.engine.config import read_yaml_mapping  # noqa: E402
+from lil_meta.engine.errors import ConfigError, UserInputError  # noqa: E402
 
 TRAIN_NET = ROOT / "tools" / "train_net.py"
 CONFIGS = ROOT / "configs"
@@ -191,7 +191,7 @@ def run_local(runs: list[Run], jobs: int, log_dir: Path) -> list[tuple[Run, int]
 def submit(runs: list[Run], args, folder: Path) -> list:
     """One job array (``slurm`` or ``slurm-local``) through the engine's submitit path
     (:func:`engine.slurm.submit`, the one ``train_net.py --slurm`` takes); returns the jobs."""
-    from engine.slurm import submit as submit_jobs  # noqa: PLC0415  (submitit only for this launcher)
+    from lil_meta.engine.slurm import submit as submit_jobs  # noqa: PLC0415  (submitit only for this launcher)
 
     return submit_jobs([run.argv() for run in runs], folder, local=args.launcher == "slurm-local",
                        gpus_per_node=args.gpus_per_node, tasks_per_node=1, cpus_per_task=args.cpus_per_task,

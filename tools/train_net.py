@@ -19,10 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # runnable as `python tools/train_net.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from engine import runner, slurm  # noqa: E402
-from engine.defaults import default_argument_parser  # noqa: E402
-from engine.errors import UserInputError  # noqa: E402
-from engine.trainer import NumericalFault  # noqa: E402
+from lil_meta.engine import runner, slurm  # noqa: E402
+from lil_meta.engine.defaults import default_argument_parser  # noqa: E402
+from lil_meta.engine.errors import UserInputError  # noqa: E402
+from lil_meta.engine.trainer import NumericalFault  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -5,8 +5,8 @@ near the meta-parameters. A config that lists this module in ``extra_modules`` i
 before building, so ``algorithm.name: prox_maml`` resolves (docs/new_variant.md).
 """
 
-from engine.registry import ALGORITHMS
-from models.algorithms.base import GBML
+from lil_meta.engine.registry import ALGORITHMS
+from lil_meta.models.algorithms.base import GBML
 
 
 @ALGORITHMS.register("prox_maml")

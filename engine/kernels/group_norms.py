@@ -89,6 +89,6 @@ def group_norms(xs: Sequence[Tensor], ys: Sequence[Tensor], groups: int,
         backend = "triton" if _triton_usable(xs[0]) else "torch"
     if backend == "torch":
         return group_norms_torch(xs, ys, groups)
-    from engine.kernels.triton_group_norms import group_norms_triton
+    from lil_meta.engine.kernels.triton_group_norms import group_norms_triton
 
     return group_norms_triton(xs, ys, groups)

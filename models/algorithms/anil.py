@@ -5,7 +5,7 @@ run once per task (support and query), the head adapts on those features alone; 
 trains both (:meth:`GBML.task_network`).
 """
 
-from engine.registry import ALGORITHMS
-from models.algorithms.base import GBML
+from lil_meta.engine.registry import ALGORITHMS
+from lil_meta.models.algorithms.base import GBML
 
 ALGORITHMS.register("anil", GBML, adapt="head")

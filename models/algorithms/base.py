@@ -37,13 +37,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from datasets.task_batch import TaskBatch
-from engine.errors import ConfigError
-from engine.inner_loop import ENGINES, Params, adapt, logits_at, map_tasks, straight_step
-from losses import OuterInputs, OuterLoss
-from losses.cross_entropy import CrossEntropy
-from models.algorithms.inner_lr import InnerLR
-from models.algorithms.step import TrainingStep
+from lil_meta.datasets.task_batch import TaskBatch
+from lil_meta.engine.errors import ConfigError
+from lil_meta.engine.inner_loop import ENGINES, Params, adapt, logits_at, map_tasks, straight_step
+from lil_meta.losses import OuterInputs, OuterLoss
+from lil_meta.losses.cross_entropy import CrossEntropy
+from lil_meta.models.algorithms.inner_lr import InnerLR
+from lil_meta.models.algorithms.step import TrainingStep
 
 ADAPT = ("all", "head", "body")
 CHANNELS_LAST = ("auto", "none", "query", "all")

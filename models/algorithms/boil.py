@@ -5,7 +5,7 @@ the inner loop differentiates with respect to the body alone (``torch.func.grad`
 adapted dict), so no head gradient is computed there.
 """
 
-from engine.registry import ALGORITHMS
-from models.algorithms.base import GBML
+from lil_meta.engine.registry import ALGORITHMS
+from lil_meta.models.algorithms.base import GBML
 
 ALGORITHMS.register("boil", GBML, adapt="body")

@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.algorithms.base import GBML
-from models.algorithms.step import TrainingStep
+from lil_meta.models.algorithms.base import GBML
+from lil_meta.models.algorithms.step import TrainingStep
 
 
 class PretrainThen(TrainingStep):

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from engine.errors import ConfigError
+from lil_meta.engine.errors import ConfigError
 
 MODES = ("scalar", "per_tensor", "per_element")
 

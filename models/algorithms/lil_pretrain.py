@@ -29,12 +29,12 @@ import copy
 import torch
 from torch import nn
 
-from datasets.task_batch import TaskBatch
-from engine.errors import ConfigError
-from engine.inner_loop import adapt, logits_at, map_tasks, straight_step
-from engine.registry import ALGORITHMS
-from losses.phase import phase_kl
-from models.algorithms.base import GBML
+from lil_meta.datasets.task_batch import TaskBatch
+from lil_meta.engine.errors import ConfigError
+from lil_meta.engine.inner_loop import adapt, logits_at, map_tasks, straight_step
+from lil_meta.engine.registry import ALGORITHMS
+from lil_meta.losses.phase import phase_kl
+from lil_meta.models.algorithms.base import GBML
 
 
 @ALGORITHMS.register("lil_pretrain")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from engine.errors import ConfigError
-from engine.registry import BACKBONES
-from models.backbones.layers import TaskBatchNorm2d
+from lil_meta.engine.errors import ConfigError
+from lil_meta.engine.registry import BACKBONES
+from lil_meta.models.backbones.layers import TaskBatchNorm2d
 
 
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:

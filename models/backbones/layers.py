@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from engine.vmap_context import tasks_vmapped
+from lil_meta.engine.vmap_context import tasks_vmapped
 
 
 class _BatchStatsNorm(torch.autograd.Function):

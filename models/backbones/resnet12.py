@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.errors import ConfigError
-from engine.registry import BACKBONES
-from models.backbones.layers import TaskBatchNorm2d
+from lil_meta.engine.errors import ConfigError
+from lil_meta.engine.registry import BACKBONES
+from lil_meta.models.backbones.layers import TaskBatchNorm2d
 
 
 class DropBlock(nn.Module):

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import load_config
-from models import build_algorithm
-from models.backbones.conv4 import Conv4
-from models.backbones.resnet12 import ResNet12
+from lil_meta.engine.config import load_config
+from lil_meta.models import build_algorithm
+from lil_meta.models.backbones.conv4 import Conv4
+from lil_meta.models.backbones.resnet12 import ResNet12
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # configs/tables/ holds sweep files (tools/sweep.py), checked in tests/tools/test_sweep.py
@@ -60,8 +60,8 @@ CROSS_DOMAIN = {"mini2tiered": ("mini_imagenet", "tiered_imagenet"), "mini2cub":
 @pytest.mark.parametrize("lil", ["", "_lil"])
 @pytest.mark.parametrize("shot", [1, 5])
 def test_cross_domain_rows(pair, lil, shot):
-    from datasets import build_dataset
-    from engine.errors import ConfigError
+    from lil_meta.datasets import build_dataset
+    from lil_meta.engine.errors import ConfigError
 
     cfg = load_config(CONFIGS / f"maml{lil}_{pair}_{shot}shot.yaml")
     train, test = CROSS_DOMAIN[pair]

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasets import build_dataset
-from datasets.cache import CachedDataset
-from datasets.cars import DEFAULT_SPLIT, Cars
-from engine.errors import DataError
-from engine.registry import DATASETS
+from lil_meta.datasets import build_dataset
+from lil_meta.datasets.cache import CachedDataset
+from lil_meta.datasets.cars import DEFAULT_SPLIT, Cars
+from lil_meta.engine.errors import DataError
+from lil_meta.engine.registry import DATASETS
 
 scipy_io = pytest.importorskip("scipy.io")
 

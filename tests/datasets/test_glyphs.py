@@ -6,10 +6,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from datasets import SplitData, TaskList, build_dataset, nearest_class_mean_accuracy
-from datasets.glyphs import SPLITS, Glyphs
-from engine.errors import ConfigError, DataError
-from engine.registry import DATASETS
+from lil_meta.datasets import SplitData, TaskList, build_dataset, nearest_class_mean_accuracy
+from lil_meta.datasets.glyphs import SPLITS, Glyphs
+from lil_meta.engine.errors import ConfigError, DataError
+from lil_meta.engine.registry import DATASETS
 
 SMALL = {"num_classes": (60, 20, 20), "per_class": 20}
 

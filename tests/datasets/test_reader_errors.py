@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from datasets import build_dataset
-from datasets.cifar_fs import CifarFS
-from datasets.cub import CUB
-from datasets.mini_imagenet import MiniImageNet
-from datasets.omniglot import Omniglot
-from datasets.tiered_imagenet import TieredImageNet
-from engine.errors import ConfigError, DataError
+from lil_meta.datasets import build_dataset
+from lil_meta.datasets.cifar_fs import CifarFS
+from lil_meta.datasets.cub import CUB
+from lil_meta.datasets.mini_imagenet import MiniImageNet
+from lil_meta.datasets.omniglot import Omniglot
+from lil_meta.datasets.tiered_imagenet import TieredImageNet
+from lil_meta.engine.errors import ConfigError, DataError
 from reader_fixtures import (
     QUIET,
     dump,
@@ -119,7 +119,7 @@ def test_class_with_too_few_images(tmp_path):
 
 
 def test_lil_mini_config_requires_root():
-    from engine.config import load_config
+    from lil_meta.engine.config import load_config
 
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "maml_lil_mini_5shot.yaml")
     assert cfg.data.name == "mini_imagenet" and cfg.data.image_size == 84 and cfg.data.channels == 3

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from datasets import EpisodicSampler, SplitData, build_dataset
-from datasets.cache import CachedDataset
-from datasets.cifar_fs import DEFAULT_SPLIT, CifarFS
-from datasets.cub import CUB
-from datasets.cub import DEFAULT_SPLIT as CUB_SPLIT
-from datasets.mini_imagenet import MiniImageNet
-from datasets.omniglot import Omniglot
-from datasets.tiered_imagenet import TieredImageNet
-from engine.errors import DataError
-from engine.registry import DATASETS
+from lil_meta.datasets import EpisodicSampler, SplitData, build_dataset
+from lil_meta.datasets.cache import CachedDataset
+from lil_meta.datasets.cifar_fs import DEFAULT_SPLIT, CifarFS
+from lil_meta.datasets.cub import CUB
+from lil_meta.datasets.cub import DEFAULT_SPLIT as CUB_SPLIT
+from lil_meta.datasets.mini_imagenet import MiniImageNet
+from lil_meta.datasets.omniglot import Omniglot
+from lil_meta.datasets.tiered_imagenet import TieredImageNet
+from lil_meta.engine.errors import DataError
+from lil_meta.engine.registry import DATASETS
 from reader_fixtures import (
     CIFAR_NAMES,
     MINI_CLASSES,

@@ -12,8 +12,14 @@ import time
 import pytest
 import torch
 
-from datasets import EpisodicSampler, SplitData, TaskBatch, TaskList, nearest_class_mean_accuracy
-from engine.errors import DataError
+from lil_meta.datasets import (
+    EpisodicSampler,
+    SplitData,
+    TaskBatch,
+    TaskList,
+    nearest_class_mean_accuracy,
+)
+from lil_meta.engine.errors import DataError
 
 WAY, SHOT, QUERY = 5, 2, 3
 

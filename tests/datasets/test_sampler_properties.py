@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from datasets.sampler import EpisodicSampler, SplitData, TaskList
+from lil_meta.datasets.sampler import EpisodicSampler, SplitData, TaskList
 
 
 def identity_split(sizes: list[int]) -> SplitData:

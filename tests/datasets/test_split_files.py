@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from datasets.cars import DEFAULT_SPLIT as CARS_SPLIT
-from datasets.cifar_fs import DEFAULT_SPLIT as CIFAR_FS_SPLIT
-from datasets.cub import DEFAULT_SPLIT as CUB_SPLIT
-from datasets.sampler import SPLITS
+from lil_meta.datasets.cars import DEFAULT_SPLIT as CARS_SPLIT
+from lil_meta.datasets.cifar_fs import DEFAULT_SPLIT as CIFAR_FS_SPLIT
+from lil_meta.datasets.cub import DEFAULT_SPLIT as CUB_SPLIT
+from lil_meta.datasets.sampler import SPLITS
 
 SPLIT_DIR = Path(CUB_SPLIT).parent
 

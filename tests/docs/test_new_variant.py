@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.registry import Registry
-from losses import OuterLoss
-from losses.cross_entropy import CrossEntropy
-from models.algorithms.base import GBML
-from models.backbones.conv4 import Conv4
+from lil_meta.engine.registry import Registry
+from lil_meta.losses import OuterLoss
+from lil_meta.losses.cross_entropy import CrossEntropy
+from lil_meta.models.algorithms.base import GBML
+from lil_meta.models.backbones.conv4 import Conv4
 from tests_helpers import tiny_batch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,8 +95,8 @@ def test_the_other_snippets_of_the_page_run():
 
 @pytest.mark.parametrize("key", ["proxx", "inner_lrr"])
 def test_the_example_variant_checks_its_config_keys(key, monkeypatch):
-    from engine.errors import ConfigError
-    from engine.registry import ALGORITHMS
+    from lil_meta.engine.errors import ConfigError
+    from lil_meta.engine.registry import ALGORITHMS
 
     monkeypatch.syspath_prepend(str(EXAMPLE.parent))
     import my_variant  # noqa: F401  (registers prox_maml once per process)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datasets.task_batch import TaskBatch
+from lil_meta.datasets.task_batch import TaskBatch
 
 WAY, SHOT, QUERY, SIDE = 3, 2, 4, 4
 

@@ -9,9 +9,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from engine.checkpoint import Checkpointer, config_fingerprint, get_rng_state, set_rng_state
-from engine.config import Config
-from engine.errors import CheckpointError
+from lil_meta.engine.checkpoint import (
+    Checkpointer,
+    config_fingerprint,
+    get_rng_state,
+    set_rng_state,
+)
+from lil_meta.engine.config import Config
+from lil_meta.engine.errors import CheckpointError
 
 
 def make_cfg(**overrides):

@@ -5,8 +5,8 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import ReadonlyConfigError
 
-from engine.config import import_extra_modules, load_config, save_config
-from engine.errors import ConfigError
+from lil_meta.engine.config import import_extra_modules, load_config, save_config
+from lil_meta.engine.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 MAML = ROOT / "configs" / "maml_5shot.yaml"
@@ -67,7 +67,7 @@ def test_checkpoints_cannot_run_code(tmp_path):
     """A pickle that would call a function on load is refused (weights_only), not executed."""
     import os
 
-    from engine.checkpoint import Checkpointer
+    from lil_meta.engine.checkpoint import Checkpointer
 
     class Evil:
         def __reduce__(self):
@@ -155,7 +155,7 @@ def test_a_misspelled_component_argument_is_refused_with_a_suggestion(override, 
 
 
 def test_an_argument_of_another_component_fails_when_built():
-    from models import build_algorithm
+    from lil_meta.models import build_algorithm
 
     cfg = load_config(MAML, ["model.backbone.widths=[8,8,8,8]"])  # a resnet12 argument, conv4 named
     with pytest.raises(ConfigError, match=r"model\.backbone\.widths: unknown argument for backbone 'conv4'"):
@@ -163,7 +163,7 @@ def test_an_argument_of_another_component_fails_when_built():
 
 
 def test_the_logging_period_is_not_part_of_the_fingerprint():
-    from engine.checkpoint import config_fingerprint
+    from lil_meta.engine.checkpoint import config_fingerprint
 
     prints = {config_fingerprint(load_config(MAML, ["pretrain.iters=5", f"log.period={p}"]))[0] for p in (1, 20)}
     assert len(prints) == 1

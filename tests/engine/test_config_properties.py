@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from engine.config import Config, load_config
-from engine.errors import ConfigError
+from lil_meta.engine.config import Config, load_config
+from lil_meta.engine.errors import ConfigError
 from tests_helpers import ROOT
 
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"

@@ -21,7 +21,7 @@ SLACK = BLOCK // 4
 PROBE = """
 import ctypes, resource, sys
 import torch
-from engine.cpu_memory import keep_freed_memory
+from lil_meta.engine.cpu_memory import keep_freed_memory
 note = keep_freed_memory()
 torch.set_num_threads(1)  # every block from the main thread's arena (see the test's docstring)
 libc = ctypes.CDLL(None)

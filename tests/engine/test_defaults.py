@@ -9,9 +9,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from engine.config import Config
-from engine.defaults import default_setup, resolve_device
-from engine.errors import ConfigError, UserInputError
+from lil_meta.engine.config import Config
+from lil_meta.engine.defaults import default_setup, resolve_device
+from lil_meta.engine.errors import ConfigError, UserInputError
 
 
 @pytest.fixture(autouse=True)

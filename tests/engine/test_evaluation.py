@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from engine.evaluation import evaluate, mean_ci95
+from lil_meta.engine.evaluation import evaluate, mean_ci95
 
 
 def test_mean_ci95_hand_computed():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from engine.fileio import atomic_path, atomic_write
+from lil_meta.engine.fileio import atomic_path, atomic_write
 
 
 def test_atomic_write_accepts_bytes_str_and_a_writer(tmp_path):

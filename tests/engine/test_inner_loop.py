@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from datasets.task_batch import TaskBatch
-from models.algorithms.base import GBML
-from models.backbones.conv4 import Conv4
+from lil_meta.datasets.task_batch import TaskBatch
+from lil_meta.models.algorithms.base import GBML
+from lil_meta.models.backbones.conv4 import Conv4
 from naive_reference import meta_gradient
 
 WAY, SHOT, QUERY, TASKS, LR, STEPS = 3, 2, 3, 3, 0.4, 3

@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.errors import ConfigError
-from losses.cross_entropy import CrossEntropy
-from losses.phase import PhaseLoss
-from losses.pseudo_amplitude import PseudoAmplitudeLoss
-from models.algorithms.base import GBML
-from models.backbones.conv4 import Conv4
+from lil_meta.engine.errors import ConfigError
+from lil_meta.losses.cross_entropy import CrossEntropy
+from lil_meta.losses.phase import PhaseLoss
+from lil_meta.losses.pseudo_amplitude import PseudoAmplitudeLoss
+from lil_meta.models.algorithms.base import GBML
+from lil_meta.models.backbones.conv4 import Conv4
 from naive_reference import meta_gradient
 from tests.engine.test_inner_loop import (
     LR,

@@ -12,9 +12,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from datasets.task_batch import TaskBatch
-from engine.errors import ConfigError
-from engine.launch import (
+from lil_meta.datasets.task_batch import TaskBatch
+from lil_meta.engine.errors import ConfigError
+from lil_meta.engine.launch import (
     RankSlice,
     World,
     average_gradients,
@@ -22,8 +22,8 @@ from engine.launch import (
     gather_lists,
     world_from_env,
 )
-from models.algorithms.base import GBML
-from models.backbones.conv4 import Conv4
+from lil_meta.models.algorithms.base import GBML
+from lil_meta.models.backbones.conv4 import Conv4
 from tests_helpers import ROOT, tiny_batch
 
 

@@ -1,7 +1,7 @@
 import pytest
 
-from engine.errors import ConfigError
-from engine.registry import Registry
+from lil_meta.engine.errors import ConfigError
+from lil_meta.engine.registry import Registry
 
 
 def make_registry():

@@ -9,13 +9,19 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from engine.checkpoint import Checkpointer
-from engine.config import Config
-from engine.defaults import build_lr_scheduler, build_optimizer
-from engine.errors import ConfigError
-from engine.hooks import EvalHook, LRScheduler, PeriodicCheckpointer, PeriodicWriter, PhaseBoundary
-from engine.trainer import EventStorage, HookBase, MetaTrainer, NumericalFault, TrainerBase
-from models.algorithms.step import TrainingStep
+from lil_meta.engine.checkpoint import Checkpointer
+from lil_meta.engine.config import Config
+from lil_meta.engine.defaults import build_lr_scheduler, build_optimizer
+from lil_meta.engine.errors import ConfigError
+from lil_meta.engine.hooks import (
+    EvalHook,
+    LRScheduler,
+    PeriodicCheckpointer,
+    PeriodicWriter,
+    PhaseBoundary,
+)
+from lil_meta.engine.trainer import EventStorage, HookBase, MetaTrainer, NumericalFault, TrainerBase
+from lil_meta.models.algorithms.step import TrainingStep
 
 
 class Recorder(HookBase):
@@ -265,11 +271,11 @@ class FixedBatches:
 
 
 def chunked_run(task_chunk: int, pretrain: bool):
-    from losses import build_losses
-    from models.algorithms.base import GBML
-    from models.algorithms.chain import PretrainThen
-    from models.algorithms.lil_pretrain import LILPretrain
-    from models.backbones.conv4 import Conv4
+    from lil_meta.losses import build_losses
+    from lil_meta.models.algorithms.base import GBML
+    from lil_meta.models.algorithms.chain import PretrainThen
+    from lil_meta.models.algorithms.lil_pretrain import LILPretrain
+    from lil_meta.models.backbones.conv4 import Conv4
     from tests_helpers import tiny_batch
 
     torch.manual_seed(0)

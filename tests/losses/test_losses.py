@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from engine.errors import ConfigError
-from losses import build_losses
-from losses.base import OuterInputs
-from losses.phase import phase_kl
+from lil_meta.engine.errors import ConfigError
+from lil_meta.losses import build_losses
+from lil_meta.losses.base import OuterInputs
+from lil_meta.losses.phase import phase_kl
 
 
 def test_phase_kl_matches_explicit_probabilities_and_is_zero_for_equal_logits():

@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
-from datasets.task_batch import TaskBatch
-from models.algorithms.base import GBML
-from models.backbones.conv4 import Conv4
+from lil_meta.datasets.task_batch import TaskBatch
+from lil_meta.models.algorithms.base import GBML
+from lil_meta.models.backbones.conv4 import Conv4
 from tests_helpers import ROOT, tiny_batch
 
 sys.path.insert(0, str(ROOT / "tools"))
@@ -56,7 +56,7 @@ def test_query_floor_is_the_query_loss_at_theta0():
 
 def test_json_output_has_the_documented_keys(capsys, monkeypatch):
     monkeypatch.setenv("LIL_CPU_MALLOC", "system")  # leave this test process's malloc alone
-    monkeypatch.setattr("engine.cpu_memory._applied", None)
+    monkeypatch.setattr("lil_meta.engine.cpu_memory._applied", None)
     config = str(ROOT / "configs" / "maml_1shot.yaml")
     argv = ["--config-file", config, "--config-file", f"{config} algorithm.channels_last=none", "--iters", "1",
             "--warmup", "0", "--json", "--floor", "model.backbone.hidden=4", "data.image_size=16",

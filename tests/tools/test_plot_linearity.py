@@ -28,7 +28,7 @@ def test_missing_run_is_one_line_error(tmp_path):
 
 
 def test_a_folder_of_seeds_is_one_curve_with_hess_ratio(tmp_path):
-    from tools import plot_linearity
+    from lil_meta.tools import plot_linearity
 
     group = tmp_path / "maml_5shot"
     group.mkdir()

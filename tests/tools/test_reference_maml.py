@@ -2,8 +2,8 @@
 
 import json
 
+from lil_meta.tools import make_table, reference_maml
 from tests_helpers import ROOT
-from tools import make_table, reference_maml
 
 
 def test_reference_run_writes_results_and_gets_its_own_row(tmp_path, capsys):
@@ -22,7 +22,7 @@ def test_reference_run_writes_results_and_gets_its_own_row(tmp_path, capsys):
 
 
 def test_paired_differences_use_common_seeds_and_a_t_interval():
-    from tools.results import Cell, Row
+    from lil_meta.tools.results import Cell, Row
 
     rows = [Row("MAML (5)", "MAML (5)", (5, 0)), Row("MAML + LIL (5)", "MAML (5)", (5, 1)),
             Row("MAML (reference) (5)", "MAML (reference) (5)", (5, 2))]

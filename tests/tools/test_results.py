@@ -2,10 +2,10 @@
 
 import pytest
 
-from engine.config import load_config
+from lil_meta.engine.config import load_config
+from lil_meta.tools.results import Cell, row_label
+from lil_meta.tools.results import column_label as column
 from tests_helpers import ROOT
-from tools.results import Cell, row_label
-from tools.results import column_label as column
 
 
 @pytest.mark.parametrize("config, label, family", [

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from engine.config import load_config
+from lil_meta.engine.config import load_config
+from lil_meta.tools.results import row_label
 from tests_helpers import ROOT
-from tools.results import row_label
 
 sys.path.insert(0, str(ROOT / "tools"))
 import make_table  # noqa: E402

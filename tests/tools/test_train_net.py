@@ -210,7 +210,7 @@ def test_slurm_local_runs_the_job_through_submitit(tmp_path):
 
 
 def test_the_job_command_line_drops_only_the_slurm_flags():
-    from engine.slurm import job_argv
+    from lil_meta.engine.slurm import job_argv
 
     argv = ["--config-file", "c.yaml", "--slurm", "--nodes", "2", "--time=30", "--partition", "gpu",
             "--output-dir", "out", "solver.lr=0.1", "--resume"]

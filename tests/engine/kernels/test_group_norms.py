@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.func import vmap
 
-from engine.kernels import group_norms
+from lil_meta.engine.kernels import group_norms
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
@@ -149,7 +149,7 @@ def test_kernels_compile_for_sm90_with_vector_loads(kernel):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from engine.kernels import triton_group_norms as tgn
+    from lil_meta.engine.kernels import triton_group_norms as tgn
 
     fn = getattr(tgn, kernel)
     consts = {"HAS_Y": True, "WRITE_GY": True, "DT": tl.float32, "ACC": tl.float32,
@@ -165,7 +165,7 @@ def test_kernels_compile_for_sm90_with_vector_loads(kernel):
 
 
 def test_cpu_auto_backend_is_torch():
-    from engine.kernels.group_norms import _triton_usable
+    from lil_meta.engine.kernels.group_norms import _triton_usable
 
     assert not _triton_usable(torch.ones(1))
 

@@ -19,7 +19,7 @@ from torch.func import grad, vmap
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 sys.path.insert(0, ROOT)
 
-from engine.kernels import group_norms  # noqa: E402
+from lil_meta.engine.kernels import group_norms  # noqa: E402
 
 SHAPES = [(1,), (7,), (10, 100), (4099,), (4, 1024), (3, 5)]  # CHUNK = 4096
 CHECKS: dict[str, Callable[[], None]] = {}
@@ -82,7 +82,7 @@ def vmap_equals_loop() -> None:
 
 @check
 def one_launch_each_way_under_vmap() -> None:
-    from engine.kernels import triton_group_norms as tgn
+    from lil_meta.engine.kernels import triton_group_norms as tgn
 
     calls: list[str] = []
     original = tgn._launch

@@ -9,14 +9,14 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from datasets.task_batch import TaskBatch
-from engine.config import load_config
-from engine.inner_loop import adapt
-from losses.cross_entropy import CrossEntropy
-from losses.phase import PhaseLoss
-from models import build_algorithm
-from models.algorithms.base import GBML
-from models.backbones.conv4 import Conv4
+from lil_meta.datasets.task_batch import TaskBatch
+from lil_meta.engine.config import load_config
+from lil_meta.engine.inner_loop import adapt
+from lil_meta.losses.cross_entropy import CrossEntropy
+from lil_meta.losses.phase import PhaseLoss
+from lil_meta.models import build_algorithm
+from lil_meta.models.algorithms.base import GBML
+from lil_meta.models.backbones.conv4 import Conv4
 from naive_reference import meta_objective
 from tests_helpers import ROOT, tiny_batch
 

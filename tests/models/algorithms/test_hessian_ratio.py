@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.functional import hessian
 
-from datasets.task_batch import TaskBatch
-from losses.cross_entropy import CrossEntropy
-from losses.phase import PhaseLoss, phase_kl
-from models.algorithms.base import GBML
-from models.backbones.conv4 import Conv4
+from lil_meta.datasets.task_batch import TaskBatch
+from lil_meta.losses.cross_entropy import CrossEntropy
+from lil_meta.losses.phase import PhaseLoss, phase_kl
+from lil_meta.models.algorithms.base import GBML
+from lil_meta.models.backbones.conv4 import Conv4
 from naive_reference import Flat, meta_objective
 from tests_helpers import tiny_batch
 

@@ -8,13 +8,13 @@ and by central differences.
 import pytest
 import torch
 
-from datasets.task_batch import TaskBatch
-from engine.config import load_config
-from engine.defaults import build_optimizer
-from engine.errors import ConfigError
-from models import build_algorithm
-from models.algorithms.base import GBML
-from models.backbones.conv4 import Conv4
+from lil_meta.datasets.task_batch import TaskBatch
+from lil_meta.engine.config import load_config
+from lil_meta.engine.defaults import build_optimizer
+from lil_meta.engine.errors import ConfigError
+from lil_meta.models import build_algorithm
+from lil_meta.models.algorithms.base import GBML
+from lil_meta.models.backbones.conv4 import Conv4
 from naive_reference import meta_objective
 from tests_helpers import ROOT, tiny_batch
 

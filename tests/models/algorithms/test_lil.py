@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from datasets.task_batch import TaskBatch
-from losses.cross_entropy import CrossEntropy
-from losses.phase import PhaseLoss
-from losses.pseudo_amplitude import PseudoAmplitudeLoss
-from models.algorithms.base import GBML, linearity_metrics
-from models.backbones.conv4 import Conv4
+from lil_meta.datasets.task_batch import TaskBatch
+from lil_meta.losses.cross_entropy import CrossEntropy
+from lil_meta.losses.phase import PhaseLoss
+from lil_meta.losses.pseudo_amplitude import PseudoAmplitudeLoss
+from lil_meta.models.algorithms.base import GBML, linearity_metrics
+from lil_meta.models.backbones.conv4 import Conv4
 from naive_reference import meta_objective
 from tests_helpers import tiny_batch
 

@@ -7,12 +7,12 @@ import copy
 import pytest
 import torch
 
-from datasets.task_batch import TaskBatch
-from losses.cross_entropy import CrossEntropy
-from models.algorithms.base import GBML
-from models.algorithms.chain import PretrainThen
-from models.algorithms.lil_pretrain import LILPretrain
-from models.backbones.conv4 import Conv4
+from lil_meta.datasets.task_batch import TaskBatch
+from lil_meta.losses.cross_entropy import CrossEntropy
+from lil_meta.models.algorithms.base import GBML
+from lil_meta.models.algorithms.chain import PretrainThen
+from lil_meta.models.algorithms.lil_pretrain import LILPretrain
+from lil_meta.models.backbones.conv4 import Conv4
 from naive_reference import Flat, kl, path_length, straight_step
 from tests_helpers import tiny_batch
 

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from datasets.task_batch import TaskBatch
-from engine.config import load_config
-from models import build_algorithm
-from models.algorithms.base import GBML
+from lil_meta.datasets.task_batch import TaskBatch
+from lil_meta.engine.config import load_config
+from lil_meta.models import build_algorithm
+from lil_meta.models.algorithms.base import GBML
 from tests_helpers import ROOT, tiny_batch
 
 

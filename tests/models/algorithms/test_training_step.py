@@ -3,12 +3,12 @@ from the caller, chunks, the diagnosis of a non-finite loss, and checkpoints of 
 
 import torch
 
-from datasets.task_batch import TaskBatch
-from models.algorithms.base import GBML
-from models.algorithms.chain import PretrainThen
-from models.algorithms.lil_pretrain import LILPretrain
-from models.algorithms.step import TrainingStep
-from models.backbones.conv4 import Conv4
+from lil_meta.datasets.task_batch import TaskBatch
+from lil_meta.models.algorithms.base import GBML
+from lil_meta.models.algorithms.chain import PretrainThen
+from lil_meta.models.algorithms.lil_pretrain import LILPretrain
+from lil_meta.models.algorithms.step import TrainingStep
+from lil_meta.models.backbones.conv4 import Conv4
 from tests_helpers import tiny_batch
 
 

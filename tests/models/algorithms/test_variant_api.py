@@ -7,17 +7,17 @@ import pytest
 import torch
 from torch import nn
 
-from engine.config import load_config
-from engine.errors import ConfigError
-from engine.registry import ALGORITHMS
-from models import build_algorithm
-from models.algorithms.base import GBML
-from models.backbones.conv4 import Conv4
+from lil_meta.engine.config import load_config
+from lil_meta.engine.errors import ConfigError
+from lil_meta.engine.registry import ALGORITHMS
+from lil_meta.models import build_algorithm
+from lil_meta.models.algorithms.base import GBML
+from lil_meta.models.backbones.conv4 import Conv4
 from tests_helpers import ROOT, tiny_batch
 
 USER_MODULE = '''
-from engine.registry import ALGORITHMS
-from models.algorithms.base import GBML
+from lil_meta.engine.registry import ALGORITHMS
+from lil_meta.models.algorithms.base import GBML
 
 
 @ALGORITHMS.register("{name}")

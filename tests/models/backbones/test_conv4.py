@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from engine.inner_loop import map_tasks
-from models.backbones.conv4 import Conv4, conv_block
-from models.backbones.layers import TaskBatchNorm2d
+from lil_meta.engine.inner_loop import map_tasks
+from lil_meta.models.backbones.conv4 import Conv4, conv_block
+from lil_meta.models.backbones.layers import TaskBatchNorm2d
 
 
 @pytest.mark.parametrize("image_size,channels,feat", [(84, 3, 64 * 5 * 5), (28, 1, 64), (32, 3, 64 * 2 * 2)])

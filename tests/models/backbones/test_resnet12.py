@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from datasets.task_batch import TaskBatch
-from models.algorithms.base import GBML
-from models.backbones.layers import TaskBatchNorm2d
-from models.backbones.resnet12 import DropBlock, ResNet12
+from lil_meta.datasets.task_batch import TaskBatch
+from lil_meta.models.algorithms.base import GBML
+from lil_meta.models.backbones.layers import TaskBatchNorm2d
+from lil_meta.models.backbones.resnet12 import DropBlock, ResNet12
 from tests_helpers import tiny_batch
 
 

@@ -1,0 +1,426 @@
+"""The common layer of the real-dataset readers: decode once, cache compactly, load in seconds.
+
+A reader (:class:`CachedDataset` subclass) knows one benchmark's on-disk layout(s). The first
+time a dataset is built at a given image size, every image is decoded, converted (RGB or
+grey) and resized once with PIL, then written per split as uint8 ``[N, C, H, W]`` ``.npy``
+files (memory-mappable) with int64 labels, next to a ``manifest.json`` that records counts,
+class names, the image size, the source layout and the sha256 of every cache file::
+
+    <cache_dir or ROOT/.lil_cache>/<name>-<size>px/
+        manifest.json  train_images.npy  train_labels.npy  val_images.npy  ...
+
+Later builds verify the checksums and memory-map the arrays: training never decodes an image.
+A cache whose checksum does not match is rebuilt (one line is printed). Every file is written
+to a temporary name and moved into place (:mod:`engine.fileio`); the manifest goes last, so an
+interrupted preparation leaves no cache that looks complete.
+
+Readers raise :class:`DataError` with one line naming the file and what was expected (missing
+root or file, unsupported layout, truncated pickle, unreadable image, too-small class); the
+helpers below (:func:`load_pickle`, :func:`open_image`, :func:`require`) do the wrapping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import pickle
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from lil_meta.datasets.sampler import SPLITS, SplitData
+from lil_meta.engine.errors import ConfigError, DataError
+from lil_meta.engine.fileio import atomic_path, atomic_write
+
+__all__ = ["CachedDataset", "SplitFileDataset", "SourceSplit", "load_pickle", "load_pickled_dict",
+           "open_image", "require", "to_array", "hwc_uint8", "file_split", "file_digest",
+           "split_classes", "CACHE_VERSION", "SPLITS"]
+
+CACHE_VERSION = 1
+_HASH_CHUNK = 1 << 22
+
+
+def require(path: Path, what: str) -> Path:
+    """``path`` if it exists, else a :class:`DataError` saying what the file should have been."""
+    if not path.exists():
+        raise DataError(f"{path}: not found; expected {what}")
+    return path
+
+
+def load_pickle(path: Path, what: str) -> Any:
+    """Unpickle ``path`` (Python 2 pickles too); any failure becomes one :class:`DataError` line."""
+    require(path, what)
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+    except Exception as exc:  # any failure to unpickle (truncated, foreign, not a pickle)
+        reason = "truncated" if isinstance(exc, EOFError) else f"{type(exc).__name__}: {exc}"
+        raise DataError(f"{path}: cannot unpickle ({reason}); expected {what}") from None
+
+
+def load_pickled_dict(path: Path, what: str, keys: Sequence[str]) -> dict:
+    """:func:`load_pickle` of a dict that must hold ``keys``; otherwise one :class:`DataError`
+    line saying what was expected and what keys (or type) were found."""
+    data = load_pickle(path, what)
+    if not isinstance(data, dict) or any(k not in data for k in keys):
+        found = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise DataError(f"{path}: expected {what}; got {found}")
+    return data
+
+
+def hwc_uint8(array: Any, path: Path, key: str) -> np.ndarray:
+    """``array`` as uint8 ``[N, H, W, 3]`` images, or a :class:`DataError` naming ``path``'s ``key``."""
+    array = np.asarray(array)
+    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[3] != 3:
+        raise DataError(f"{path}: '{key}' must be uint8 [N, H, W, 3], got {array.dtype} {array.shape}")
+    return array
+
+
+def open_image(source: Any, where: str) -> Image.Image:
+    """A fully decoded PIL image from a path or encoded bytes; failures name ``where``."""
+    try:
+        img = Image.open(io.BytesIO(source) if isinstance(source, bytes | bytearray) else source)
+        img.load()
+        return img
+    except FileNotFoundError:
+        raise DataError(f"{where}: image file not found") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"{where}: cannot decode image ({type(exc).__name__}: {exc}); "
+                        f"expected a readable JPEG/PNG image") from None
+
+
+def to_array(img: Image.Image | np.ndarray, size: int, channels: int) -> np.ndarray:
+    """uint8 ``[channels, size, size]`` from a PIL image or an HWC/HW uint8 array (resized with LANCZOS)."""
+    if isinstance(img, np.ndarray):
+        arr = img
+        if arr.dtype == np.uint8 and arr.shape[:2] == (size, size) and (
+                (channels == 3 and arr.ndim == 3 and arr.shape[2] == 3)
+                or (channels == 1 and arr.ndim == 2)):
+            return arr.transpose(2, 0, 1) if arr.ndim == 3 else arr[None]
+        img = Image.fromarray(np.ascontiguousarray(arr))
+    img = img.convert("RGB" if channels == 3 else "L")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.LANCZOS)
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr.transpose(2, 0, 1) if channels == 3 else arr[None]
+
+
+@dataclass
+class SourceSplit:
+    """One split as a reader describes it before decoding.
+
+    ``labels[i]`` (``0..len(classes)-1``) is the class of image ``i``; ``fetch(i)`` returns
+    image ``i`` as a PIL image or a uint8 HWC array (decoded lazily, one at a time).
+    ``class_sources[c]`` names the file or folder behind class ``c`` for error messages.
+    """
+
+    classes: list[str]
+    labels: np.ndarray
+    fetch: Callable[[int], Image.Image | np.ndarray]
+    class_sources: list[str] | None = None
+
+
+def file_split(classes: Sequence[str], files: Sequence[Sequence[Path]],
+               class_sources: list[str] | None = None,
+               convert: Callable[[Image.Image], Image.Image] | None = None) -> SourceSplit:
+    """A split of image files listed per class: class ``c`` is ``classes[c]`` with the files
+    ``files[c]`` (taken in that order). Images are opened with :func:`open_image` (errors name
+    the file) and passed through ``convert`` when given."""
+    paths: list[Path] = []
+    labels: list[int] = []
+    for c, class_files in enumerate(files):
+        paths += class_files
+        labels += [c] * len(class_files)
+
+    def fetch(i: int) -> Image.Image:
+        img = open_image(paths[i], str(paths[i]))
+        return convert(img) if convert is not None else img
+
+    return SourceSplit(list(classes), np.array(labels, dtype=np.int64), fetch, class_sources)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a small file (e.g. a split JSON) for :meth:`CachedDataset.cache_params`, or its
+    path when it cannot be read (the reader reports that error when it needs the file)."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return str(path)
+
+
+class CachedDataset:
+    """Base of the benchmark readers: ``split(name)`` → :class:`SplitData` from a verified cache.
+
+    Subclasses set ``name``, ``default_size``, ``native_channels`` and ``layouts`` (a one-line
+    description of each supported source layout) and implement :meth:`detect_layout` and
+    :meth:`read_split`. They may override :meth:`transform` (e.g. Omniglot's rotations).
+
+    Args:
+        root: the folder holding the dataset as downloaded (config ``data.root``; required).
+        image_size: side of the square images in the cache (default per dataset).
+        channels: 3 (RGB) or 1 (grey); converted on load from what the cache stores.
+        cache_dir: where caches live (default ``ROOT/.lil_cache``).
+        min_per_class: a class with fewer images is an error naming its file/folder.
+        rebuild: decode again even if a valid cache exists.
+        progress: show a tqdm bar while preparing.
+        verify: check the cache files' sha256 on load (a few seconds per GB).
+    """
+
+    name = "dataset"
+    default_size = 84
+    native_channels = 3
+    layouts: Sequence[str] = ()
+
+    def __init__(self, root: str | None = None, image_size: int | None = None,
+                 channels: int | None = None, cache_dir: str | None = None,
+                 min_per_class: int = 1, rebuild: bool = False, progress: bool = True,
+                 verify: bool = True) -> None:
+        if root in (None, "", "???"):
+            raise ConfigError(f"data.root: required for dataset '{self.name}': the folder that "
+                              f"holds it (supported layouts: {'; '.join(self.layouts)}); see "
+                              f"docs/datasets.md")
+        size = self.default_size if image_size is None else image_size
+        if int(size) != size or size < 8:
+            raise ConfigError(f"data.image_size: expected an integer >= 8, got {image_size!r}")
+        channels = self.native_channels if channels is None else channels
+        if channels not in (1, 3):
+            raise ConfigError(f"data.channels: {self.name} supports 1 or 3 channels, got {channels!r}")
+        if int(min_per_class) != min_per_class or min_per_class < 1:
+            raise ConfigError(f"data.args.min_per_class: expected an integer >= 1, got {min_per_class!r}")
+        self.root = Path(str(root)).expanduser()
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: dataset root not found (data.root for '{self.name}'); "
+                            f"expected a folder with one of: {'; '.join(self.layouts)}")
+        self.image_size, self.channels = int(size), int(channels)
+        self.min_per_class, self.progress, self.verify = int(min_per_class), progress, verify
+        base = Path(cache_dir).expanduser() if cache_dir else self.root / ".lil_cache"
+        self.cache_path = base / f"{self.name}-{self.image_size}px"
+        self.manifest = self._ensure_cache(rebuild)
+        self._splits: dict[str, SplitData] = {}
+
+    # ---- hooks -------------------------------------------------------------------------------
+    def detect_layout(self) -> str:
+        """The name of the source layout found under ``self.root``; DataError listing ``layouts`` if none."""
+        raise NotImplementedError
+
+    def read_split(self, layout: str, split: str) -> SourceSplit:
+        raise NotImplementedError
+
+    def transform(self, split: str, images: torch.Tensor, labels: torch.Tensor):
+        """Applied on load (after the cache); the identity by default."""
+        return images, labels
+
+    def cache_params(self) -> dict[str, Any]:
+        """Reader settings that change the cache contents (a mismatch rebuilds it)."""
+        return {}
+
+    # ---- cache ---------------------------------------------------------------------------------
+    def unsupported_layout(self, missing: str = "") -> DataError:
+        detail = f" ({missing})" if missing else ""
+        return DataError(f"{self.root}: no supported {self.name} layout found{detail}; supported: "
+                         f"{'; '.join(self.layouts)}")
+
+    def find_base(self, bases: Sequence[Path], parts: Sequence[str | Path],
+                  present: Callable[[Path], bool] = Path.exists) -> Path:
+        """The first of ``bases`` in which every one of ``parts`` is ``present``.
+
+        A base holding only some of them is an :meth:`unsupported_layout` naming the first
+        missing one; a root where no base holds any lists the supported layouts.
+        """
+        for base in bases:
+            found = [present(base / part) for part in parts]
+            if all(found):
+                return base
+            if any(found):
+                raise self.unsupported_layout(f"{base / parts[found.index(False)]} is missing")
+        raise self.unsupported_layout()
+
+    def _expected(self) -> dict[str, Any]:
+        return {"version": CACHE_VERSION, "dataset": self.name, "image_size": self.image_size,
+                "channels": self.native_channels, "params": self.cache_params()}
+
+    def _ensure_cache(self, rebuild: bool) -> dict[str, Any]:
+        path = self.cache_path / "manifest.json"
+        if path.is_file() and not rebuild:
+            try:
+                manifest = json.loads(path.read_text())
+            except (OSError, ValueError):
+                manifest = None
+            if manifest is not None and all(manifest.get(k) == v for k, v in self._expected().items()):
+                bad = self._check(manifest) if self.verify else None
+                if bad is None:
+                    return manifest
+                print(f"{self.name}: cache file {bad} is corrupt (checksum mismatch); rebuilding "
+                      f"{self.cache_path}", flush=True)
+        return self._build()
+
+    def _check(self, manifest: dict[str, Any]) -> str | None:
+        """The first cache file that is missing or fails its checksum, else None."""
+        for info in manifest.get("splits", {}).values():
+            for fname in (info["images"], info["labels"]):
+                f = self.cache_path / fname
+                if not f.is_file() or _sha256(f) != info["sha256"].get(fname):
+                    return str(f)
+        return None
+
+    def _build(self) -> dict[str, Any]:
+        layout = self.detect_layout()
+        self.cache_path.mkdir(parents=True, exist_ok=True)
+        print(f"{self.name}: preparing {self.image_size}px cache in {self.cache_path} from "
+              f"{self.root} ({layout}; first run only)", flush=True)
+        splits = {}
+        for split in SPLITS:
+            src = self.read_split(layout, split)
+            splits[split] = self._write_split(split, src)
+        manifest = {**self._expected(), "layout": layout, "source": str(self.root.resolve()),
+                    "splits": splits}
+        atomic_write(self.cache_path / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+        return manifest
+
+    def _write_split(self, split: str, src: SourceSplit) -> dict[str, Any]:
+        labels = np.asarray(src.labels, dtype=np.int64)
+        sizes = np.bincount(labels, minlength=len(src.classes)) if len(labels) else np.zeros(
+            len(src.classes), dtype=np.int64)
+        if len(src.classes) == 0:
+            raise DataError(f"{self.root}: the {split} split of {self.name} has no classes")
+        small = np.flatnonzero(sizes < self.min_per_class)
+        if len(small):
+            c = int(small[0])
+            where = src.class_sources[c] if src.class_sources else f"class '{src.classes[c]}'"
+            raise DataError(f"{where}: class '{src.classes[c]}' ({split}) has {int(sizes[c])} "
+                            f"images; expected >= {self.min_per_class} (data.args.min_per_class)")
+        n, c, s = len(labels), self.native_channels, self.image_size
+        img_name, lab_name = f"{split}_images.npy", f"{split}_labels.npy"
+        img_path = self.cache_path / img_name
+        with atomic_path(img_path) as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, c, s, s))
+            for i in self._progress(range(n), f"{self.name}/{split}"):
+                out[i] = to_array(src.fetch(i), s, c)
+            out.flush()
+            del out
+        atomic_write(self.cache_path / lab_name, lambda f: np.save(f, labels))
+        return {"images": img_name, "labels": lab_name, "count": n, "classes": len(src.classes),
+                "class_names": list(src.classes),
+                "sha256": {img_name: _sha256(img_path),
+                           lab_name: _sha256(self.cache_path / lab_name)}}
+
+    def _progress(self, it, desc: str):
+        if not self.progress:
+            return it
+        from tqdm import tqdm
+
+        return tqdm(it, desc=desc, unit="img", dynamic_ncols=True, mininterval=0.5)
+
+    # ---- loading -------------------------------------------------------------------------------
+    def split(self, name: str) -> SplitData:
+        if name not in SPLITS:
+            raise DataError(f"{self.name}: unknown split '{name}' (available: {', '.join(SPLITS)})")
+        if name not in self._splits:
+            info = self.manifest["splits"][name]
+            # copy-on-write memory map: pages are read on first use, nothing is decoded
+            images = torch.from_numpy(np.load(self.cache_path / info["images"], mmap_mode="c"))
+            labels = torch.from_numpy(np.load(self.cache_path / info["labels"]))
+            images, labels = self.transform(name, images, labels)
+            if self.channels != images.shape[1]:
+                if self.channels == 3:
+                    images = images.expand(-1, 3, -1, -1)
+                else:  # ITU-R 601 luma
+                    w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+                    images = (images.float() * w).sum(1, keepdim=True).round_().to(torch.uint8)
+            self._splits[name] = SplitData(images, labels, f"{self.name}/{name}")
+        return self._splits[name]
+
+    def summary(self) -> str:
+        """A few lines describing the cache (used by tools/prepare_data.py)."""
+        m = self.manifest
+        lines = [f"{self.name}: {m['layout']} layout from {m['source']}",
+                 f"cache: {self.cache_path} ({m['image_size']}px, {m['channels']} channel(s))"]
+        for split, info in m["splits"].items():
+            size = sum((self.cache_path / f).stat().st_size for f in (info["images"], info["labels"]))
+            lines.append(f"  {split:5s}: {info['classes']:5d} classes {info['count']:8d} images "
+                         f"{size / 2**20:9.1f} MiB  sha256 {info['sha256'][info['images']][:12]}")
+        return "\n".join(lines)
+
+
+class SplitFileDataset(CachedDataset):
+    """A reader whose classes are split by a JSON file of class-name lists: ``split_file``, or
+    the reader's shipped ``default_split`` when unset. The file's sha256 is a cache parameter,
+    so editing the split rebuilds the cache.
+
+    Args:
+        split_file: path of a JSON with ``train``/``val``/``test`` lists of class names.
+        **kwargs: the arguments of :class:`CachedDataset`.
+    """
+
+    default_split: Path
+
+    def __init__(self, root: str | None = None, image_size: int | None = None,
+                 channels: int | None = None, split_file: str | None = None, **kwargs) -> None:
+        self.split_file = Path(split_file) if split_file else self.default_split
+        super().__init__(root, image_size, channels, **kwargs)
+
+    def cache_params(self) -> dict[str, Any]:
+        return {"split_file": file_digest(self.split_file)}
+
+    def split_classes(self, split: str, available: Sequence[str], source: str) -> list[str]:
+        """:func:`split_classes` of this reader's split file."""
+        return split_classes(self.split_file, split, available, source)
+
+
+def load_split_file(path: Path, split: str) -> list[str]:
+    try:
+        spec = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: split file not found; expected JSON with 'train', 'val', "
+                        f"'test' lists of class names") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read split JSON ({exc}); expected 'train', 'val', "
+                        f"'test' lists of class names") from None
+    names = spec.get(split) if isinstance(spec, dict) else None
+    if not isinstance(names, list) or not names:
+        raise DataError(f"{path}: expected a non-empty list of class names under '{split}'")
+    return [str(n) for n in names]
+
+
+def _name_key(name: str) -> str:
+    """Case- and whitespace-insensitive form of a class name, for matching a split file's names."""
+    return " ".join(str(name).split()).casefold()
+
+
+def split_classes(split_file: Path, split: str, available: Sequence[str], source: str) -> list[str]:
+    """The classes of ``split`` named in ``split_file`` (a JSON of class-name lists), in its
+    order and spelled as in ``available`` (the class names found in the data). A name matches
+    exactly or, failing that, up to case and runs of whitespace. ``source`` names the file that
+    lists the data's classes, for the one-line :class:`DataError` when the JSON names a class
+    that is not there (or names one twice)."""
+    wanted = load_split_file(split_file, split)
+    exact = set(available)
+    loose: dict[str, list[str]] = {}
+    for name in available:
+        loose.setdefault(_name_key(name), []).append(name)
+    chosen: list[str] = []
+    for name in wanted:
+        match = [name] if name in exact else loose.get(_name_key(name), [])
+        if len(match) != 1:
+            why = "matches several classes" if match else "is not"
+            raise DataError(f"{split_file}: class '{name}' ({split}) {why} in {source} "
+                            f"({len(available)} classes); the data does not match this split "
+                            f"file (data.args.split_file selects another)")
+        if match[0] in chosen:
+            raise DataError(f"{split_file}: class '{name}' is listed twice under '{split}'")
+        chosen.append(match[0])
+    return chosen

@@ -1,0 +1,248 @@
+"""Checkpoints: atomic writes, keep-last-K rotation, config fingerprints, RNG capture.
+
+A training checkpoint is a plain dict saved with ``torch.save`` that ``torch.load(...,
+weights_only=True)`` can read back: tensors (all on CPU), numbers, strings, lists and dicts.
+It holds everything an exact resume needs (see :meth:`engine.trainer.MetaTrainer.state_dict`)
+plus ``fingerprint``/``config``: a sha256 of the resolved config without the keys that may
+legitimately change between a run and its resumption (:data:`VOLATILE_KEYS`), so weights from
+another experiment are refused with the differing keys named instead of silently loaded.
+
+Files are written with :func:`engine.fileio.atomic_write` (a temporary file in the same
+folder moved into place with ``os.replace``), so a crash mid-save never leaves a truncated
+``model_*.pth`` or a ``last_checkpoint`` naming one.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import os
+import random
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from lil_meta.engine.errors import CheckpointError
+from lil_meta.engine.fileio import atomic_write  # re-exported: callers import it from here too
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Checkpointer", "atomic_write", "config_fingerprint", "get_rng_state", "set_rng_state", "VOLATILE_KEYS"]
+
+#: Config keys left out of the fingerprint: changing them does not change what is trained.
+VOLATILE_KEYS = ("output_dir", "device", "test", "log", "solver.max_iter",
+                 "solver.checkpoint_period", "solver.keep_checkpoints",
+                 "algorithm.inner_steps_test", "algorithm.engine", "algorithm.channels_last",
+                 "algorithm.checkpoint_inner_steps", "algorithm.metrics_period",
+                 "pretrain.algorithm.inner_steps_test", "pretrain.algorithm.engine",
+                 "pretrain.algorithm.channels_last", "pretrain.algorithm.checkpoint_inner_steps",
+                 "pretrain.algorithm.metrics_period",
+                 "solver.on_nonfinite",
+                 "solver.max_skips", "solver.task_chunk")
+_PERIODIC = re.compile(r"^model_(\d{7})\.pth$")
+
+
+def _fingerprinted(cfg: DictConfig | Mapping) -> dict:
+    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else copy.deepcopy(dict(cfg))
+    for key in VOLATILE_KEYS:
+        *parents, last = key.split(".")
+        node = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return data
+
+
+def config_fingerprint(cfg: DictConfig | Mapping) -> tuple[str, str]:
+    """(sha256 hex, YAML text) of ``cfg`` without :data:`VOLATILE_KEYS`."""
+    text = OmegaConf.to_yaml(OmegaConf.create(_fingerprinted(cfg)), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest(), text
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _config_diff(saved_yaml: str, current_yaml: str, limit: int = 4) -> str:
+    saved = _flatten(OmegaConf.to_container(OmegaConf.create(saved_yaml)))
+    current = _flatten(OmegaConf.to_container(OmegaConf.create(current_yaml)))
+    keys = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+    parts = [f"{k}: {saved.get(k, '<absent>')!r} in checkpoint, {current.get(k, '<absent>')!r} now"
+             for k in keys[:limit]]
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return "; ".join(parts) + more
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Torch (CPU and CUDA), numpy and Python RNG states in a ``weights_only``-loadable form."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": keys.tolist(), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
+        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`get_rng_state` captured (CUDA only when present on both sides)."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], np.asarray(n["keys"], dtype=np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+class Checkpointer:
+    """Saves and loads checkpoints in ``output_dir``.
+
+    Args:
+        output_dir: folder of the run; created on the first save, never on construction (so
+            that building a checkpointer writes nothing).
+        keep: how many periodic checkpoints (``model_0000499.pth``: the weights after 500
+            iterations) to keep; older ones are deleted. ``keep <= 0`` keeps all. Named
+            checkpoints (``model_final.pth``, ``model_best.pth``) are never deleted.
+        cfg: the run's config; its fingerprint is stored on save and checked on load.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, keep: int = 3, cfg: DictConfig | None = None,
+                 writer: bool = True):
+        self.output_dir = Path(output_dir)
+        self.keep = int(keep)
+        self.writer = bool(writer)  # False on every process but rank 0: saving is a no-op
+        self.fingerprint, self.config_yaml = config_fingerprint(cfg) if cfg is not None else (None, None)
+
+    # ---- saving ---------------------------------------------------------------------------
+    def save(self, name: str, *, tag_last: bool | None = None, **state: Any) -> Path:
+        """Write ``state`` to ``output_dir/name.pth`` atomically and return the path.
+
+        ``tag_last`` (default: whether ``name`` is a periodic ``model_NNNNNNN``) records the file
+        in ``last_checkpoint``, the one ``--resume`` continues from; only full training states
+        should be tagged. On a process that is not the ``writer`` nothing is written.
+        """
+        filename = name if name.endswith(".pth") else f"{name}.pth"
+        if not self.writer:
+            return self.output_dir / filename
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        path = self.output_dir / filename
+        payload = _to_cpu(dict(state))
+        if self.fingerprint is not None:
+            payload["fingerprint"], payload["config"] = self.fingerprint, self.config_yaml
+        atomic_write(path, lambda f: torch.save(payload, f))
+        periodic = _PERIODIC.match(filename) is not None
+        if periodic if tag_last is None else tag_last:
+            atomic_write(self.output_dir / "last_checkpoint", lambda f: f.write(filename.encode()))
+        if periodic:
+            self._prune()
+        logger.info("saved checkpoint %s", path)
+        return path
+
+    def _prune(self) -> None:
+        if self.keep <= 0:
+            return
+        periodic = sorted(p for p in self.output_dir.iterdir() if _PERIODIC.match(p.name))
+        last = self.get_checkpoint_file()
+        for old in periodic[: -self.keep]:
+            if last is None or old.resolve() != last.resolve():
+                old.unlink(missing_ok=True)
+
+    # ---- loading --------------------------------------------------------------------------
+    def has_checkpoint(self) -> bool:
+        return (self.output_dir / "last_checkpoint").is_file()
+
+    def get_checkpoint_file(self) -> Path | None:
+        """The file ``last_checkpoint`` names, or ``None`` when there is no ``last_checkpoint``."""
+        tag = self.output_dir / "last_checkpoint"
+        if not tag.is_file():
+            return None
+        name = tag.read_text().strip()
+        if not name:
+            raise CheckpointError(f"{tag}: empty; it should name the newest checkpoint file")
+        return self.output_dir / name
+
+    def load(self, path: str | os.PathLike, check_config: bool = True) -> dict[str, Any]:
+        """Read a checkpoint (``weights_only``, onto the CPU) and check its config fingerprint."""
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: checkpoint not found")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CheckpointError(
+                f"{path}: cannot read checkpoint, the file is truncated or corrupt "
+                f"({type(exc).__name__}: {first})"
+            ) from None
+        if not isinstance(state, dict) or "model" not in state:
+            raise CheckpointError(f"{path}: not a checkpoint of this framework (no 'model' entry)")
+        if check_config and self.fingerprint is not None:
+            saved = state.get("fingerprint")
+            if saved is None:
+                raise CheckpointError(f"{path}: checkpoint carries no config fingerprint")
+            if saved != self.fingerprint:
+                diff = _config_diff(state.get("config") or "{}", self.config_yaml)
+                raise CheckpointError(f"{path}: checkpoint was written by a run with another config ({diff})")
+        logger.info("loaded checkpoint %s", path)
+        return state
+
+    def _load_newest_readable(self) -> dict:
+        """The checkpoint ``last_checkpoint`` names or, if that one cannot be loaded (truncated,
+        corrupt, another config), the newest older periodic one that can; the failures are then
+        logged as warnings. When none loads, the newest one's error alone is raised."""
+        last = self.get_checkpoint_file()
+        older = sorted((p for p in self.output_dir.iterdir() if _PERIODIC.match(p.name) and p.name < last.name),
+                       reverse=True) if self.output_dir.is_dir() else []
+        failures: list[CheckpointError] = []
+        for path in [last, *older]:
+            try:
+                state = self.load(path)
+            except CheckpointError as exc:
+                failures.append(exc)
+                continue
+            for exc in failures:  # reported only when a fallback is taken; else one error line
+                logger.warning("%s; using an older checkpoint", exc)
+            if failures:
+                logger.warning("resuming from %s instead of %s", path.name, last.name)
+            return state
+        raise failures[0]
+
+    def resume_or_load(self, path: str | os.PathLike | None = None, *, resume: bool = True) -> dict | None:
+        """With ``resume``, load the file ``last_checkpoint`` names if there is one; else ``path``.
+
+        Returns ``None`` when there is nothing to load (a fresh run, even with ``--resume``:
+        a requeued job that never reached its first checkpoint simply starts over).
+        """
+        if resume and self.has_checkpoint():
+            return self._load_newest_readable()
+        if path is not None:
+            return self.load(path)
+        return None

@@ -1,0 +1,175 @@
+"""Processes of one run: a single process, ``torchrun`` workers, or the tasks of a SLURM job.
+
+Data parallelism over the *tasks* of a meta-batch. With W processes and meta-batch B (a multiple
+of W), every process draws the same B tasks from the same seeded sampler — drawing is cheap
+tensor indexing — and keeps its own slice of B/W (:class:`RankSlice`), so rank r trains on tasks
+r·B/W … (r+1)·B/W − 1 of each batch. Each process computes the mean outer loss over its slice;
+:func:`average_gradients` all-reduces the meta-gradients once per iteration (one flat buffer)
+and divides by W, which gives the gradient of the mean over all B tasks. The run therefore
+sees exactly the tasks a single process would see, whatever W is, and ends with the same
+weights up to floating-point summation order. Evaluation splits the task list across the
+processes and gathers the per-task accuracies (:func:`gather_lists`). Only rank 0 writes.
+
+:func:`world_from_env` reads the launch from the environment, with nothing to change in the
+config: ``torchrun`` sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (+ ``MASTER_ADDR``/``PORT``);
+a SLURM job step sets ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID`` and the master is the
+first host of ``SLURM_JOB_NODELIST``; otherwise it is one process. NCCL on GPUs, gloo on CPUs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from lil_meta.engine.errors import ConfigError
+
+__all__ = ["World", "world_from_env", "init_distributed", "average_gradients", "average_scalars",
+           "gather_lists", "RankSlice"]
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the run's processes."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def _first_host(nodelist: str) -> str:
+    """The first hostname of a SLURM node list (``node[01-04],gpu7`` → ``node01``)."""
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
+                             text=True, check=True, timeout=30).stdout.split()
+        if out:
+            return out[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    head = nodelist.split(",")[0]
+    if "[" in head:
+        prefix, rest = head.split("[", 1)
+        head = prefix + rest.split("-")[0].split(",")[0].rstrip("]")
+    return head
+
+
+def world_from_env(env: dict[str, str] | None = None) -> World:
+    """The launch this process is part of (module doc); sets ``MASTER_ADDR``/``MASTER_PORT``
+    from SLURM's variables when they are missing."""
+    env = os.environ if env is None else env
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return World(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        if "MASTER_ADDR" not in env:
+            env["MASTER_ADDR"] = _first_host(env.get("SLURM_JOB_NODELIST", "localhost"))
+        env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
+        return World(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)))
+    return World()
+
+
+def init_distributed(device: torch.device, env: dict[str, str] | None = None) -> World:
+    """Join the process group of this launch (no-op for one process); returns the world.
+
+    On CUDA each process uses GPU ``local_rank``; the returned device is the caller's to set.
+    """
+    world = world_from_env(env)
+    if not world.distributed or dist.is_initialized():
+        return world
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(world.local_rank)
+    dist.init_process_group(backend, rank=world.rank, world_size=world.size)
+    return world
+
+
+def check_meta_batch(meta_batch: int, world: World) -> int:
+    """Tasks per process; the meta-batch must split evenly."""
+    if meta_batch % world.size:
+        raise ConfigError(f"solver.meta_batch: {meta_batch} tasks do not split over {world.size} "
+                          f"processes; use a multiple of {world.size}")
+    return meta_batch // world.size
+
+
+def average_gradients(params: list[torch.Tensor], world: World) -> None:
+    """Replace each ``.grad`` by its mean over the processes: one all-reduce of a flat buffer.
+
+    A parameter with no gradient on some process counts as zeros there; one with no gradient
+    on any process keeps ``grad = None``, so the optimizer skips it as it would in one process.
+    """
+    if not world.distributed:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    present = torch.tensor([float(p.grad is not None) for p in params], dtype=grads[0].dtype,
+                           device=grads[0].device)
+    flat = torch.cat([g.reshape(-1) for g in grads] + [present])
+    dist.all_reduce(flat)
+    flat /= world.size
+    offset = 0
+    for p, g, seen in zip(params, grads, flat[-len(params):].tolist(), strict=True):
+        n = g.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone() if seen > 0 else None
+        offset += n
+
+
+def average_scalars(scalars: dict[str, float], world: World) -> dict[str, float]:
+    """Mean of each logged scalar over the processes (the keys are the same on every rank)."""
+    if not world.distributed:
+        return scalars
+    keys = sorted(scalars)
+    values = torch.tensor([scalars[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(values)
+    return dict(zip(keys, (values / world.size).tolist(), strict=True))
+
+
+def gather_lists(items: list, world: World) -> list:
+    """Every process's ``items`` concatenated in rank order (on every process)."""
+    if not world.distributed:
+        return list(items)
+    parts: list = [None] * world.size
+    dist.all_gather_object(parts, list(items))
+    return [x for part in parts for x in part]
+
+
+def any_process(flag: bool, world: World) -> bool:
+    """True on every process when ``flag`` is true on any (e.g. a stop request)."""
+    if not world.distributed:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+class RankSlice:
+    """A sampler's batches, cut to this process's share of the tasks (module doc).
+
+    Wraps any sampler with ``next_batch()`` and ``state_dict``/``load_state_dict``; all
+    processes step the same sampler state, so a checkpoint from rank 0 resumes them all.
+    """
+
+    def __init__(self, sampler, world: World) -> None:
+        self.sampler, self.world = sampler, world
+
+    def next_batch(self):
+        batch = self.sampler.next_batch()
+        if not self.world.distributed:
+            return batch
+        per = check_meta_batch(batch.num_tasks, self.world)
+        lo = self.world.rank * per
+        return type(batch)(*(t[lo:lo + per] for t in batch))
+
+    def state_dict(self):
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state) -> None:
+        self.sampler.load_state_dict(state)

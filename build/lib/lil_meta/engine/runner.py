@@ -1,0 +1,264 @@
+"""A run from the command line, assembled: build, then set up, then train and test (or only test).
+
+:func:`run` is what ``tools/train_net.py`` and the SLURM jobs (:mod:`engine.slurm`) call, in
+order: :func:`build_run` loads the config and builds the dataset, samplers, task lists,
+algorithm, optimizer and (with ``--resume``) reads the checkpoint — any of which may fail on bad
+input, before anything is written — then :func:`engine.defaults.default_setup` (output folder,
+``config.yaml``, logging, seeds). :func:`train_and_test` runs :class:`engine.trainer.MetaTrainer`
+with the standard hooks (:func:`build_trainer`), saves ``model_final.pth``, tests the final and
+the best-on-validation weights on the same fixed test tasks and writes ``results.json``;
+:func:`evaluate_only` (``--eval-only``) tests one checkpoint into ``eval_results.json``. Both print
+one summary line last. Bad input raises :class:`engine.errors.UserInputError`; a numerical
+fault, :class:`engine.trainer.NumericalFault` after the state before it is saved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from lil_meta.datasets import EpisodicSampler, TaskList, build_dataset
+from lil_meta.engine.checkpoint import Checkpointer, atomic_write
+from lil_meta.engine.cpu_memory import keep_freed_memory
+from lil_meta.engine.defaults import (
+    build_lr_scheduler,
+    build_optimizer,
+    check_output_dir,
+    check_solver,
+    default_setup,
+    load_run_config,
+    resolve_device,
+    seed_all,
+)
+from lil_meta.engine.errors import CheckpointError
+from lil_meta.engine.evaluation import evaluate
+from lil_meta.engine.hooks import (
+    EvalHook,
+    IterationTimer,
+    LRScheduler,
+    PeriodicCheckpointer,
+    PeriodicWriter,
+    PhaseBoundary,
+)
+from lil_meta.engine.launch import RankSlice, World, check_meta_batch, init_distributed
+from lil_meta.engine.trainer import MetaTrainer, NumericalFault
+from lil_meta.models import build_algorithm
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Run", "run", "build_run", "build_trainer", "train_and_test", "evaluate_only"]
+
+ADVICE = "Try a lower solver.lr or algorithm.inner_lr, solver.clip_grad_norm, or solver.on_nonfinite=skip"
+
+
+@dataclass
+class Run:
+    """What :func:`build_run` built; the training parts are ``None`` for ``--eval-only``."""
+
+    args: argparse.Namespace
+    cfg: DictConfig
+    world: World
+    device: torch.device
+    algorithm: torch.nn.Module
+    test_tasks: TaskList
+    checkpointer: Checkpointer
+    start_time: float  # when the run began (perf_counter), for results.json's wall time
+    sampler: RankSlice | None = None
+    val_tasks: TaskList | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
+    resume_state: dict | None = None  # --resume: the checkpoint read
+    eval_weights: Path | None = None  # --eval-only: the checkpoint tested, and its state
+    eval_state: dict | None = None
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.cfg.output_dir)
+
+
+def run(args: argparse.Namespace, extra_hooks=()) -> dict:
+    """The run ``args`` asks for (module doc); ``extra_hooks`` are appended to the trainer's
+    (the SLURM job adds its preemption hook, :mod:`engine.slurm`)."""
+    built = build_run(args)
+    if args.eval_only:
+        return evaluate_only(built)
+    return train_and_test(built, extra_hooks)
+
+
+def _task_list(cfg: DictConfig, dataset, split: str, num_tasks: int) -> TaskList:
+    d = cfg.data
+    return TaskList(dataset.split(split), d.way, d.shot, d.query, num_tasks, seed=cfg.test.seed)
+
+
+def _eval_weights(cfg: DictConfig, args: argparse.Namespace, checkpointer: Checkpointer) -> Path:
+    """The checkpoint ``--eval-only`` tests: ``--weights``, else model_final, else the last one."""
+    if args.weights:
+        return Path(args.weights)
+    final = Path(cfg.output_dir) / "model_final.pth"
+    if final.is_file():
+        return final
+    last = checkpointer.get_checkpoint_file()
+    if last is None:
+        raise CheckpointError(f"{final}: checkpoint not found (and no last_checkpoint in "
+                              f"{cfg.output_dir}); train first or pass --weights")
+    return last
+
+
+def build_run(args: argparse.Namespace) -> Run:
+    """Everything that can fail on bad input, built before anything is written; then the output
+    folder, ``config.yaml``, logging and seeds (:func:`engine.defaults.default_setup`)."""
+    start_time = time.perf_counter()
+    cfg = load_run_config(args)
+    check_solver(cfg)
+    device = resolve_device(cfg.device)
+    malloc_note = keep_freed_memory()  # before the first large tensor (engine/cpu_memory.py)
+    world = init_distributed(device)  # torchrun, a SLURM job step, or one process
+    if world.distributed and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+    check_meta_batch(cfg.solver.meta_batch, world)
+    if world.is_main:
+        check_output_dir(cfg, resume=args.resume, eval_only=args.eval_only)  # fail fast, reads only
+    seed_all(int(cfg.seed))  # initial weights
+
+    dataset = build_dataset(cfg.data)
+    test_tasks = _task_list(cfg, dataset, "test", cfg.test.tasks)
+    algorithm = build_algorithm(cfg).to(device)
+    checkpointer = Checkpointer(cfg.output_dir, cfg.solver.keep_checkpoints, cfg, writer=world.is_main)
+    built = Run(args, cfg, world, device, algorithm, test_tasks, checkpointer, start_time)
+    if args.eval_only:
+        built.eval_weights = _eval_weights(cfg, args, checkpointer)
+        built.eval_state = checkpointer.load(built.eval_weights)
+        default_setup(cfg, args, world)
+        return built
+
+    d = cfg.data
+    # every process draws the whole meta-batch and keeps its share (engine/launch.py)
+    built.sampler = RankSlice(EpisodicSampler(dataset.split("train"), d.way, d.shot, d.query,
+                                              cfg.solver.meta_batch, seed=cfg.seed), world)
+    built.val_tasks = _task_list(cfg, dataset, "val", cfg.test.val_tasks)
+    built.optimizer = build_optimizer(cfg, algorithm)
+    built.scheduler = build_lr_scheduler(cfg, built.optimizer)
+    built.resume_state = checkpointer.resume_or_load(resume=True) if args.resume else None
+
+    default_setup(cfg, args, world)
+    logger.info(malloc_note)
+    core = getattr(algorithm, "main", algorithm)
+    logger.info("inner loop: %s engine (algorithm.engine=%s; auto = vmap over tasks on CUDA, the "
+                "per-task loop on CPU, where each measured faster)", core.resolved_engine(device), core.engine)
+    logger.info("channels-last images: %s (algorithm.channels_last=%s; auto on CPU = the query set, and the "
+                "support set too when no double backward runs through it)",
+                core.resolved_channels_last(device), core.channels_last)
+    return built
+
+
+def build_trainer(built: Run, extra_hooks=()) -> MetaTrainer:
+    """The trainer with the standard hooks, in the order :mod:`engine.hooks` needs, then
+    ``extra_hooks``."""
+    cfg, solver = built.cfg, built.cfg.solver
+    trainer = MetaTrainer(built.algorithm, built.sampler, built.optimizer, built.device, built.world,
+                          solver.on_nonfinite, solver.max_skips, solver.clip_grad_norm)
+    trainer.register_hooks([
+        IterationTimer(),
+        LRScheduler(built.optimizer, built.scheduler),
+        PhaseBoundary(built.optimizer, cfg.pretrain.iters) if cfg.pretrain.iters > 0 else None,
+        EvalHook(cfg.test.eval_period, built.val_tasks, built.checkpointer, cfg.test.batch, built.device),
+        PeriodicCheckpointer(built.checkpointer, solver.checkpoint_period),
+        PeriodicWriter(built.output_dir, cfg.log.period, tensorboard=cfg.log.tensorboard)
+        if built.world.is_main else None,
+        *extra_hooks,
+    ])
+    return trainer
+
+
+def _hook(trainer: MetaTrainer, kind: type):
+    return next(h for h in trainer.hooks if isinstance(h, kind))
+
+
+def train_and_test(built: Run, extra_hooks=()) -> dict:
+    """Train from the start or the resumed iteration to ``solver.max_iter``, save
+    ``model_final.pth``, test the final and the best-on-validation weights; ``results.json``."""
+    cfg, checkpointer, out = built.cfg, built.checkpointer, built.output_dir
+    trainer = build_trainer(built, extra_hooks)
+    timer, eval_hook = _hook(trainer, IterationTimer), _hook(trainer, EvalHook)
+    start_iter = 0
+    if built.resume_state is not None:
+        try:
+            start_iter = trainer.load_state_dict(built.resume_state)
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{checkpointer.get_checkpoint_file()}: cannot restore the "
+                                  f"training state ({str(exc).splitlines()[0]})") from None
+        logger.info("resuming from iteration %d", start_iter)
+    max_iter = int(cfg.solver.max_iter)
+    if start_iter > max_iter:
+        logger.warning("checkpoint is at iteration %d, past solver.max_iter=%d; not training",
+                       start_iter, max_iter)
+    try:
+        trainer.train(start_iter, max(start_iter, max_iter))
+    except NumericalFault as fault:
+        saved = checkpointer.save("model_last_good", tag_last=True, **fault.state)
+        raise NumericalFault(f"{fault}. {ADVICE}. The state before it is in {saved}", fault.state) from None
+
+    # ---- final weights, then test final and best-on-validation on the same tasks ----------
+    iterations = trainer.iter
+    algorithm = built.algorithm
+    checkpointer.save("model_final", model=algorithm.state_dict(), iteration=iterations)
+    final = _test(built, "test (final)")
+    best_path = out / "model_best.pth"
+    best = None
+    if eval_hook.best_iter == iterations:  # the final weights are the best-on-validation ones
+        best = final
+    elif eval_hook.best_iter is not None and best_path.is_file():
+        algorithm.load_state_dict(checkpointer.load(best_path)["model"])
+        best = _test(built, "test (best val)")
+    results = {
+        "test_acc": final["acc"], "test_ci95": final["ci95"], "test_tasks": final["n"],
+        "test_acc_init": final.get("acc_init"), "test_ci95_init": final.get("ci95_init"),
+        "best_val_acc": eval_hook.best_acc, "best_val_iter": eval_hook.best_iter,
+        "best_test_acc": best["acc"] if best else None,
+        "best_test_ci95": best["ci95"] if best else None,
+        "iterations": iterations,
+        # this process (build, train, test) plus the training time of the runs it resumed
+        "wall_time_s": timer.resumed_s + time.perf_counter() - built.start_time,
+    }
+    if built.world.is_main:
+        _write_json(out / "results.json", results)
+        if best:
+            logger.info(_summary(best, cfg, f"best-on-val (iter {eval_hook.best_iter}) test accuracy"))
+        print(_summary(final, cfg), flush=True)
+    return results
+
+
+def evaluate_only(built: Run) -> dict:
+    """``--eval-only``: test the checkpoint :func:`build_run` read; ``eval_results.json``."""
+    built.algorithm.load_state_dict(built.eval_state["model"])
+    result = _test(built, "test")
+    if built.world.is_main:
+        _write_json(built.output_dir / "eval_results.json", {
+            "weights": str(built.eval_weights), "test_acc": result["acc"], "test_ci95": result["ci95"],
+            "test_tasks": result["n"]})
+        print(_summary(result, built.cfg), flush=True)
+    return result
+
+
+def _test(built: Run, desc: str) -> dict:
+    return evaluate(built.algorithm, built.test_tasks, built.cfg.test.batch, built.device, desc=desc,
+                    world=built.world)
+
+
+def _summary(result: dict, cfg: DictConfig, label: str = "test accuracy") -> str:
+    return (f"{label}: {result['acc']:.2f} ± {result['ci95']:.2f} % "
+            f"({result['n']} tasks, {cfg.data.way}-way {cfg.data.shot}-shot)")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in data.items()}
+    atomic_write(path, lambda f: f.write((json.dumps(clean, indent=2) + "\n").encode()))

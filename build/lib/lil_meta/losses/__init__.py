@@ -1,0 +1,32 @@
+"""Outer-loss terms, registered in ``engine.registry.LOSSES`` by the explicit imports below.
+
+A config lists the terms with their weights; ``build_losses`` builds them::
+
+    losses:
+      - {name: cross_entropy}
+      - {name: phase, weight: 0.1}
+      - {name: pseudo_amplitude, weight: 0.1}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from lil_meta.engine.errors import ConfigError
+from lil_meta.engine.registry import LOSSES
+from lil_meta.losses import cross_entropy, phase, pseudo_amplitude  # noqa: F401  (registration)
+from lil_meta.losses.base import OuterInputs, OuterLoss
+
+__all__ = ["OuterInputs", "OuterLoss", "build_losses"]
+
+
+def build_losses(specs: Sequence[Mapping], path: str = "losses") -> list[OuterLoss]:
+    """Build every term of a ``losses`` list; keys must be unique so output names are too."""
+    terms = [LOSSES.build(dict(spec), f"{path}[{i}]") for i, spec in enumerate(specs)]
+    keys = [t.key for t in terms]
+    duplicate = next((k for k in keys if keys.count(k) > 1), None)
+    if duplicate:
+        raise ConfigError(f"{path}: the term '{duplicate}' appears twice")
+    if not terms:
+        raise ConfigError(f"{path}: empty; list at least one term (e.g. cross_entropy)")
+    return terms

@@ -1,0 +1,391 @@
+"""``GBML``: one gradient-based meta-learner; MAML, FOMAML, ANIL and BOIL are presets of it.
+
+Variants differ in a few small hooks, not in copies of the loop (see ``docs/new_variant.md``):
+
+(a) :meth:`GBML.adapted_names` — which parameters adapt in the inner loop (the set ``A``).
+    The ``adapt`` argument covers the usual cases: ``"all"`` (MAML, FOMAML), ``"head"`` (ANIL:
+    ``model.head`` only), ``"body"`` (BOIL: everything but the head, which is learned in the
+    outer loop only). Everything outside ``A`` is held fixed in the inner loop, and the
+    trajectory record (step norms, g⁰, the straight step) is over ``A`` alone.
+(b) :meth:`GBML.inner_update` — the inner step ``θᵏ⁺¹ = θᵏ − α ⊙ gᵏ``. α is a scalar, one rate
+    per adapted tensor or one per element, fixed or meta-learned (Meta-SGD):
+    ``inner_lr_mode`` / ``learn_inner_lr`` (:class:`~models.algorithms.inner_lr.InnerLR`).
+    :meth:`GBML.inner_loss` is the support objective the step descends (cross-entropy).
+(c) extra outer terms — the ``losses`` list of registered
+    :class:`~losses.base.OuterLoss` modules (config ``losses:``), or
+    :meth:`GBML.extra_terms` in a subclass, or :meth:`GBML.outer_terms` for full control.
+
+``first_order`` detaches the inner gradients ``gᵏ`` (FOMAML).
+
+``forward(task_batch, step=None)`` returns a dict: ``loss`` (what the meta-optimizer minimises), its
+terms, and metrics (``acc``, ``acc_init``), plus ``task_acc`` and ``task_acc_init`` (per-task
+accuracies after adaptation and at θ⁰ without it, for evaluation). In ``train()`` mode the inner loop takes ``inner_steps`` steps, in ``eval()``
+mode ``inner_steps_test``. The training step around it — the step index, chunks of tasks, where a
+NaN came from — is :class:`~models.algorithms.step.TrainingStep`'s.
+
+The network contract: ``model(x) == model.head(model.features(x))`` with ``model.head`` an
+``nn.Linear`` (Conv4 and ResNet-12 follow it). When exactly the head adapts (ANIL), the body
+runs once per task on the support and once on the query set, and the inner loop adapts the
+head on those features alone (``precompute_features``); the features stay differentiable with
+respect to the body, so the outer loss still trains it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from lil_meta.datasets.task_batch import TaskBatch
+from lil_meta.engine.errors import ConfigError
+from lil_meta.engine.inner_loop import ENGINES, Params, adapt, logits_at, map_tasks, straight_step
+from lil_meta.losses import OuterInputs, OuterLoss
+from lil_meta.losses.cross_entropy import CrossEntropy
+from lil_meta.models.algorithms.inner_lr import InnerLR
+from lil_meta.models.algorithms.step import TrainingStep
+
+ADAPT = ("all", "head", "body")
+CHANNELS_LAST = ("auto", "none", "query", "all")
+
+
+def _nhwc_per_task(images: torch.Tensor) -> torch.Tensor:
+    """``[tasks, n, C, H, W]`` images with each task's ``[n, C, H, W]`` slice channels-last."""
+    if images.dim() != 5:
+        return images
+    return images.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+
+
+class _Part(nn.Module):
+    """One named child of the network, called alone under its full parameter names."""
+
+    def __init__(self, name: str, module: nn.Module):
+        super().__init__()
+        self.part = name
+        self.add_module(name, module)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self, self.part)(x)
+
+
+def _prefixed(params: Params, prefix: str) -> Params:
+    return {name: t for name, t in params.items() if name.startswith(prefix)}
+
+
+class GBML(TrainingStep):
+    """Gradient-based meta-learning over a network ``model`` (images → logits).
+
+    Args:
+        model: the network f(x|θ); its parameters are the meta-parameters θ⁰.
+        inner_lr: the inner learning rate α (the initial value when learned).
+        inner_steps: inner steps S during meta-training.
+        inner_steps_test: inner steps at evaluation (defaults to ``inner_steps``).
+        engine: ``"vmap"`` (tasks batched with ``torch.func.vmap``), ``"loop"`` (one task at a
+            time) or ``"auto"`` (vmap on GPU, loop on CPU, where it measured faster).
+        first_order: detach the inner gradients (FOMAML).
+        losses: the outer-loss terms (default: cross-entropy alone); see :mod:`losses`.
+        metrics_period: compute the diagnostics that cost extra work — AC (eq. 4), which needs
+            one more support gradient at θˢ, and ``acc_init``, one more query forward at θ⁰ —
+            on the training steps whose index is a multiple of ``metrics_period`` (the logging
+            steps; 0: never).
+            In ``eval()`` mode ``acc_init`` is always computed and AC never.
+        adapt: which parameters the default :meth:`adapted_names` adapts: ``"all"``,
+            ``"head"`` (ANIL) or ``"body"`` (BOIL).
+        inner_lr_mode: ``"scalar"``, ``"per_tensor"`` or ``"per_element"`` rates α.
+        learn_inner_lr: meta-learn α (Meta-SGD); the rates are parameters of this module.
+        precompute_features: when only the head adapts, compute the body's features once per
+            task instead of re-running the body at every inner step (same numbers, less work).
+        channels_last: which task images are laid out channels-last (NHWC): ``"none"``,
+            ``"query"``, ``"all"`` or ``"auto"``. Only the memory layout changes, not the
+            arithmetic. ``auto`` on CPU: the query set, where a task's biggest forward and
+            backward run (oneDNN convolutions and pooling measured about 1.5× faster in NHWC),
+            and the support set too when no double backward runs through the convolutions
+            (first-order, or ANIL's precomputed features) — second-order convolution backward
+            measured slower in NHWC. On CUDA ``auto`` is ``none`` (not measured yet).
+        hessian_ratio: on logging steps, also the Hessian ratios hₖ of eq. 5 (``hess_ratio``;
+            one Hessian-vector product per inner step and task, no graph; ``docs/design.md``).
+        checkpoint_inner_steps: recompute each second-order inner step in the backward pass
+            instead of keeping its graph (the memory switch, with ``solver.task_chunk``): the
+            same meta-gradient for less memory and one more support pass per step. Runs on the
+            per-task loop (``auto`` then picks it on every device).
+
+    :meth:`adapted_names` is called once at the end of ``__init__`` to size the rates; a
+    subclass's override may rely on the model and the constructor's arguments only.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inner_lr: float = 0.5,
+        inner_steps: int = 3,
+        inner_steps_test: int | None = None,
+        engine: str = "auto",
+        first_order: bool = False,
+        losses: list[OuterLoss] | None = None,
+        metrics_period: int = 20,
+        adapt: str = "all",
+        inner_lr_mode: str = "scalar",
+        learn_inner_lr: bool = False,
+        precompute_features: bool = True,
+        channels_last: str = "auto",
+        checkpoint_inner_steps: bool = False,
+        hessian_ratio: bool = True,
+    ):
+        super().__init__()
+        if engine not in (*ENGINES, "auto"):
+            raise ConfigError(f"algorithm.engine: expected one of vmap, loop, auto; got '{engine}'")
+        if inner_steps < 0 or (inner_steps_test is not None and inner_steps_test < 0):
+            raise ConfigError("algorithm.inner_steps / inner_steps_test: must be >= 0")
+        if adapt not in ADAPT:
+            raise ConfigError(f"algorithm.adapt: expected one of {', '.join(ADAPT)}; got '{adapt}'")
+        if channels_last not in CHANNELS_LAST:
+            raise ConfigError(f"algorithm.channels_last: expected one of {', '.join(CHANNELS_LAST)}; "
+                              f"got '{channels_last}'")
+        if checkpoint_inner_steps and engine == "vmap":
+            raise ConfigError("algorithm.checkpoint_inner_steps: runs on the per-task loop; set "
+                              "algorithm.engine to loop or auto")
+        if adapt != "all" and not isinstance(getattr(model, "head", None), nn.Module):
+            raise ConfigError(f"algorithm.adapt={adapt}: the network has no .head module")
+        self.model = model
+        self.inner_steps = int(inner_steps)
+        self.inner_steps_test = int(inner_steps if inner_steps_test is None else inner_steps_test)
+        self.engine = engine
+        self.first_order = bool(first_order)
+        self.losses = nn.ModuleList(losses if losses is not None else [CrossEntropy()])
+        self.metrics_period = int(metrics_period)
+        self.adapt = adapt
+        self.precompute_features = bool(precompute_features)
+        self.channels_last = channels_last
+        self.checkpoint_inner_steps = bool(checkpoint_inner_steps)
+        self.hessian_ratio = bool(hessian_ratio)
+        adapted, _ = self.split_parameters()
+        if not adapted:
+            raise ConfigError(f"algorithm: no parameter adapts in the inner loop (adapt={adapt})")
+        self.inner_lrs = InnerLR(inner_lr, adapted, inner_lr_mode, learn_inner_lr)
+
+    @property
+    def inner_lr(self) -> float:
+        """α for ``scalar`` fixed rates; the initial value of the others."""
+        return self.inner_lrs.init
+
+    @inner_lr.setter
+    def inner_lr(self, value: float) -> None:
+        self.inner_lrs.init = float(value)
+
+    # ---- hooks a variant overrides -------------------------------------------------------
+    def adapted_names(self) -> list[str]:
+        """(a) Names of the parameters adapted in the inner loop: all of them (MAML), only
+        ``head.*`` (ANIL) or all but ``head.*`` (BOIL), after ``adapt``."""
+        names = [name for name, _ in self.model.named_parameters()]
+        if self.adapt == "all":
+            return names
+        return [n for n in names if n.startswith("head.") == (self.adapt == "head")]
+
+    def inner_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The support-set objective the inner loop descends: ``CE(f(xs|θ), ys)``."""
+        return F.cross_entropy(logits, labels)
+
+    def inner_update(self, params: Params, grads: Params, step: int) -> Params:
+        """(b) One inner step ``θᵏ⁺¹ = θᵏ − α ⊙ gᵏ``, α from ``self.inner_lrs`` (by name)."""
+        lrs = self.inner_lrs
+        return {name: p - lrs[name] * grads[name] for name, p in params.items()}
+
+    def extra_terms(self, per_task: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """(c) Extra weighted outer-loss terms ``{key: scalar}``, added to ``loss`` and reported
+        as ``loss_<key>``. ``per_task`` holds, per task (leading dim B): ``logits`` (query, at
+        θˢ) and, when S > 0, ``step_norms`` [B, S], ``disp_norm`` ‖θˢ − θ⁰‖ and
+        ``grad_norms``, all differentiable where the inner loop is. Default: none."""
+        return {}
+
+    # ---- the meta-training step ----------------------------------------------------------
+    @property
+    def way(self) -> int:
+        return self.model.head.out_features
+
+    def resolved_engine(self, device: torch.device) -> str:
+        if self.engine != "auto":
+            return self.engine
+        return "vmap" if device.type == "cuda" and not self.checkpoint_inner_steps else "loop"
+
+    def resolved_channels_last(self, device: torch.device) -> str:
+        """``none``, ``query`` or ``all``: the images laid out NHWC (``channels_last``)."""
+        if self.channels_last != "auto":
+            return self.channels_last
+        if device.type != "cpu":
+            return "none"
+        no_double_backward = self.first_order or self.head_only(self.split_parameters()[0])
+        return "all" if no_double_backward else "query"
+
+    def prepared(self, batch: TaskBatch) -> TaskBatch:
+        """The batch checked against the head, its images in the layout of ``channels_last``."""
+        batch = TaskBatch(*batch).validate(way=self.way)
+        layout = self.resolved_channels_last(batch.query_x.device)
+        if layout != "none":
+            batch = batch._replace(query_x=_nhwc_per_task(batch.query_x))
+        if layout == "all":
+            batch = batch._replace(support_x=_nhwc_per_task(batch.support_x))
+        return batch
+
+    def split_parameters(self, network: nn.Module | None = None) -> tuple[Params, Params]:
+        """θ⁰ split into (adapted, held fixed in the inner loop); buffers go with the fixed part.
+        ``network``: a copy of ``model`` with the same names (e.g. LIL pretraining's teacher)."""
+        network = self.model if network is None else network
+        names = set(self.adapted_names())
+        adapted, frozen = {}, dict(network.named_buffers())
+        for name, p in network.named_parameters():
+            (adapted if name in names else frozen)[name] = p
+        unknown = names - adapted.keys()
+        if unknown:
+            raise ValueError(f"adapted_names(): not parameters of the model: {sorted(unknown)}")
+        return adapted, frozen
+
+    def head_only(self, adapted: Params) -> bool:
+        """True when the inner loop can run on the head alone, over precomputed features: the
+        adapted set is exactly ``model.head``'s parameters and every other tensor of the
+        network lives in ``model.features``."""
+        model = self.model
+        if not (self.precompute_features and isinstance(getattr(model, "features", None), nn.Module)
+                and isinstance(getattr(model, "head", None), nn.Module)):
+            return False
+        head = {f"head.{n}" for n, _ in model.head.named_parameters()}
+        everything = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
+        return adapted.keys() == head and all(n.startswith(("head.", "features.")) for n in everything)
+
+    def task_network(self, adapted: Params, frozen: Params, support_x, query_x):
+        """The network the inner loop runs and its inputs: ``(net, frozen, support_x, query_x)``.
+
+        MAML/BOIL: the whole model on the images. ANIL (:meth:`head_only`): the head alone on
+        the features ``model.features(x)``, computed here once per task — with the body's θ⁰,
+        so still differentiable with respect to the body for the outer loss. Support and query
+        go through the body separately, as in the full forward (BatchNorm uses each set's own
+        statistics). Parameter names keep their full form (``head.weight``) either way.
+        """
+        if not self.head_only(adapted):
+            return self.model, frozen, support_x, query_x
+        body = _Part("features", self.model.features)
+        body_params = _prefixed(frozen, "features.")
+        support_f, query_f = (functional_call(body, body_params, (x,)) for x in (support_x, query_x))
+        return _Part("head", self.model.head), _prefixed(frozen, "head."), support_f, query_f
+
+    def task_forward(
+        self, adapted: Params, frozen: Params, support_x, support_y, query_x, diagnostics: bool, init_logits: bool
+    ):
+        """One task: adapt on the support set; return query logits and the trajectory record.
+
+        When a loss term asks for it, also the logits at the straight step
+        θ̂ = θ⁰ + T · Δ⁰/‖Δ⁰‖ (:func:`~engine.inner_loop.straight_step`, paper eq. 7–8), over the
+        adapted tensors. ``diagnostics`` (logging steps): also gˢ for AC and the Hessian ratios
+        hₖ of eq. 5, both without graph.
+        """
+        steps = self.inner_steps if self.training else self.inner_steps_test
+        net, frozen, support_x, query_x = self.task_network(adapted, frozen, support_x, query_x)
+        final, record = adapt(
+            net, adapted, frozen, support_x, support_y, steps, self.inner_update, self.first_order,
+            diagnostics, self.inner_loss, self.checkpoint_inner_steps, hessian_ratios=diagnostics and self.hessian_ratio,
+        )
+        out = {"logits": logits_at(net, final, frozen, query_x), **record}
+        d0 = out.pop("d0", None)
+        if init_logits:
+            with torch.no_grad():
+                out["logits_init"] = logits_at(net, adapted, frozen, query_x)
+        if any(term.needs_straight_step for term in self.losses):
+            if d0 is None:
+                out["straight_logits"] = out["logits"]
+            else:
+                norms = record["step_norms"]
+                straight = straight_step(adapted, d0, norms.sum(), norms[0])
+                out["straight_logits"] = logits_at(net, straight, frozen, query_x)
+        return out
+
+    def forward(self, batch: TaskBatch, step: int | None = None) -> dict[str, torch.Tensor]:
+        """The outer loss and metrics of a meta-batch (or of a chunk of one). ``step``: the
+        index of the training step the batch belongs to, which sets the logging schedule; in
+        training mode ``None`` begins the next step (:mod:`models.algorithms.step`)."""
+        batch = self.prepared(batch)
+        support_way = int(batch.support_y.max()) + 1
+        if support_way != self.way:
+            raise ValueError(
+                f"TaskBatch.support_y: tasks are {support_way}-way but the model's head has "
+                f"{self.way} outputs (set data.way to match)"
+            )
+        if self.training and step is None:
+            step = self.begin_step()
+        # logging steps (training only): AC, the Hessian ratios and acc_init; acc_init in eval too
+        diagnostics = self.training and self.metrics_period > 0 and step % self.metrics_period == 0
+        init_logits = not self.training or diagnostics
+        adapted, frozen = self.split_parameters()
+
+        def task_fn(adapted, frozen, sx, sy, qx):
+            return self.task_forward(adapted, frozen, sx, sy, qx, diagnostics, init_logits)
+
+        per_task = map_tasks(
+            task_fn, (adapted, frozen), (batch.support_x, batch.support_y, batch.query_x),
+            self.resolved_engine(batch.support_x.device),
+        )
+        return self.outer_terms(per_task, batch.query_y)
+
+    def outer_terms(self, per_task: dict[str, torch.Tensor], query_y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The output dict: weighted loss terms (the ``losses`` list, then :meth:`extra_terms`),
+        their sum ``loss``, and metrics (no graph)."""
+        logits = per_task["logits"]
+        step_norms = per_task.get("step_norms")
+        traj_len = step_norms.sum(-1) if step_norms is not None else logits.new_zeros(logits.shape[0])
+        inputs = OuterInputs(logits, query_y, traj_len, per_task.get("straight_logits"), per_task.get("disp_norm"))
+        out: dict[str, torch.Tensor] = {}
+        total = 0.0
+        for term in self.losses:
+            value = term(inputs)
+            weighted = term.weight * value
+            total = total + weighted
+            out[f"loss_{term.key}"] = weighted.detach()
+            if term.metric:
+                out[term.metric] = value.detach()
+        for key, weighted in self.extra_terms(per_task).items():
+            if f"loss_{key}" in out:
+                raise ValueError(f"extra_terms(): the term '{key}' is also in the losses list")
+            total = total + weighted
+            out[f"loss_{key}"] = weighted.detach()
+        out["loss"] = total
+        task_acc = (logits.argmax(-1) == query_y).float().mean(1).detach()
+        out["acc"] = task_acc.mean()
+        out["task_acc"] = task_acc
+        # where a NaN/inf came from, per task (read by diagnose() only when the loss is not finite)
+        out["task_logits_finite"] = torch.isfinite(logits.detach()).flatten(1).all(1)
+        if step_norms is not None:
+            out["task_inner_finite"] = (torch.isfinite(step_norms.detach()).all(-1)
+                                        & torch.isfinite(per_task["grad_norms"].detach()).all(-1))
+        if "logits_init" in per_task:
+            out["task_acc_init"] = (per_task["logits_init"].argmax(-1) == query_y).float().mean(1)
+            out["acc_init"] = out["task_acc_init"].mean()
+        out.update(linearity_metrics(per_task))
+        return out
+
+
+def linearity_metrics(per_task: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """PC (eq. 3), and on logging steps AC (eq. 4) and the Hessian ratio of eq. 5: per task,
+    then the mean; no graph.
+
+    ``hess_ratio`` is the mean of hₖ over steps k = 0..S-1 and tasks
+    (:func:`engine.inner_loop._hessian_ratios`), ``hess_ratio_k<k>`` its mean per step, and
+    ``hess_ge1`` the fraction of (task, step) pairs with hₖ ≥ 1 (steps predicted not to descend).
+    """
+    if "step_norms" not in per_task:
+        return {}
+    with torch.no_grad():
+        step_norms, grad_norms = per_task["step_norms"], per_task["grad_norms"]
+        traj_len = step_norms.sum(-1)
+        metrics = {
+            "traj_len": traj_len.mean(),
+            "pc": (traj_len / per_task["disp_norm"].clamp_min(1e-12)).mean(),
+        }
+        steps = step_norms.shape[-1]
+        if grad_norms.shape[-1] == steps + 1:
+            g0 = grad_norms[..., :1].clamp_min(1e-12)
+            metrics["ac"] = (grad_norms[..., 1:] / g0).mean(-1).mean()
+        if "hess_ratios" in per_task:
+            ratios = per_task["hess_ratios"]
+            metrics["hess_ratio"] = ratios.mean()
+            metrics["hess_ge1"] = (ratios >= 1).to(ratios.dtype).mean()
+            for k in range(ratios.shape[-1]):
+                metrics[f"hess_ratio_k{k}"] = ratios[..., k].mean()
+        return metrics

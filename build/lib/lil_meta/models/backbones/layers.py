@@ -1,0 +1,76 @@
+"""Layers shared by the backbones."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lil_meta.engine.vmap_context import tasks_vmapped
+
+
+class _BatchStatsNorm(torch.autograd.Function):
+    """Training-mode batch norm whose backward is differentiable in plain torch ops.
+
+    Second-order MAML differentiates each BatchNorm's backward once more (the inner gradient is
+    part of the outer graph). PyTorch's own double backward of the fused op builds about fifty
+    full-size tensors per layer; differentiating the compact backward below (Ioffe & Szegedy,
+    2015, §3) builds about twenty (``docs/performance.md`` has the end-to-end effect). When no
+    graph of the backward is needed (the outer backward, first-order steps) the fused
+    ``native_batch_norm_backward`` runs instead. Checked against ``F.batch_norm`` with
+    ``gradcheck``/``gradgradcheck`` in fp64 (``tests/models/backbones/test_conv4.py``).
+    """
+
+    @staticmethod
+    def forward(x, weight, bias, eps):
+        return torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, _, eps = inputs
+        _, mean, rstd = output
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.eps = eps
+        ctx.mark_non_differentiable(mean, rstd)
+
+    @staticmethod
+    def backward(ctx, grad_y, _grad_mean, _grad_rstd):
+        x, weight, mean, rstd = ctx.saved_tensors
+        if not torch.is_grad_enabled():
+            return (*torch.ops.aten.native_batch_norm_backward(
+                grad_y, x, weight, None, None, mean, rstd, True, ctx.eps, [True, True, True]), None)
+        dims, count = (0, 2, 3), x.numel() // x.shape[1]
+        centred = x - x.mean(dims, keepdim=True)  # recomputed: differentiable in x
+        rstd = torch.rsqrt(centred.square().mean(dims, keepdim=True) + ctx.eps)
+        x_hat = centred * rstd
+        grad_bias = grad_y.sum(dims)
+        grad_weight = (grad_y * x_hat).sum(dims)
+        per_channel = lambda t: t.view(1, -1, 1, 1)  # noqa: E731
+        grad_x = (per_channel(weight) * rstd) * (
+            grad_y - per_channel(grad_bias / count) - x_hat * per_channel(grad_weight / count))
+        return grad_x, grad_weight, grad_bias, None
+
+
+class TaskBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm that always normalises with the current batch's statistics (MAML convention).
+
+    No running statistics are kept (``track_running_stats=False``): in the inner loop and the
+    outer loop alike, a task's support or query set is normalised by its own mean and variance.
+
+    Under ``torch.func.vmap`` over tasks the statistics are computed from elementary ops: there
+    the fused batch-norm kernel's double backward (needed by second-order MAML) returned wrong
+    gradients for the layers before it in torch 2.13, whereas the elementary form matches the
+    per-task reference to fp64 precision (``tests/engine/test_inner_loop.py``). Outside vmap
+    the fused kernel runs, with a backward that is cheap to differentiate again
+    (:class:`_BatchStatsNorm`).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        super().__init__(num_features, eps=eps, affine=True, track_running_stats=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not tasks_vmapped():
+            return _BatchStatsNorm.apply(x, self.weight, self.bias, self.eps)[0]
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)
+        var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+        scale = self.weight[:, None, None] * torch.rsqrt(var + self.eps)
+        return (x - mean) * scale + self.bias[:, None, None]

@@ -1,0 +1,158 @@
+#!/usr/bin/env python
+"""Collect finished runs into a paper-style table: mean ± std over seeds, best of each pair in bold.
+
+    python tools/make_table.py output/builtin                         # print Markdown
+    python tools/make_table.py output/builtin --markdown table.md --csv table.csv
+    python tools/make_table.py output/builtin --metric test_acc_init  # θ⁰ without adaptation
+    python tools/make_table.py output/builtin --paired                # + paired differences
+
+Arguments are run folders or folders holding them (searched recursively for ``config.yaml``).
+Rows are algorithm ± LIL and shots (``MAML + LIL (5)``), columns the datasets or
+``train→test`` pairs, labelled from each run's saved config (:mod:`tools.results`); runs that
+differ only in their seed form one cell. In Markdown the better of a baseline and its LIL
+variants is bold in each column; ties are all bold. ``--metric`` picks the ``results.json``
+entry: ``test_acc`` (final weights; the default), ``best_test_acc`` (best on validation) or
+``test_acc_init``. Unfinished runs are listed and left out.
+
+``--paired`` adds a second table: each LIL variant against its baseline (and the reference
+MAML of ``tools/reference_maml.py`` against MAML) over the seeds both ran — the mean of the
+per-seed differences, their standard deviation, and the 95% confidence interval of the mean
+difference from Student's t with n − 1 degrees of freedom. A CI that covers 0 does not separate
+the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from scipy import stats  # noqa: E402
+
+from lil_meta.engine.errors import UserInputError  # noqa: E402
+from lil_meta.engine.fileio import atomic_write  # noqa: E402
+from lil_meta.tools.results import cells, find_runs  # noqa: E402
+
+METRICS = ("test_acc", "best_test_acc", "test_acc_init")
+
+
+def _fmt(cell) -> str:
+    std = "n/a" if math.isnan(cell.std) else f"{cell.std:.2f}"
+    return f"{cell.mean:.2f} ± {std}"
+
+
+def markdown(rows, columns, table) -> str:
+    """The table; in each column the best mean (to the printed 2 decimals) of a family is bold
+    when the family has more than one row there."""
+    seeds = max((len(c.values) for c in table.values()), default=0)
+    family = {row.label: row.family for row in rows}
+    means: dict[tuple[str, str], list[float]] = {}
+    for (label, col), cell in table.items():
+        means.setdefault((family[label], col), []).append(round(cell.mean, 2))
+    lines = ["| | " + " | ".join(columns) + " |", "| --- |" + " ---: |" * len(columns)]
+    for row in rows:
+        out = []
+        for col in columns:
+            cell = table.get((row.label, col))
+            if cell is None:
+                out.append("")
+                continue
+            text = _fmt(cell) + ("" if len(cell.values) == seeds else f" (n={len(cell.values)})")
+            rivals = means[(row.family, col)]
+            out.append(f"**{text}**" if len(rivals) > 1 and round(cell.mean, 2) == max(rivals) else text)
+        lines.append(f"| {row.label} | " + " | ".join(out) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def paired_rows(rows, columns, table) -> list[tuple[str, str, str, list[float]]]:
+    """``(variant, baseline, column, per-seed differences)`` for every variant of a family (and
+    the reference MAML) whose baseline ran at least two of the same seeds."""
+    baselines = {row.family: row.label for row in rows if row.label == row.family}
+    pairs = [(row.label, baselines[row.family]) for row in rows
+             if row.family in baselines and row.label != row.family]
+    pairs += [(row.label, row.label.replace("MAML (reference)", "MAML")) for row in rows
+              if row.label.startswith("MAML (reference)")]
+    out = []
+    for variant, baseline in pairs:
+        for col in columns:
+            a, b = table.get((variant, col)), table.get((baseline, col))
+            if a is None or b is None:
+                continue
+            theirs = dict(zip(b.seeds, b.values, strict=True))
+            diffs = [v - theirs[s] for s, v in zip(a.seeds, a.values, strict=True) if s in theirs]
+            if len(diffs) >= 2:
+                out.append((variant, baseline, col, diffs))
+    return out
+
+
+def paired_markdown(pairs) -> str:
+    lines = ["| comparison | column | seeds | difference (mean ± std) | 95% CI |", "| --- | --- | ---: | ---: | ---: |"]
+    for variant, baseline, col, diffs in pairs:
+        n, mean, std = len(diffs), statistics.fmean(diffs), statistics.stdev(diffs)
+        half = stats.t.ppf(0.975, n - 1) * std / math.sqrt(n)
+        covers = " (covers 0)" if mean - half <= 0 <= mean + half else ""
+        lines.append(f"| {variant} − {baseline} | {col} | {n} | {mean:+.2f} ± {std:.2f} | "
+                     f"[{mean - half:+.2f}, {mean + half:+.2f}]{covers} |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(rows, columns, table) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["row", "column", "mean", "std", "n", "seeds", "values"])
+    for row in rows:
+        for col in columns:
+            cell = table.get((row.label, col))
+            if cell is not None:
+                writer.writerow([row.label, col, f"{cell.mean:.4f}", "" if math.isnan(cell.std) else f"{cell.std:.4f}",
+                                 len(cell.values), " ".join(map(str, cell.seeds)),
+                                 " ".join(f"{v:.4f}" for v in cell.values)])
+    return buf.getvalue()
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders or folders holding them")
+    p.add_argument("--metric", choices=METRICS, default="test_acc")
+    p.add_argument("--markdown", metavar="FILE", help="also write the Markdown table here")
+    p.add_argument("--csv", metavar="FILE", help="write the cells (mean, std, n, seeds, values) here")
+    p.add_argument("--paired", action="store_true",
+                   help="also print each variant minus its baseline, paired by seed, with a 95%% CI")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        records = find_runs(args.runs, finished_only=False)
+        unfinished = [r for r in records if not r.results]
+        rows, columns, table = cells([r for r in records if r.results], args.metric)
+        if not table:
+            raise UserInputError(f"no finished run reports '{args.metric}' under {', '.join(args.runs)}")
+    except UserInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    text = markdown(rows, columns, table)
+    if args.paired:
+        text += "\n" + paired_markdown(paired_rows(rows, columns, table))
+    print(text, end="")
+    for rec in unfinished:
+        print(f"(unfinished, left out: {rec.folder})", file=sys.stderr)
+    for path, content in ((args.markdown, text), (args.csv, args.csv and csv_text(rows, columns, table))):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(Path(path), lambda f, c=content: f.write(c.encode()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

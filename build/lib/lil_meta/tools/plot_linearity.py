@@ -1,0 +1,114 @@
+#!/usr/bin/env python
+"""Plot the inner loop's linearity against iteration for several runs: PC and AC (paper Fig. 2)
+and the Hessian ratio of eq. 5 (``hess_ratio``).
+
+    python tools/plot_linearity.py output/maml_5shot output/maml_lil_5shot -o docs/linearity.png
+    python tools/plot_linearity.py output/builtin/maml_5shot output/builtin/maml_lil_5shot  # seeds
+
+Reads each run's ``metrics.jsonl``; one curve per run, labelled by its folder name (or
+``--labels``). A folder without ``metrics.jsonl`` whose subfolders are runs (a sweep's
+``CONFIG/seedS``) is one curve: the mean over its runs, with a band of ± one standard deviation.
+PC = 1 means a straight inner-loop trajectory, AC = 1 a constant gradient norm, and
+``hess_ratio`` = 0 an inner loop without curvature along its steps (at 1 the curvature takes back
+the whole first-order decrease of the support loss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+METRICS = (("pc", "PC (phase consistency, eq. 3)", 1.0), ("ac", "AC (amplitude consistency, eq. 4)", 1.0),
+           ("hess_ratio", "Hessian ratio hₖ (eq. 5), mean over steps", 0.0))
+
+
+def read_series(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
+    """``{metric: (iterations, values)}`` for PC and AC from ``run_dir/metrics.jsonl``."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (is {run_dir} a run folder?)")
+    series: dict[str, tuple[list[int], list[float]]] = {key: ([], []) for key, *_ in METRICS}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise ValueError(f"{path}:{number}: not a JSON line") from None
+        for key, *_ in METRICS:
+            if key in record:
+                series[key][0].append(int(record["iter"]))
+                series[key][1].append(float(record[key]))
+    if not any(its for its, _ in series.values()):
+        raise ValueError(f"{path}: no 'pc', 'ac' or 'hess_ratio' values logged")
+    return series
+
+
+def curves(folder: Path) -> dict[str, tuple[list[int], np.ndarray, np.ndarray | None]]:
+    """``{metric: (iterations, mean, std or None)}`` of one run, or of the runs in ``folder``
+    (the iterations they all logged)."""
+    if (folder / "metrics.jsonl").is_file() or not folder.is_dir():
+        return {key: (its, np.array(vals), None) for key, (its, vals) in read_series(folder).items()}
+    runs = sorted(p for p in folder.iterdir() if (p / "metrics.jsonl").is_file())
+    if not runs:
+        raise FileNotFoundError(f"{folder / 'metrics.jsonl'}: not found (is {folder} a run folder?)")
+    per_run = [read_series(run) for run in runs]
+    out = {}
+    for key, *_ in METRICS:
+        common = sorted(set.intersection(*(set(s[key][0]) for s in per_run)))
+        table = np.array([[dict(zip(*s[key], strict=True))[i] for i in common] for s in per_run])
+        out[key] = (common, table.mean(0) if common else np.array([]), table.std(0, ddof=1) if len(runs) > 1 else None)
+    return out
+
+
+def plot(runs: list[Path], labels: list[str], output: Path) -> Path:
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(15, 3.8))
+    for run, label in zip(runs, labels, strict=True):
+        for ax, (key, *_) in zip(axes, METRICS, strict=True):
+            its, mean, std = curves(run)[key]
+            if its:
+                line, = ax.plot(its, mean, label=label)
+                if std is not None:
+                    ax.fill_between(its, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    for ax, (_, title, reference) in zip(axes, METRICS, strict=True):
+        ax.axhline(reference, color="black", linewidth=0.8, linestyle="--")
+        ax.set_title(title)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=120)
+    plt.close(fig)
+    return output
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
+    parser.add_argument("-o", "--output", type=Path, default=Path("linearity.png"), help="PNG to write")
+    parser.add_argument("--labels", nargs="+", help="one label per run (default: folder names)")
+    args = parser.parse_args(argv)
+    labels = args.labels or [run.name for run in args.runs]
+    if len(labels) != len(args.runs):
+        print(f"error: --labels: expected {len(args.runs)} labels, got {len(labels)}", file=sys.stderr)
+        return 2
+    try:
+        out = plot(args.runs, labels, args.output)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+#!/usr/bin/env python
+"""Train (or evaluate) a meta-learner from a config file.
+
+    python tools/train_net.py --config-file configs/maml_5shot.yaml solver.max_iter=3000
+    python tools/train_net.py --config-file configs/maml_5shot.yaml --resume      # continue
+    python tools/train_net.py --config-file configs/maml_5shot.yaml --eval-only   # test only
+    python tools/train_net.py --config-file configs/maml_5shot.yaml --slurm --gpus-per-node 8
+
+The run itself is the engine's (engine/runner.py): build everything that can fail on bad input,
+then set up the output folder, train with the standard hooks, test, write ``results.json``.
+``--slurm`` / ``--slurm-local`` submit the same run as a job (engine/slurm.py). Bad input ends
+with ``error: <message>`` on stderr and exit status 2, a numerical fault with status 3.
+"""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # runnable as `python tools/train_net.py` from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from lil_meta.engine import runner, slurm  # noqa: E402
+from lil_meta.engine.defaults import default_argument_parser  # noqa: E402
+from lil_meta.engine.errors import UserInputError  # noqa: E402
+from lil_meta.engine.trainer import NumericalFault  # noqa: E402
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = default_argument_parser(__doc__.split("\n\n")[0]).parse_args(argv)
+    try:
+        if args.slurm or args.slurm_local:
+            slurm.submit_command_line(args, argv)
+        else:
+            runner.run(args)
+    except UserInputError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except NumericalFault as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
