@@ -38,8 +38,8 @@ def logits_at(model: nn.Module, adapted: Mapping[str, torch.Tensor], frozen: Map
 
     On channels-last images (``algorithm.channels_last``) the convolutions hand back their
     weight gradients channels-last too; they are made contiguous before they reach the rest of
-    the graph (second order: the inner loop's double backward, in the default layout, measured
-    slower by more than the channels-last query pass saved).
+    the graph (left channels-last, they slow the second-order inner loop's double backward by
+    more than the channels-last query pass saves; docs/performance.md).
     """
     params = {**frozen, **adapted}
     if x.dim() == 4 and not tasks_vmapped() and not x.is_contiguous() \

@@ -18,7 +18,7 @@ batch dim to the front (expanding unbatched tensors as stride-0 views) and appli
 again with one more leading dim, so a whole meta-batch is still one launch and the autograd node
 sits on the physical ``[B, ...]`` tensors. ``setup_context`` makes it usable under
 ``torch.func.grad`` (``torch.library.custom_op``'s ``register_autograd`` is not: its generated
-Function fails there in torch 2.13). When the backward itself must be differentiable
+Function fails there). When the backward itself must be differentiable
 (``create_graph=True``, always the case under ``torch.func.grad``) or sees functorch-wrapped
 tensors, it uses torch ops instead of the kernel, so double backward is correct, just not fused.
 Forward-mode AD (``jvp``, ``jacfwd``) is not supported.

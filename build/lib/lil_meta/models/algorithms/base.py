@@ -98,10 +98,10 @@ class GBML(TrainingStep):
         channels_last: which task images are laid out channels-last (NHWC): ``"none"``,
             ``"query"``, ``"all"`` or ``"auto"``. Only the memory layout changes, not the
             arithmetic. ``auto`` on CPU: the query set, where a task's biggest forward and
-            backward run (oneDNN convolutions and pooling measured about 1.5× faster in NHWC),
+            backward run (oneDNN's convolutions and pooling are faster in NHWC; docs/performance.md),
             and the support set too when no double backward runs through the convolutions
             (first-order, or ANIL's precomputed features) — second-order convolution backward
-            measured slower in NHWC. On CUDA ``auto`` is ``none`` (not measured yet).
+            is slower in NHWC. On CUDA ``auto`` is ``none`` until a GPU measurement says otherwise.
         hessian_ratio: on logging steps, also the Hessian ratios hₖ of eq. 5 (``hess_ratio``;
             one Hessian-vector product per inner step and task, no graph; ``docs/design.md``).
         checkpoint_inner_steps: recompute each second-order inner step in the backward pass

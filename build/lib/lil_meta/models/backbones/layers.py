@@ -58,7 +58,7 @@ class TaskBatchNorm2d(nn.BatchNorm2d):
 
     Under ``torch.func.vmap`` over tasks the statistics are computed from elementary ops: there
     the fused batch-norm kernel's double backward (needed by second-order MAML) returned wrong
-    gradients for the layers before it in torch 2.13, whereas the elementary form matches the
+    gradients for the layers before it, whereas the elementary form matches the
     per-task reference to fp64 precision (``tests/engine/test_inner_loop.py``). Outside vmap
     the fused kernel runs, with a backward that is cheap to differentiate again
     (:class:`_BatchStatsNorm`).
