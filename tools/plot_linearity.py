@@ -69,6 +69,24 @@ def curves(folder: Path) -> dict[str, tuple[list[int], np.ndarray, np.ndarray | 
     return out
 
 
+def window_table(runs: list[Path], labels: list[str], first_iter: int) -> str:
+    """Markdown: per run (or group of seeds), each metric averaged over the logging steps at or
+    after ``first_iter``; for a group, the mean ± std over its seeds of those averages."""
+    lines = ["| run | seeds | " + " | ".join(key for key, *_ in METRICS) + " |",
+             "| --- | ---: |" + " ---: |" * len(METRICS)]
+    for run, label in zip(runs, labels, strict=True):
+        members = [run] if (run / "metrics.jsonl").is_file() else sorted(
+            p for p in run.iterdir() if (p / "metrics.jsonl").is_file())
+        cells = []
+        for key, *_ in METRICS:
+            windows = [[v for i, v in zip(*read_series(m)[key], strict=True) if i >= first_iter] for m in members]
+            per_seed = [float(np.mean(w)) for w in windows if w]
+            spread = f" ± {np.std(per_seed, ddof=1):.3f}" if len(per_seed) > 1 else ""
+            cells.append(f"{np.mean(per_seed):.3f}{spread}" if per_seed else "")
+        lines.append(f"| {label} | {len(members)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(runs: list[Path], labels: list[str], output: Path) -> Path:
     fig, axes = plt.subplots(1, len(METRICS), figsize=(15, 3.8))
     for run, label in zip(runs, labels, strict=True):
@@ -96,6 +114,8 @@ def main(argv=None) -> int:
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
     parser.add_argument("-o", "--output", type=Path, default=Path("linearity.png"), help="PNG to write")
     parser.add_argument("--labels", nargs="+", help="one label per run (default: folder names)")
+    parser.add_argument("--from-iter", type=int, metavar="N",
+                        help="also print each metric averaged over the logging steps from iteration N on")
     args = parser.parse_args(argv)
     labels = args.labels or [run.name for run in args.runs]
     if len(labels) != len(args.runs):
@@ -103,6 +123,8 @@ def main(argv=None) -> int:
         return 2
     try:
         out = plot(args.runs, labels, args.output)
+        if args.from_iter is not None:
+            print(window_table(args.runs, labels, args.from_iter), end="")
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -41,3 +41,16 @@ def test_a_folder_of_seeds_is_one_curve_with_hess_ratio(tmp_path):
     assert abs(std[0] - 0.1414213562) < 1e-9
     assert plot_linearity.main([str(group), "-o", str(tmp_path / "g.png")]) == 0
     assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_window_table_averages_each_seed_then_spreads_over_seeds(tmp_path):
+    from lil_meta.tools import plot_linearity
+
+    group = tmp_path / "g"
+    group.mkdir()
+    write_run(group / "seed0", [{"iter": 20, "pc": 9.0, "hess_ratio": 9.0}, {"iter": 40, "pc": 1.0, "hess_ratio": 0.2},
+                                {"iter": 60, "pc": 3.0, "hess_ratio": 0.4}])
+    write_run(group / "seed1", [{"iter": 40, "pc": 2.0, "hess_ratio": 0.5}, {"iter": 60, "pc": 2.0, "hess_ratio": 0.5}])
+    table = plot_linearity.window_table([group], ["G"], first_iter=40)
+    # seed means from iteration 40: pc 2.0 and 2.0; hess_ratio 0.3 and 0.5 (std 0.141)
+    assert "| G | 2 | 2.000 ± 0.000 |  | 0.400 ± 0.141 |" in table
