@@ -8,6 +8,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 CONFIG ?= configs/maml_lil_5shot.yaml
+# the budget of the built-in study (configs/tables/builtin.yaml, docs/results_builtin.md), so that
+# `make train` is that study's MAML + LIL 5-shot run for seed 0; OPTS adds overrides after it
+BUDGET ?= model.backbone.hidden=32 solver.max_iter=500
 OPTS ?=
 
 .PHONY: install train test lint clean
@@ -21,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 train: install
-	$(PY) tools/train_net.py --config-file $(CONFIG) --resume $(OPTS)
+	$(PY) tools/train_net.py --config-file $(CONFIG) --resume $(BUDGET) $(OPTS)
 
 test: install
 	$(PY) -m pytest
