@@ -7,6 +7,7 @@ snippet then runs from a folder outside the repository.
 """
 
 import re
+import shutil
 import site
 import subprocess
 import sys
@@ -32,8 +33,14 @@ def fresh_env(tmp_path_factory):
     purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              capture_output=True, text=True, check=True).stdout.strip()
     (env / purelib / "deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    source = tmp_path_factory.mktemp("source")  # a copy of the tracked files: the build writes there
+    tracked = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=ROOT, check=True).stdout.split()
+    for name in tracked:
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     install = subprocess.run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
-                              "--no-build-isolation", str(ROOT)], capture_output=True, text=True, cwd=env)
+                              "--no-build-isolation", str(source)], capture_output=True, text=True, cwd=env)
     assert install.returncode == 0, install.stderr[-3000:]
     return python, env
 
