@@ -148,9 +148,12 @@ def _all_keys(node, prefix: str = "") -> list[str]:
 
 def _explain(exc: BaseException, where: str) -> ConfigError:
     """Turn a Hydra/OmegaConf exception into one line naming the key and a suggestion."""
-    cause = exc
-    while not isinstance(cause, OmegaConfBaseException) and (cause.__cause__ or cause.__context__):
-        cause = cause.__cause__ or cause.__context__
+    chain, seen = [], exc
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    informative = [e for e in chain if str(e).strip() not in ("", "None")] or chain
+    cause = next((e for e in chain if isinstance(e, OmegaConfBaseException)), informative[0])
     key = getattr(cause, "full_key", None)
     first = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
     if key and ("not in" in first or "is not in struct" in first):
@@ -166,6 +169,8 @@ def _explain(exc: BaseException, where: str) -> ConfigError:
         return ConfigError(f"{where}: unknown config key '{key}'{hint_text}{add}")
     if key:
         return ConfigError(f"{where}: bad value for '{key}': {first}")
+    if type(cause).__name__ == "OverrideParseException":
+        return ConfigError(f"{where}: cannot parse a key=value override: {first}")
     return ConfigError(f"{where}: {first}")
 
 

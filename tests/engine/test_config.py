@@ -167,3 +167,8 @@ def test_the_logging_period_is_not_part_of_the_fingerprint():
 
     prints = {config_fingerprint(load_config(MAML, ["pretrain.iters=5", f"log.period={p}"]))[0] for p in (1, 20)}
     assert len(prints) == 1
+
+
+def test_an_override_hydra_cannot_parse_is_named_as_such():
+    with pytest.raises(ConfigError, match=r"cannot parse a key=value override: no viable alternative at input '\['"):
+        load_config(MAML, ["solver.lr=["])
