@@ -34,3 +34,13 @@ def test_paired_differences_use_common_seeds_and_a_t_interval():
     assert pairs == [("MAML + LIL (5)", "MAML (5)", "glyphs", [1.0, 2.0, 3.0])]
     # mean 2, std 1, t(0.975, 2) = 4.3027: half-width 4.3027 / sqrt(3) = 2.4842
     assert "| +2.00 ± 1.00 | [-0.48, +4.48] (covers 0) |" in make_table.paired_markdown(pairs)
+
+
+def test_lil_init_is_paired_with_random_init():
+    from lil_meta.tools.results import Cell, Row
+
+    rows = [Row("Random-init (5)", "init (5)", (5, 0)), Row("LIL-init (5)", "init (5)", (5, 1))]
+    table = {("Random-init (5)", "glyphs"): Cell([30.0, 31.0], [0, 1]),
+             ("LIL-init (5)", "glyphs"): Cell([40.0, 45.0], [0, 1])}
+    assert make_table.paired_rows(rows, ["glyphs"], table) == [
+        ("LIL-init (5)", "Random-init (5)", "glyphs", [10.0, 14.0])]
