@@ -93,7 +93,7 @@ def adapt(
     ``disp_norm`` (‖θˢ − θ⁰‖), ``grad_norms`` (‖gᵏ‖ for k = 0..S-1, and k = S when
     ``final_grad``: one extra support gradient at θˢ, taken without graph, for AC) and ``d0``,
     the first step Δ⁰ = θ¹ − θ⁰ (the direction of the straight step θ̂, ``docs/design.md``),
-    and, when ``hessian_ratios``, ``hess_ratios`` ``[S]`` (:func:`hessian_ratios`, no graph).
+    and, when ``hessian_ratios``, ``hess_ratios`` ``[S]`` (:func:`_hessian_ratios`, no graph).
     The norms come from one fused call each (:func:`engine.kernels.group_norms`) over the
     parameter copies the loop holds anyway; they are differentiable where the loop is.
 
