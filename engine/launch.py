@@ -27,8 +27,8 @@ import torch.distributed as dist
 
 from lil_meta.engine.errors import ConfigError
 
-__all__ = ["World", "world_from_env", "init_distributed", "average_gradients", "average_scalars",
-           "gather_lists", "RankSlice"]
+__all__ = ["World", "world_from_env", "init_distributed", "close_distributed", "average_gradients",
+           "average_scalars", "gather_lists", "RankSlice"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,21 @@ def init_distributed(device: torch.device, env: dict[str, str] | None = None) ->
         torch.cuda.set_device(world.local_rank)
     dist.init_process_group(backend, rank=world.rank, world_size=world.size)
     return world
+
+
+def close_distributed(synchronize: bool = True) -> None:
+    """Leave the process group this process joined (no-op when it joined none).
+
+    A process that exits with a live gloo group can abort (SIGABRT) while the interpreter tears
+    down gloo's worker threads, failing a run that had finished. After a run that ended well,
+    ``synchronize`` first waits for every process, so none tears the group down while another
+    still uses it; after a failure there is no such wait, as a peer may never arrive.
+    """
+    if not dist.is_initialized():
+        return
+    if synchronize:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def check_meta_batch(meta_batch: int, world: World) -> int:

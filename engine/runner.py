@@ -49,7 +49,13 @@ from lil_meta.engine.hooks import (
     PeriodicWriter,
     PhaseBoundary,
 )
-from lil_meta.engine.launch import RankSlice, World, check_meta_batch, init_distributed
+from lil_meta.engine.launch import (
+    RankSlice,
+    World,
+    check_meta_batch,
+    close_distributed,
+    init_distributed,
+)
 from lil_meta.engine.trainer import MetaTrainer, NumericalFault
 from lil_meta.models import build_algorithm
 
@@ -88,10 +94,14 @@ class Run:
 def run(args: argparse.Namespace, extra_hooks=()) -> dict:
     """The run ``args`` asks for (module doc); ``extra_hooks`` are appended to the trainer's
     (the SLURM job adds its preemption hook, :mod:`engine.slurm`)."""
-    built = build_run(args)
-    if args.eval_only:
-        return evaluate_only(built)
-    return train_and_test(built, extra_hooks)
+    try:
+        built = build_run(args)
+        result = evaluate_only(built) if args.eval_only else train_and_test(built, extra_hooks)
+    except BaseException:
+        close_distributed(synchronize=False)
+        raise
+    close_distributed()
+    return result
 
 
 def _task_list(cfg: DictConfig, dataset, split: str, num_tasks: int) -> TaskList:

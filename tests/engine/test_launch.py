@@ -1,9 +1,11 @@
 """Data parallelism over the tasks of a meta-batch (engine/launch.py): the launch read from the
-environment, two gloo processes against one process on the same tasks, and torchrun end to end."""
+environment, two gloo processes against one process on the same tasks, leaving the process group
+at the end of a run, and torchrun end to end."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -13,6 +15,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from lil_meta.datasets.task_batch import TaskBatch
+from lil_meta.engine import runner
+from lil_meta.engine.defaults import default_argument_parser
 from lil_meta.engine.errors import ConfigError
 from lil_meta.engine.launch import (
     RankSlice,
@@ -90,6 +94,25 @@ def test_two_processes_give_the_one_process_meta_gradient(tmp_path):
     for g, s in zip(grads, single, strict=True):
         torch.testing.assert_close(g, s, rtol=1e-6, atol=1e-9)
     assert max(s.abs().max().item() for s in single) > 1e-3  # a gradient worth comparing
+
+
+def _run_worker(rank: int, init_file: str, output_dir: str, out: dict) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    args = default_argument_parser().parse_args([
+        "--config-file", str(ROOT / "tests" / "configs" / "tiny.yaml"), "solver.max_iter=2",
+        "solver.meta_batch=2", "test.tasks=4", "test.val_tasks=2", "--output-dir", output_dir])
+    runner.run(args)
+    out[rank] = dist.is_initialized()
+
+
+def test_a_finished_run_leaves_the_process_group(tmp_path):
+    """A process that exits with a live gloo group can abort in the interpreter's teardown
+    (SIGABRT on one rank after a run that finished), so :func:`engine.runner.run` leaves it."""
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_run_worker, args=(str(tmp_path / "init"), str(tmp_path / "run"), out), nprocs=2, join=True)
+        assert dict(out) == {0: False, 1: False}
 
 
 def weights(path):
