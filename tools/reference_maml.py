@@ -15,7 +15,9 @@ meta-batch, Adam lr, iterations, test tasks, seed) and the images of the dataset
 both train on the same pixels. It writes ``config.yaml`` (with ``algorithm.name:
 reference_maml``, so ``tools/make_table.py`` gives it its own row), ``metrics.jsonl``
 (``val/acc`` every ``test.eval_period``) and ``results.json`` (``test_acc``, ``test_ci95``).
-A folder that already holds ``results.json`` is left alone.
+A folder that already holds ``results.json`` is left alone; one without starts over. The
+study's sweep runs it through ``configs/tables/builtin_reference.yaml`` (``trainer:
+reference_maml``).
 """
 
 from __future__ import annotations
@@ -101,6 +103,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config-file", required=True)
     p.add_argument("--output-dir", required=True)
+    p.add_argument("--resume", action="store_true",
+                   help="accepted so that tools/sweep.py can run it; this trainer keeps no checkpoints, "
+                        "so an unfinished run starts over")
     p.add_argument("opts", nargs="*", help="config overrides, key=value")
     args = p.parse_args(argv)
     try:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run a grid of (config × seed [× column]) trainings, each into its own folder; skip finished ones.
 
-    python tools/sweep.py configs/tables/builtin.yaml --output-root output/builtin --jobs 2
+    python tools/sweep.py configs/tables/builtin*.yaml --output-root output/builtin --jobs 2
     python tools/sweep.py --configs configs/maml_5shot.yaml configs/maml_lil_5shot.yaml \\
         --seeds 0 1 2 --output-root output/lil_vs_maml solver.max_iter=1000
     python tools/sweep.py configs/tables/table2.yaml --output-root /scratch/t2 \\
@@ -15,7 +15,11 @@ carry its own overrides, applied after the shared ones (and after those on the c
 sweep sets. ``{data_root}`` in an override
 is replaced by ``--data-root``. Each run is ``tools/train_net.py --config-file C seed=S …`` into
 ``OUTPUT_ROOT/[COLUMN/]CONFIG/seedS``: a folder with ``results.json`` is finished and skipped, one
-with only a ``config.yaml`` was interrupted and is resumed (``--resume``), exactly.
+with only a ``config.yaml`` was interrupted and is resumed (``--resume``), exactly. Optional
+``trainer: reference_maml`` runs another script of ``tools/`` with the same command line (local
+launcher only), and ``prefix: reference_`` puts the file's runs in ``PREFIXCONFIG/seedS``.
+Several sweep files in one command run as one grid (a study made of several files), as long as
+no two runs share a folder.
 
 Launchers: ``local`` runs ``--jobs`` trainings at a time as ``tools/train_net.py`` subprocesses
 (the cores split among them through ``OMP_NUM_THREADS``), with a progress bar and each run's
@@ -49,7 +53,7 @@ from lil_meta.engine.errors import ConfigError, UserInputError  # noqa: E402
 
 TRAIN_NET = ROOT / "tools" / "train_net.py"
 CONFIGS = ROOT / "configs"
-SWEEP_KEYS = {"configs", "seeds", "overrides", "columns"}
+SWEEP_KEYS = {"configs", "seeds", "overrides", "columns", "trainer", "prefix"}
 
 
 @dataclass
@@ -61,6 +65,7 @@ class Run:
     out: Path
     column: str | None = None
     overrides: list[str] = field(default_factory=list)
+    trainer: Path = TRAIN_NET
 
     @property
     def name(self) -> str:
@@ -74,7 +79,7 @@ class Run:
         return "partial" if (self.out / "config.yaml").is_file() else "new"
 
     def argv(self) -> list[str]:
-        """train_net.py's arguments for this run."""
+        """The trainer's arguments for this run (train_net.py's command line)."""
         args = ["--config-file", str(self.config), "--output-dir", str(self.out)]
         if self.status == "partial":
             args.append("--resume")
@@ -88,7 +93,8 @@ def _strings(value, where: str) -> list[str]:
 
 
 def load_sweep(path: str | Path) -> dict:
-    """A sweep file as ``{"configs", "seeds", "overrides", "columns"}`` (see the module doc)."""
+    """A sweep file as ``{"configs", "seeds", "overrides", "columns", "trainer", "prefix"}``
+    (see the module doc)."""
     data = read_yaml_mapping(path, "sweep file")  # not found, unreadable, bad YAML, not a mapping: one line
     try:
         spec = OmegaConf.create(data)
@@ -119,7 +125,16 @@ def load_sweep(path: str | Path) -> dict:
         "seeds": [int(s) for s in _strings(spec.seeds, f"{path}: seeds")],
         "overrides": _strings(spec.get("overrides") or [], f"{path}: overrides"),
         "columns": {str(k): _strings(v or [], f"{path}: columns.{k}") for k, v in columns.items()},
+        "trainer": _trainer_path(str(spec.get("trainer") or "train_net"), path),
+        "prefix": str(spec.get("prefix") or ""),
     }
+
+
+def _trainer_path(name: str, where) -> Path:
+    script = ROOT / "tools" / f"{name}.py"
+    if "/" in name or not script.is_file():
+        raise ConfigError(f"{where}: trainer: '{name}' is not a script of {ROOT / 'tools'}")
+    return script
 
 
 def _config_path(name: str) -> Path:
@@ -130,7 +145,7 @@ def _config_path(name: str) -> Path:
 
 
 def expand(configs: list, seeds: list[int], output_root: str | Path, overrides=(), columns=None,
-           data_root: str | None = None) -> list[Run]:
+           data_root: str | None = None, trainer: Path = TRAIN_NET, prefix: str = "") -> list[Run]:
     """Every (column, config, seed) of the grid as a :class:`Run`, in that nesting order.
 
     ``configs`` items are names or ``(name, overrides of that config)`` pairs."""
@@ -157,9 +172,25 @@ def expand(configs: list, seeds: list[int], output_root: str | Path, overrides=(
         for config, own in configs:
             path = _config_path(config)
             for seed in seeds:
-                out = root / column / path.stem if column else root / path.stem
+                name = prefix + path.stem
+                out = root / column / name if column else root / name
                 runs.append(Run(path, seed, out / f"seed{seed}", column,
-                                fill([*overrides, *own, *column_overrides])))
+                                fill([*overrides, *own, *column_overrides]), trainer))
+    return runs
+
+
+def expand_files(paths: list[str], output_root: str | Path, opts=(), data_root: str | None = None) -> list[Run]:
+    """The runs of several sweep files as one grid; two runs may not share a folder."""
+    runs = []
+    for path in paths:
+        spec = load_sweep(path)
+        runs += expand(spec["configs"], spec["seeds"], output_root, [*spec["overrides"], *opts],
+                       spec["columns"], data_root, spec["trainer"], spec["prefix"])
+    folders = [run.out for run in runs]
+    clash = sorted({str(f) for f in folders if folders.count(f) > 1})
+    if clash:
+        raise ConfigError(f"sweep: two runs of {', '.join(paths)} share a folder: {clash[0]} "
+                          f"(give one file a prefix)")
     return runs
 
 
@@ -172,7 +203,7 @@ def run_local(runs: list[Run], jobs: int, log_dir: Path) -> list[tuple[Run, int]
     def one(run: Run) -> int:
         log = log_dir / (run.name.replace("/", "__") + ".log")
         with open(log, "w") as f:
-            return subprocess.run([sys.executable, str(TRAIN_NET), *run.argv()], cwd=ROOT, env=env,
+            return subprocess.run([sys.executable, str(run.trainer), *run.argv()], cwd=ROOT, env=env,
                                   stdout=f, stderr=subprocess.STDOUT).returncode
 
     codes: dict[int, int] = {}
@@ -186,6 +217,14 @@ def run_local(runs: list[Run], jobs: int, log_dir: Path) -> list[tuple[Run, int]
             bar.write(f"{'ok  ' if codes[i] == 0 else 'FAIL'} {runs[i].name}"
                       + ("" if codes[i] == 0 else f" (exit {codes[i]}, see {log_dir})"))
     return [(run, codes[i]) for i, run in enumerate(runs)]
+
+
+def check_launcher(runs: list[Run], launcher: str) -> None:
+    """A SLURM job runs the engine itself, so only train_net.py runs launch there."""
+    other = next((run for run in runs if run.trainer != TRAIN_NET), None)
+    if launcher != "local" and other is not None:
+        raise ConfigError(f"sweep: {other.name} is trained by tools/{other.trainer.name}, which runs "
+                          f"with --launcher local only (a SLURM job runs the engine)")
 
 
 def submit(runs: list[Run], args, folder: Path) -> list:
@@ -202,8 +241,10 @@ def submit(runs: list[Run], args, folder: Path) -> list:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("sweep_file", nargs="?", help="YAML with configs, seeds, overrides, columns")
-    p.add_argument("--configs", nargs="+", default=[], metavar="CONFIG", help="instead of a sweep file")
+    p.add_argument("items", nargs="*", metavar="sweep_file | key=value",
+                   help="YAML files with configs, seeds, overrides, columns (one grid); config overrides "
+                        "for every run")
+    p.add_argument("--configs", nargs="+", default=[], metavar="CONFIG", help="instead of sweep files")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="N")
     p.add_argument("--output-root", required=True, metavar="DIR")
     p.add_argument("--data-root", metavar="DIR", help="replaces {data_root} in the overrides")
@@ -218,25 +259,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--cpus-per-task", type=int, default=2)
     g.add_argument("--mem-gb", type=int)
     g.add_argument("--array-parallelism", type=int, default=32)
-    p.add_argument("opts", nargs="*", metavar="key=value", help="config overrides for every run")
     args = p.parse_intermixed_args(argv)
-    if args.sweep_file and "=" in args.sweep_file:  # an override, with --configs and no sweep file
-        args.opts.insert(0, args.sweep_file)
-        args.sweep_file = None
+    args.sweep_files = [item for item in args.items if "=" not in item]
+    args.opts = [item for item in args.items if "=" in item]
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        if bool(args.sweep_file) == bool(args.configs):
-            raise ConfigError("sweep: give either a sweep file or --configs (not both)")
+        if bool(args.sweep_files) == bool(args.configs):
+            raise ConfigError("sweep: give either sweep files or --configs (not both)")
         if args.jobs < 1:
             raise ConfigError(f"--jobs: must be >= 1, got {args.jobs}")
-        spec = (load_sweep(args.sweep_file) if args.sweep_file
-                else {"configs": args.configs, "seeds": args.seeds, "overrides": [], "columns": {}})
-        runs = expand(spec["configs"], spec["seeds"], args.output_root, [*spec["overrides"], *args.opts],
-                      spec["columns"], args.data_root)
+        runs = (expand_files(args.sweep_files, args.output_root, args.opts, args.data_root) if args.sweep_files
+                else expand(args.configs, args.seeds, args.output_root, args.opts, data_root=args.data_root))
+        check_launcher(runs, args.launcher)
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

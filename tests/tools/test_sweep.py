@@ -109,6 +109,9 @@ def test_an_interrupted_run_is_resumed(tmp_path):
     ("", r"sweep\.yaml: sweep file is empty"),
     ("- maml_5shot\n", r"sweep\.yaml: expected a mapping .* got a list"),
     ("configs: [caf\xe9]\n", r"sweep\.yaml: sweep file is not UTF-8 text \(byte 0xe9 at line 1, column 14\)"),
+    ("configs: [maml_5shot]\nseeds: [0]\ntrainer: no_such_tool\n",
+     r"sweep\.yaml: trainer: 'no_such_tool' is not a script of .*tools"),
+    ("configs: [maml_5shot]\nseeds: [0]\ntrainer: ../tools/sweep\n", r"trainer: '\.\./tools/sweep' is not a script"),
 ])
 def test_bad_sweep_files_are_one_line_errors(tmp_path, capsys, text, pattern):
     spec = tmp_path / "sweep.yaml"
@@ -151,6 +154,36 @@ def test_a_config_entry_can_carry_its_own_overrides(tmp_path):
     runs = sweep.expand(loaded["configs"], loaded["seeds"], tmp_path, [*loaded["overrides"], "solver.max_iter=60"])
     assert runs[0].overrides == ["solver.max_iter=50", "solver.max_iter=60"]
     assert runs[1].overrides == ["solver.max_iter=50", "solver.max_iter=60", "solver.max_iter=0"]
+
+
+def test_several_sweep_files_are_one_grid_and_another_trainer_gets_its_prefix(tmp_path, capsys):
+    """The built-in study is several files run by one command; its reference rows come from
+    tools/reference_maml.py, in folders of their own."""
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(f"configs: ['{TINY}']\nseeds: [0]\noverrides: [solver.max_iter=2, test.tasks=4]\n")
+    ref = tmp_path / "ref.yaml"
+    ref.write_text(f"trainer: reference_maml\nprefix: reference_\nconfigs: ['{TINY}']\nseeds: [0, 1]\n"
+                   "overrides: [solver.max_iter=2, test.tasks=4, test.val_tasks=2, test.eval_period=1]\n")
+    root = tmp_path / "out"
+    argv = [str(tiny), str(ref), "--output-root", str(root), "--jobs", "2", "test.seed=7"]
+    assert sweep.main(argv) == 0
+    assert "3 runs: 0 finished, 0 to resume, 3 new" in capsys.readouterr().out
+    assert results(root / "tiny" / "seed0")["iterations"] == 2
+    for seed in (0, 1):
+        ref_run = root / "reference_tiny" / f"seed{seed}"
+        assert results(ref_run)["iterations"] == 2
+        cfg = load_config(ref_run / "config.yaml")
+        assert (cfg.algorithm.name, cfg.seed, cfg.test.seed) == ("reference_maml", seed, 7)
+    assert make_table.main([str(root)]) == 0
+    assert "MAML (reference)" in capsys.readouterr().out
+
+    # the same file twice would put two runs in one folder; SLURM jobs run the engine only
+    assert sweep.main([str(tiny), str(tiny), "--output-root", str(tmp_path / "x")]) == 2
+    assert "share a folder" in capsys.readouterr().err
+    assert sweep.main([str(ref), "--output-root", str(tmp_path / "y"), "--launcher", "slurm"]) == 2
+    err = capsys.readouterr().err
+    assert "runs with --launcher local only" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
 def test_the_slurm_local_launcher_runs_each_run_as_the_engines_job(tmp_path):
