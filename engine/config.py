@@ -236,6 +236,27 @@ def _yaml_problem(exc: yaml.YAMLError, path: str | os.PathLike) -> str:
     return f"{name}: invalid YAML{where}: {problem}"
 
 
+MAX_CONFIG_NODES = 100_000
+
+
+def _check_finite_tree(value, path, what: str) -> None:
+    """Refuse YAML whose aliases make it infinite (``x: &a [*a]``) or huge once expanded (nested
+    aliases double at each level): the config system would recurse forever or exhaust memory."""
+    count, stack = 0, [(value, ())]
+    while stack:
+        node, ancestors = stack.pop()
+        if not isinstance(node, (dict, list)):
+            continue
+        if id(node) in ancestors:
+            raise ConfigError(f"{path}: {what} has a YAML alias that contains itself (an infinite value)")
+        count += len(node)
+        if count > MAX_CONFIG_NODES:
+            raise ConfigError(f"{path}: {what} expands to over {MAX_CONFIG_NODES} values (through its "
+                              f"YAML aliases); a config is far smaller")
+        inner = (*ancestors, id(node))
+        stack.extend((child, inner) for child in (node.values() if isinstance(node, dict) else node))
+
+
 def read_yaml_mapping(path: str | os.PathLike, what: str = "config file") -> dict:
     """The top-level mapping of the YAML file at ``path``; anything else is one :class:`ConfigError`
     naming the file: not found, a folder, unreadable, not UTF-8, a YAML error (with its line and
@@ -265,6 +286,9 @@ def read_yaml_mapping(path: str | os.PathLike, what: str = "config file") -> dic
         value = yaml.load(text, Loader=_yaml_loader())  # noqa: S506  (a safe loader)
     except yaml.YAMLError as exc:
         raise ConfigError(_yaml_problem(exc, path)) from None
+    except RecursionError:
+        raise ConfigError(f"{path}: {what} is nested too deeply to be a config") from None
+    _check_finite_tree(value, path, what)
     if value is None or value == {}:
         raise ConfigError(f"{path}: {what} is empty; expected a mapping of keys")
     if not isinstance(value, dict):
@@ -294,6 +318,9 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictC
     except (OSError, ValueError) as exc:  # likewise: unreadable, not UTF-8, not a mapping
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise ConfigError(f"{path}: cannot compose the files it includes ({first})") from None
+    except RecursionError:  # likewise: an alias that contains itself (``x: &a [*a]``)
+        raise ConfigError(f"{path}: cannot compose the files it includes (one of them is infinite or "
+                          f"nested too deeply, e.g. a YAML alias that contains itself)") from None
     if cfg.output_dir is None:
         cfg.output_dir = str(Path("output") / file.stem)
     OmegaConf.set_struct(cfg, True)

@@ -92,6 +92,31 @@ def test_a_bad_file_in_the_defaults_list_is_named(tmp_path, text, pattern):
         load_config(tmp_path / "run.yaml")
 
 
+def test_an_infinite_or_huge_yaml_is_one_config_error(tmp_path):
+    """Aliases can make a short file infinite or exponentially large; deep nesting overflows the
+    parser. Each is refused before the config system expands it."""
+    cases = {
+        "loop.yaml": ("x: &a [*a]\n", r"loop\.yaml: config file has a YAML alias that contains itself"),
+        "bomb.yaml": ("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n"
+                      + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 8)),
+                      r"bomb\.yaml: config file expands to over 100000 values"),
+        "deep.yaml": ("a: " + "[" * 5000 + "]" * 5000 + "\n", r"deep\.yaml: config file is nested too deeply"),
+    }
+    for name, (text, pattern) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ConfigError, match=pattern):
+            load_config(tmp_path / name)
+    shared = tmp_path / "shared.yaml"  # an alias used twice is fine
+    shared.write_text("defaults:\n  - lil_schema\n  - _self_\nlr: &lr 0.25\nsolver:\n  lr: *lr\n"
+                      "algorithm:\n  inner_lr: *lr\n")
+    with pytest.raises(ConfigError, match="unknown config key 'lr'"):
+        load_config(shared)  # composes past the alias check, to the schema
+    (tmp_path / "base.yaml").write_text("x: &a [*a]\n")
+    (tmp_path / "run.yaml").write_text("defaults:\n  - lil_schema\n  - base\n  - _self_\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml: cannot compose the files it includes \(one of them is infinite"):
+        load_config(tmp_path / "run.yaml")
+
+
 def test_an_unreadable_file_is_a_config_error(tmp_path, monkeypatch):
     path = tmp_path / "run.yaml"
     path.write_text("seed: 1\n")

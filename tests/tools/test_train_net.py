@@ -154,6 +154,8 @@ BAD_FILES = {  # name: (how to make it, what the one line says)
     "missing": (lambda p: None, r"bad\.yaml: config file not found"),
     "unreadable": (lambda p: (p.write_text("seed: 1\n"), p.chmod(0)),
                    r"bad\.yaml: cannot read config file \(Permission denied\)"),
+    "alias loop": (lambda p: p.write_text("seed: 1\nx: &a [*a]\n"),
+                   r"bad\.yaml: config file has a YAML alias that contains itself"),
     "not utf-8": (lambda p: p.write_bytes(b"seed: 1\nname: caf\xe9\n"),
                   r"bad\.yaml: config file is not UTF-8 text \(byte 0xe9 at line 2, column 10\)"),
 }
