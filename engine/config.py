@@ -288,6 +288,9 @@ def read_yaml_mapping(path: str | os.PathLike, what: str = "config file") -> dic
         raise ConfigError(_yaml_problem(exc, path)) from None
     except RecursionError:
         raise ConfigError(f"{path}: {what} is nested too deeply to be a config") from None
+    except (ValueError, TypeError, OverflowError) as exc:  # a tagged value of the wrong form: `!!int x`
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"{path}: a value does not fit its YAML tag ({first})") from None
     _check_finite_tree(value, path, what)
     if value is None or value == {}:
         raise ConfigError(f"{path}: {what} is empty; expected a mapping of keys")

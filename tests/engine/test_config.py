@@ -92,7 +92,7 @@ def test_a_bad_file_in_the_defaults_list_is_named(tmp_path, text, pattern):
         load_config(tmp_path / "run.yaml")
 
 
-def test_an_infinite_or_huge_yaml_is_one_config_error(tmp_path):
+def test_an_infinite_huge_or_mistagged_yaml_is_one_config_error(tmp_path):
     """Aliases can make a short file infinite or exponentially large; deep nesting overflows the
     parser. Each is refused before the config system expands it."""
     cases = {
@@ -101,6 +101,7 @@ def test_an_infinite_or_huge_yaml_is_one_config_error(tmp_path):
                       + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 8)),
                       r"bomb\.yaml: config file expands to over 100000 values"),
         "deep.yaml": ("a: " + "[" * 5000 + "]" * 5000 + "\n", r"deep\.yaml: config file is nested too deeply"),
+        "tagged.yaml": ("seed: !!int x\n", r"tagged\.yaml: a value does not fit its YAML tag \(invalid literal"),
     }
     for name, (text, pattern) in cases.items():
         (tmp_path / name).write_text(text)
