@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from lil_meta.datasets.cache import SourceSplit, SplitFileDataset, file_split, require
+from lil_meta.datasets.cache import SplitFileDataset
+from lil_meta.datasets.source import SourceSplit, file_split, require
 from lil_meta.engine.errors import DataError
 from lil_meta.engine.registry import DATASETS
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lil_meta.datasets.cache import SourceSplit, SplitFileDataset, load_pickle
+from lil_meta.datasets.cache import SplitFileDataset
+from lil_meta.datasets.source import SourceSplit, load_pickle
 from lil_meta.engine.errors import DataError
 from lil_meta.engine.registry import DATASETS
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lil_meta.datasets.cache import SourceSplit, SplitFileDataset, file_split, require
+from lil_meta.datasets.cache import SplitFileDataset
+from lil_meta.datasets.source import SourceSplit, file_split, require
 from lil_meta.engine.errors import DataError
 from lil_meta.engine.registry import DATASETS
 

@@ -17,14 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lil_meta.datasets.cache import (
-    CachedDataset,
-    SourceSplit,
-    hwc_uint8,
-    load_pickled_dict,
-    open_image,
-    require,
-)
+from lil_meta.datasets.cache import CachedDataset
+from lil_meta.datasets.source import SourceSplit, hwc_uint8, load_pickled_dict, open_image, require
 from lil_meta.engine.errors import DataError
 from lil_meta.engine.registry import DATASETS
 

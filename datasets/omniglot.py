@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 from PIL import ImageOps
 
-from lil_meta.datasets.cache import CachedDataset, SourceSplit, file_split
+from lil_meta.datasets.cache import CachedDataset
+from lil_meta.datasets.source import SourceSplit, file_split
 from lil_meta.engine.errors import ConfigError, DataError
 from lil_meta.engine.registry import DATASETS
 

@@ -19,8 +19,8 @@ import zipfile
 
 import numpy as np
 
-from lil_meta.datasets.cache import (
-    CachedDataset,
+from lil_meta.datasets.cache import CachedDataset
+from lil_meta.datasets.source import (
     SourceSplit,
     hwc_uint8,
     load_pickle,
