@@ -5,6 +5,7 @@
     python tools/make_table.py output/builtin --markdown table.md --csv table.csv
     python tools/make_table.py output/builtin --metric test_acc_init  # θ⁰ without adaptation
     python tools/make_table.py output/builtin --paired                # + paired differences
+    python tools/make_table.py output/builtin --run-time              # what the runs cost
 
 Arguments are run folders or folders holding them (searched recursively for ``config.yaml``).
 Rows are algorithm ± LIL and shots (``MAML + LIL (5)``), columns the datasets or
@@ -19,12 +20,17 @@ Random-init, and the reference MAML of ``tools/reference_maml.py`` against MAML)
 per-seed differences, their standard deviation, and the 95% confidence interval of the mean
 difference from Student's t with n − 1 degrees of freedom. A CI that covers 0 does not separate
 the two.
+
+``--run-time`` adds what the finished runs cost: per cell the sum and mean of each run's
+``wall_time_s`` (build, train and test; runs that resumed count their earlier time too), and
+the total, to size a study before running it on more seeds or another machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import math
 import statistics
@@ -105,6 +111,29 @@ def paired_markdown(pairs) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _with_run_time(record):
+    """Early runs of tools/reference_maml.py wrote ``train_seconds`` only, which leaves out the
+    set-up before training (reading the config and the cached data)."""
+    if "wall_time_s" in record.results or "train_seconds" not in record.results:
+        return record
+    return dataclasses.replace(record, results={**record.results, "wall_time_s": record.results["train_seconds"]})
+
+
+def run_time_markdown(rows, columns, table) -> str:
+    """Minutes of run time per cell (the sum and the mean over its runs), then the total."""
+    lines = ["| run time | column | runs | sum (min) | per run (min) |", "| --- | --- | ---: | ---: | ---: |"]
+    total = runs = 0
+    for row in rows:
+        for col in columns:
+            cell = table.get((row.label, col))
+            if cell is not None:
+                total, runs = total + sum(cell.values), runs + len(cell.values)
+                lines.append(f"| {row.label} | {col} | {len(cell.values)} | {sum(cell.values) / 60:.1f} | "
+                             f"{cell.mean / 60:.1f} |")
+    lines.append(f"| all | | {runs} | {total / 60:.1f} ({int(total // 3600)} h {int(total % 3600 // 60):02d} min) | |")
+    return "\n".join(lines) + "\n"
+
+
 def csv_text(rows, columns, table) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -128,6 +157,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--csv", metavar="FILE", help="write the cells (mean, std, n, seeds, values) here")
     p.add_argument("--paired", action="store_true",
                    help="also print each variant minus its baseline, paired by seed, with a 95%% CI")
+    p.add_argument("--run-time", action="store_true",
+                   help="also print the run time of each cell (wall_time_s of results.json) and the total")
     return p.parse_args(argv)
 
 
@@ -145,6 +176,9 @@ def main(argv=None) -> int:
     text = markdown(rows, columns, table)
     if args.paired:
         text += "\n" + paired_markdown(paired_rows(rows, columns, table))
+    if args.run_time:
+        timed = cells([_with_run_time(r) for r in records if r.results], "wall_time_s")
+        text += "\n" + run_time_markdown(*timed)
     print(text, end="")
     for rec in unfinished:
         print(f"(unfinished, left out: {rec.folder})", file=sys.stderr)

@@ -14,7 +14,8 @@ framework it takes only the numbers of the config file (way, shot, query, inner 
 meta-batch, Adam lr, iterations, test tasks, seed) and the images of the dataset's cache, so
 both train on the same pixels. It writes ``config.yaml`` (with ``algorithm.name:
 reference_maml``, so ``tools/make_table.py`` gives it its own row), ``metrics.jsonl``
-(``val/acc`` every ``test.eval_period``) and ``results.json`` (``test_acc``, ``test_ci95``).
+(``val/acc`` every ``test.eval_period``) and ``results.json`` (``test_acc``, ``test_ci95``,
+``wall_time_s``).
 A folder that already holds ``results.json`` is left alone; one without starts over. The
 study's sweep runs it through ``configs/tables/builtin_reference.yaml`` (``trainer:
 reference_maml``).
@@ -108,6 +109,7 @@ def main(argv=None) -> int:
                         "so an unfinished run starts over")
     p.add_argument("opts", nargs="*", help="config overrides, key=value")
     args = p.parse_args(argv)
+    began = time.perf_counter()
     try:
         cfg = load_config(args.config_file, args.opts)
         dataset = build_dataset(cfg.data)
@@ -146,7 +148,8 @@ def main(argv=None) -> int:
                 print(f"iter {it}/{s.max_iter}  val/acc {acc:.2f} ± {ci:.2f}", flush=True)
     acc, ci = evaluate(model, test, cfg.test.tasks, cfg.test.seed, lr, steps_test)
     results = {"test_acc": acc, "test_ci95": ci, "seed": int(cfg.seed), "iterations": int(s.max_iter),
-               "train_seconds": round(time.perf_counter() - start, 1)}
+               "train_seconds": round(time.perf_counter() - start, 1),
+               "wall_time_s": time.perf_counter() - began}  # as train_net.py's: build, train, test
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"test accuracy: {acc:.2f} ± {ci:.2f} %")
     return 0

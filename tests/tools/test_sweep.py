@@ -78,6 +78,22 @@ def test_the_table_is_mean_and_std_over_seeds(swept, tmp_path, capsys):
     assert float(rows[1]["mean"]) == pytest.approx(statistics.fmean(accs["tiny_lil"]), abs=1e-4)
 
 
+def test_the_run_time_table_sums_each_runs_wall_time(swept, capsys):
+    root, _ = swept
+    assert make_table.main([str(root), "--run-time"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    total = sum(results(root / n / f"seed{s}")["wall_time_s"] for n in ("tiny", "tiny_lil") for s in (0, 1))
+    assert any(line.startswith("| all | | 4 | ") and f"{total / 60:.1f} (" in line for line in lines), lines
+
+    from lil_meta.tools.results import Cell, Row  # noqa: PLC0415
+
+    rows = [Row("MAML (5)", "MAML (5)", (5, 0)), Row("MAML + LIL (5)", "MAML (5)", (5, 1))]
+    table = {("MAML (5)", "glyphs"): Cell([600.0, 720.0], [0, 1]), ("MAML + LIL (5)", "glyphs"): Cell([3000.0], [0])}
+    assert make_table.run_time_markdown(rows, ["glyphs"], table).splitlines()[2:] == [
+        "| MAML (5) | glyphs | 2 | 22.0 | 11.0 |", "| MAML + LIL (5) | glyphs | 1 | 50.0 | 50.0 |",
+        "| all | | 3 | 72.0 (1 h 12 min) | |"]
+
+
 def test_validation_curves_plot(swept, tmp_path):
     root, _ = swept
     png = tmp_path / "curves.png"
