@@ -16,9 +16,10 @@ entry: ``test_acc`` (final weights; the default), ``best_test_acc`` (best on val
 ``test_acc_init``. Unfinished runs are listed and left out.
 
 ``--paired`` adds a second table: each LIL variant against its baseline (LIL-init against
-Random-init, and the reference MAML of ``tools/reference_maml.py`` against MAML) over the seeds both ran — the mean of the
-per-seed differences, their standard deviation, and the 95% confidence interval of the mean
-difference from Student's t with n − 1 degrees of freedom. A CI that covers 0 does not separate
+Random-init, and the reference MAML or FOMAML of ``tools/reference_maml.py`` against the
+framework's) over the seeds both ran — the mean of the per-seed differences, their standard
+deviation, and the 95% confidence interval of the mean difference from Student's t with n − 1
+degrees of freedom. A CI that covers 0 does not separate
 the two.
 
 ``--run-time`` adds what the finished runs cost: per cell the sum and mean of each run's
@@ -80,13 +81,12 @@ def markdown(rows, columns, table) -> str:
 
 def paired_rows(rows, columns, table) -> list[tuple[str, str, str, list[float]]]:
     """``(variant, baseline, column, per-seed differences)`` for every variant of a family (and
-    the reference MAML) whose baseline ran at least two of the same seeds."""
+    the reference runs) whose baseline ran at least two of the same seeds."""
     baselines = {row.family: row.label for row in rows  # LIL-init's baseline is Random-init
                  if row.label == row.family or row.label.startswith("Random-init")}
     pairs = [(row.label, baselines[row.family]) for row in rows
              if row.family in baselines and row.label != baselines[row.family]]
-    pairs += [(row.label, row.label.replace("MAML (reference)", "MAML")) for row in rows
-              if row.label.startswith("MAML (reference)")]
+    pairs += [(row.label, row.label.replace(" (reference)", "")) for row in rows if " (reference)" in row.label]
     out = []
     for variant, baseline in pairs:
         for col in columns:

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""A minimal second-order MAML, independent of the framework's engine: the yardstick that the
-framework's MAML is compared with in ``docs/results_builtin.md``.
+"""A minimal MAML, independent of the framework's engine: the yardstick that the framework's
+MAML and FOMAML are compared with in ``docs/results_builtin.md``.
 
     python tools/reference_maml.py --config-file configs/maml_5shot.yaml --output-dir OUT \\
         seed=0 model.backbone.hidden=32 solver.max_iter=500
@@ -8,12 +8,14 @@ framework's MAML is compared with in ``docs/results_builtin.md``.
 Everything that trains and tests is written here in plain PyTorch, the way a first MAML is
 written: stock ``torch.nn`` layers (Conv2d with bias, BatchNorm2d without running statistics,
 ReLU, MaxPool2d, Linear, default initialisation), ``torch.func.functional_call`` and
-``torch.autograd.grad(create_graph=True)`` one task at a time, its own episodic sampler (a numpy
+``torch.autograd.grad(create_graph=True)`` one task at a time (``create_graph=False``, i.e.
+first-order MAML, when the config sets ``algorithm.first_order`` as the FOMAML configs do), its own episodic sampler (a numpy
 ``Generator``) and its own evaluation (adapt, then query accuracy, mean ± 95% CI). From the
 framework it takes only the numbers of the config file (way, shot, query, inner lr and steps,
-meta-batch, Adam lr, iterations, test tasks, seed) and the images of the dataset's cache, so
-both train on the same pixels. It writes ``config.yaml`` (with ``algorithm.name:
-reference_maml``, so ``tools/make_table.py`` gives it its own row), ``metrics.jsonl``
+meta-batch, Adam lr, iterations, test tasks, seed, first order or not) and the images of the
+dataset's cache, so both train on the same pixels. It writes ``config.yaml`` (with
+``algorithm.name: reference_maml`` or ``reference_fomaml``, so ``tools/make_table.py`` gives it
+its own row), ``metrics.jsonl``
 (``val/acc`` every ``test.eval_period``) and ``results.json`` (``test_acc``, ``test_ci95``,
 ``wall_time_s``).
 A folder that already holds ``results.json`` is left alone; one without starts over. The
@@ -122,7 +124,9 @@ def main(argv=None) -> int:
         return 0
     out.mkdir(parents=True, exist_ok=True)
     d, a, s = cfg.data, cfg.algorithm, cfg.solver
-    OmegaConf.save(OmegaConf.merge(cfg, {"algorithm": {"name": "reference_maml"}}), out / "config.yaml")
+    first_order = bool(cfg.algorithm.get("first_order", False))  # the fomaml configs set it
+    name = "reference_fomaml" if first_order else "reference_maml"
+    OmegaConf.save(OmegaConf.merge(cfg, {"algorithm": {"name": name}}), out / "config.yaml")
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -138,7 +142,7 @@ def main(argv=None) -> int:
             optimizer.zero_grad()
             for _ in range(s.meta_batch):
                 sx, sy, qx, qy = train.sample(rng)
-                params = adapt(model, sx, sy, lr, steps, create_graph=True)
+                params = adapt(model, sx, sy, lr, steps, create_graph=not first_order)
                 (F.cross_entropy(functional_call(model, params, (qx,)), qy) / s.meta_batch).backward()
             optimizer.step()
             if it % cfg.test.eval_period == 0 or it == s.max_iter:

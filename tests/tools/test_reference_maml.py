@@ -21,6 +21,24 @@ def test_reference_run_writes_results_and_gets_its_own_row(tmp_path, capsys):
     assert "| MAML (reference) (5) |" in capsys.readouterr().out
 
 
+def test_a_first_order_config_trains_the_reference_fomaml(tmp_path, capsys, monkeypatch):
+    """The fomaml configs set algorithm.first_order: the reference then adapts without
+    create_graph, and its row is FOMAML (reference), paired with the framework's FOMAML."""
+    seen = []
+    adapt = reference_maml.adapt
+    monkeypatch.setattr(reference_maml, "adapt", lambda *a, create_graph: seen.append(create_graph) or adapt(
+        *a, create_graph=create_graph))
+    out = tmp_path / "reference_fomaml_5shot" / "seed0"
+    argv = ["--config-file", str(ROOT / "configs/fomaml_5shot.yaml"), "--output-dir", str(out), "seed=0",
+            "model.backbone.hidden=4", "solver.max_iter=2", "solver.meta_batch=2", "test.eval_period=2",
+            "test.val_tasks=2", "test.tasks=3", f"data.root={tmp_path / 'cache'}", "++data.args.num_classes=[10,5,5]"]
+    assert reference_maml.main(argv) == 0
+    assert seen[:4] == [False] * 4  # the 2 x 2 training tasks
+    assert json.loads((out / "results.json").read_text())["wall_time_s"] > 0
+    assert make_table.main([str(tmp_path)]) == 0
+    assert "| FOMAML (reference) (5) |" in capsys.readouterr().out
+
+
 def test_paired_differences_use_common_seeds_and_a_t_interval():
     from lil_meta.tools.results import Cell, Row
 
