@@ -208,11 +208,25 @@ class Checkpointer:
             saved = state.get("fingerprint")
             if saved is None:
                 raise CheckpointError(f"{path}: checkpoint carries no config fingerprint")
-            if saved != self.fingerprint:
+            if saved != self.fingerprint and not self._same_once_completed(state.get("config"), path):
                 diff = _config_diff(state.get("config") or "{}", self.config_yaml)
                 raise CheckpointError(f"{path}: checkpoint was written by a run with another config ({diff})")
         logger.info("loaded checkpoint %s", path)
         return state
+
+    def _same_once_completed(self, saved_yaml: str | None, path: Path) -> bool:
+        """Whether a checkpoint's config, completed with the defaults of keys added since it was
+        written (:func:`engine.config.complete_config`), is this run's: a run started by an
+        earlier version resumes when nothing it trains with has changed."""
+        from lil_meta.engine.config import complete_config  # noqa: PLC0415  (config imports the models)
+
+        try:
+            same = config_fingerprint(complete_config(saved_yaml or "{}"))[0] == self.fingerprint
+        except Exception:  # noqa: BLE001  (a config this version cannot read is simply another config)
+            return False
+        if same:
+            logger.info("%s: its config lacks keys added since; with their defaults it is this run's", path)
+        return same
 
     def _load_newest_readable(self) -> dict:
         """The checkpoint ``last_checkpoint`` names or, if that one cannot be loaded (truncated,

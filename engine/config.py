@@ -330,6 +330,20 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictC
     return cfg
 
 
+def complete_config(data: str | dict) -> DictConfig:
+    """A saved config (YAML text or a mapping) as this version reads a config file: every
+    component argument it leaves out filled with the value the component is built with, on the
+    schema's defaults. A checkpoint written before a key existed thus compares equal to a run
+    that leaves the key at its default (:meth:`engine.checkpoint.Checkpointer.load`)."""
+    from lil_meta import models  # noqa: PLC0415  (as in load_config)
+
+    cfg = OmegaConf.create(data)
+    models.fill_component_defaults(cfg)
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
 def save_config(cfg: DictConfig, output_dir: str | os.PathLike) -> Path:
     """Write the resolved config to ``output_dir/config.yaml`` and make ``cfg`` read-only."""
     out = Path(output_dir) / "config.yaml"

@@ -15,8 +15,9 @@ from lil_meta.engine.checkpoint import (
     get_rng_state,
     set_rng_state,
 )
-from lil_meta.engine.config import Config
+from lil_meta.engine.config import Config, load_config
 from lil_meta.engine.errors import CheckpointError
+from tests_helpers import ROOT
 
 
 def make_cfg(**overrides):
@@ -142,6 +143,32 @@ def test_foreign_config_is_refused_naming_file_and_key(tmp_path):
     ck = Checkpointer(tmp_path, cfg=make_cfg())
     with pytest.raises(CheckpointError, match=r"model_0000001\.pth: .*another config.*solver\.lr"):
         ck.resume_or_load()
+
+
+def _written_before_keys_existed(folder, cfg, drop):
+    """A checkpoint as an earlier version wrote it: its config lacks the keys in ``drop``."""
+    old = OmegaConf.to_container(cfg)
+    for key in drop:
+        *parents, last = key.split(".")
+        node = old
+        for part in parents:
+            node = node[part]
+        del node[last]
+    Checkpointer(folder, cfg=old).save("model_0000001", model=model_state())
+
+
+def test_a_checkpoint_from_before_a_key_existed_resumes_when_the_key_is_at_its_default(tmp_path):
+    """Keys added since (a component argument filled with its default, a new schema key) do
+    not stop a resume; a key whose value differs still does."""
+    cfg = load_config(ROOT / "configs" / "fomaml_lil_5shot.yaml")
+    drop = ["algorithm.hessian_ratio", "algorithm.inner_lr_mode", "pretrain.algorithm.adapt", "solver.clip_grad_norm"]
+    _written_before_keys_existed(tmp_path / "a", cfg, drop)
+    assert Checkpointer(tmp_path / "a", cfg=cfg).resume_or_load() is not None
+    changed = load_config(ROOT / "configs" / "fomaml_lil_5shot.yaml", ["algorithm.inner_lr_mode=per_tensor"])
+    _written_before_keys_existed(tmp_path / "b", cfg, drop)
+    with pytest.raises(CheckpointError, match=r"another config .*algorithm\.inner_lr_mode: '<absent>' in checkpoint, "
+                                              r"'per_tensor' now"):
+        Checkpointer(tmp_path / "b", cfg=changed).resume_or_load()
 
 
 def test_volatile_keys_do_not_change_the_fingerprint():
