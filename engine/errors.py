@@ -20,3 +20,19 @@ class DataError(UserInputError):
 
 class CheckpointError(UserInputError):
     """A checkpoint is missing, unreadable or belongs to another run."""
+
+
+def exit_with(main) -> None:
+    """``sys.exit(main())`` for a command-line tool whose output may be cut short by its reader
+    (``tool --dry-run | head``): a closed pipe ends the output quietly, as it does for Unix tools,
+    instead of with a BrokenPipeError traceback."""
+    import os  # noqa: PLC0415  (this module stays import-free for everything else)
+    import sys  # noqa: PLC0415
+
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        code = 1
+    sys.exit(code)

@@ -44,7 +44,7 @@ if str(ROOT) not in sys.path:
 
 from scipy import stats  # noqa: E402
 
-from lil_meta.engine.errors import UserInputError  # noqa: E402
+from lil_meta.engine.errors import UserInputError, exit_with  # noqa: E402
 from lil_meta.engine.fileio import atomic_write  # noqa: E402
 from lil_meta.tools.results import cells, find_runs  # noqa: E402
 
@@ -190,4 +190,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -49,7 +49,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from lil_meta.engine.config import read_yaml_mapping  # noqa: E402
-from lil_meta.engine.errors import ConfigError, UserInputError  # noqa: E402
+from lil_meta.engine.errors import ConfigError, UserInputError, exit_with  # noqa: E402
 
 TRAIN_NET = ROOT / "tools" / "train_net.py"
 CONFIGS = ROOT / "configs"
@@ -312,4 +312,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

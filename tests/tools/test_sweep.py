@@ -202,6 +202,21 @@ def test_several_sweep_files_are_one_grid_and_another_trainer_gets_its_prefix(tm
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
+def test_a_listing_cut_short_by_its_reader_ends_quietly(tmp_path):
+    """``sweep.py --dry-run | head``: 6,000 lines (over 200 KB, three times a pipe's buffer), the reader keeps one."""
+    import subprocess  # noqa: PLC0415
+
+    seeds = [str(s) for s in range(6000)]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / "sweep.py"), "--configs", str(TINY), "--seeds",
+                             *seeds, "--output-root", str(tmp_path), "--dry-run"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().startswith(b"6000 runs: 0 finished")
+    proc.stdout.close()  # the reader goes away while the tool still writes
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
 def test_the_slurm_local_launcher_runs_each_run_as_the_engines_job(tmp_path):
     """The job array goes through engine/slurm.py, the path train_net.py --slurm takes."""
     argv = ["--configs", str(TINY), "--seeds", "0", "1", "--output-root", str(tmp_path),
