@@ -309,11 +309,7 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictC
     try:
         with initialize_config_dir(version_base=None, config_dir=str(file.parent)):
             composed = compose(config_name=file.stem, overrides=_plain_component_overrides(overrides))
-        from lil_meta import models  # noqa: PLC0415  (registers the built-in components; it imports this module)
-
-        models.fill_component_defaults(composed)
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), composed)
-        OmegaConf.resolve(cfg)
+        cfg = complete_config(composed)
     except (HydraException, OmegaConfBaseException) as exc:
         raise _explain(exc, str(path)) from None
     except yaml.YAMLError as exc:  # in a file of the defaults list
@@ -330,12 +326,13 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictC
     return cfg
 
 
-def complete_config(data: str | dict) -> DictConfig:
-    """A saved config (YAML text or a mapping) as this version reads a config file: every
-    component argument it leaves out filled with the value the component is built with, on the
-    schema's defaults. A checkpoint written before a key existed thus compares equal to a run
-    that leaves the key at its default (:meth:`engine.checkpoint.Checkpointer.load`)."""
-    from lil_meta import models  # noqa: PLC0415  (as in load_config)
+def complete_config(data: str | dict | DictConfig) -> DictConfig:
+    """A composed or saved config (YAML text or a mapping) completed as :func:`load_config`
+    completes a file: every component argument it leaves out filled with the value the component
+    is built with, on the schema's defaults, interpolations resolved. A checkpoint written before
+    a key existed thus compares equal to a run that leaves the key at its default
+    (:meth:`engine.checkpoint.Checkpointer.load`)."""
+    from lil_meta import models  # noqa: PLC0415  (registers the built-in components; it imports this module)
 
     cfg = OmegaConf.create(data)
     models.fill_component_defaults(cfg)

@@ -19,8 +19,7 @@ entry: ``test_acc`` (final weights; the default), ``best_test_acc`` (best on val
 Random-init, and the reference MAML or FOMAML of ``tools/reference_maml.py`` against the
 framework's) over the seeds both ran — the mean of the per-seed differences, their standard
 deviation, and the 95% confidence interval of the mean difference from Student's t with n − 1
-degrees of freedom. A CI that covers 0 does not separate
-the two.
+degrees of freedom. A CI that covers 0 does not separate the two.
 
 ``--run-time`` adds what the finished runs cost: per cell the sum and mean of each run's
 ``wall_time_s`` (build, train and test; runs that resumed count their earlier time too), and
