@@ -127,11 +127,12 @@ class _Episodes:
         labels = torch.arange(self.way).view(1, self.way, 1)
         support_y = labels.expand(num_tasks, self.way, self.shot).reshape(num_tasks, -1)
         query_y = labels.expand(num_tasks, self.way, self.query).reshape(num_tasks, -1)
-        return TaskBatch(
+        return TaskBatch.trusted(  # labels 0..way-1 by construction: no tensor is read to check them
             images[:, :, : self.shot].reshape(num_tasks, self.way * self.shot, *images.shape[3:]),
             support_y,
             images[:, :, self.shot :].reshape(num_tasks, self.way * self.query, *images.shape[3:]),
             query_y,
+            way=self.way,
         )
 
 

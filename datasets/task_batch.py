@@ -7,18 +7,42 @@ from typing import NamedTuple
 import torch
 
 
-class TaskBatch(NamedTuple):
-    """B few-shot tasks: support ``[B, N*K, C, H, W]`` / ``[B, N*K]``, query ``[B, N*Q, C, H, W]`` / ``[B, N*Q]``.
-
-    Images are floating point, labels are int64 in ``0 .. N-1`` within each task. Build it
-    with the four tensors and call :meth:`validate` (the algorithms do) to get a ``ValueError``
-    naming the offending tensor instead of a shape error deep inside a convolution.
-    """
-
+class _Tensors(NamedTuple):
     support_x: torch.Tensor
     support_y: torch.Tensor
     query_x: torch.Tensor
     query_y: torch.Tensor
+
+
+class TaskBatch(_Tensors):
+    """B few-shot tasks: support ``[B, N*K, C, H, W]`` / ``[B, N*K]``, query ``[B, N*Q, C, H, W]`` / ``[B, N*Q]``.
+
+    Images are floating point, labels are int64 in ``0 .. N-1`` within each task; ``way`` is N.
+    A tuple of the four tensors. It is checked once, where it is made: ``TaskBatch(sx, sy, qx,
+    qy)`` checks shapes, dtypes and label ranges (a ``ValueError`` naming the offending tensor
+    instead of a shape error deep inside a convolution) and reads N from the labels;
+    :meth:`trusted` is for producers whose batches are right by construction (the samplers) and
+    reads no tensor, so a training step never waits on a check.
+    """
+
+    way: int
+
+    def __new__(cls, support_x, support_y, query_x, query_y, way: int | None = None):
+        batch = super().__new__(cls, support_x, support_y, query_x, query_y)
+        batch._check_layout()
+        batch.way = batch._check_labels(way)
+        return batch
+
+    @classmethod
+    def trusted(cls, support_x, support_y, query_x, query_y, *, way: int) -> TaskBatch:
+        """A batch whose labels a producer guarantees to be ``0 .. way-1`` (not read)."""
+        batch = tuple.__new__(cls, (support_x, support_y, query_x, query_y))
+        batch.way = int(way)
+        return batch
+
+    @classmethod
+    def _make(cls, iterable) -> TaskBatch:  # ``_replace`` builds through here: checked again
+        return cls(*iterable)
 
     @property
     def num_tasks(self) -> int:
@@ -30,10 +54,16 @@ class TaskBatch(NamedTuple):
         return {"tasks": self.num_tasks}
 
     def to(self, device, non_blocking: bool = False) -> TaskBatch:
-        return TaskBatch(*(t.to(device, non_blocking=non_blocking) for t in self))
+        return TaskBatch.trusted(*(t.to(device, non_blocking=non_blocking) for t in self), way=self.way)
 
-    def validate(self, way: int | None = None) -> TaskBatch:
-        """Check shapes, dtypes and label ranges; return ``self``."""
+    def pin_memory(self) -> TaskBatch:
+        return TaskBatch.trusted(*(t.pin_memory() for t in self), way=self.way)
+
+    def tasks(self, start: int, stop: int) -> TaskBatch:
+        """Tasks ``start .. stop-1`` (a chunk of the meta-batch, or one process's share)."""
+        return TaskBatch.trusted(*(t[start:stop] for t in self), way=self.way)
+
+    def _check_layout(self) -> None:
         for name in ("support_x", "query_x"):
             t = getattr(self, name)
             if not isinstance(t, torch.Tensor):
@@ -63,12 +93,16 @@ class TaskBatch(NamedTuple):
                 f"TaskBatch.query_x: image shape {tuple(self.query_x.shape[2:])} differs from "
                 f"support_x's {tuple(self.support_x.shape[2:])}"
             )
-        if way is not None:
-            for name in ("support_y", "query_y"):
-                y = getattr(self, name)
-                if y.numel() and (int(y.min()) < 0 or int(y.max()) >= way):
-                    raise ValueError(
-                        f"TaskBatch.{name}: labels must lie in 0..{way - 1} for a {way}-way model, "
-                        f"got range {int(y.min())}..{int(y.max())}"
-                    )
-        return self
+
+    def _check_labels(self, way: int | None) -> int:
+        """N: ``way``, or one more than the largest support label; every label in ``0 .. N-1``."""
+        if way is None:
+            way = int(self.support_y.max()) + 1 if self.support_y.numel() else 0
+        for name in ("support_y", "query_y"):
+            y = getattr(self, name)
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= way):
+                raise ValueError(
+                    f"TaskBatch.{name}: labels must lie in 0..{way - 1} for a {way}-way batch "
+                    f"(the support labels'), got range {int(y.min())}..{int(y.max())}"
+                )
+        return int(way)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from lil_meta.engine.config import complete_config
 from lil_meta.engine.errors import CheckpointError
 from lil_meta.engine.fileio import atomic_write  # re-exported: callers import it from here too
 
@@ -218,8 +219,6 @@ class Checkpointer:
         """Whether a checkpoint's config, completed with the defaults of keys added since it was
         written (:func:`engine.config.complete_config`), is this run's: a run started by an
         earlier version resumes when nothing it trains with has changed."""
-        from lil_meta.engine.config import complete_config  # noqa: PLC0415  (config imports the models)
-
         try:
             same = config_fingerprint(complete_config(saved_yaml or "{}"))[0] == self.fingerprint
         except Exception:  # noqa: BLE001  (a config this version cannot read is simply another config)

@@ -19,7 +19,6 @@ the arguments it does not set, at the values the component is built with anyway
 from __future__ import annotations
 
 import difflib
-import importlib
 import logging
 import os
 import re
@@ -33,11 +32,13 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from lil_meta import models
 from lil_meta.engine.errors import ConfigError
 from lil_meta.engine.fileio import atomic_write
+from lil_meta.engine.registry import import_extra_modules  # noqa: F401  (part of this module's API)
 
 logger = logging.getLogger(__name__)
 
@@ -175,10 +176,8 @@ def _explain(exc: BaseException, where: str) -> ConfigError:
 
 
 def _component_arguments() -> dict[str, set[str]]:
-    """Each component node's settable keys, from the registries (imported here: ``models``
-    registers the built-in components and imports this module)."""
-    from lil_meta import models  # noqa: PLC0415
-
+    """Each component node's settable keys, from the registries (``models`` registers the
+    built-in components)."""
     return {path: models.component_arguments(path) for path in models.COMPONENT_NODES}
 
 
@@ -332,8 +331,6 @@ def complete_config(data: str | dict | DictConfig) -> DictConfig:
     is built with, on the schema's defaults, interpolations resolved. A checkpoint written before
     a key existed thus compares equal to a run that leaves the key at its default
     (:meth:`engine.checkpoint.Checkpointer.load`)."""
-    from lil_meta import models  # noqa: PLC0415  (registers the built-in components; it imports this module)
-
     cfg = OmegaConf.create(data)
     models.fill_component_defaults(cfg)
     cfg = OmegaConf.merge(OmegaConf.structured(Config), cfg)
@@ -347,16 +344,3 @@ def save_config(cfg: DictConfig, output_dir: str | os.PathLike) -> Path:
     atomic_write(out, OmegaConf.to_yaml(cfg, resolve=True))
     OmegaConf.set_readonly(cfg, True)
     return out
-
-
-def import_extra_modules(cfg: DictConfig) -> None:
-    """Import the user modules listed in ``extra_modules`` so their components register."""
-    modules = cfg.get("extra_modules") or []
-    if not isinstance(modules, (list, ListConfig)):
-        raise ConfigError(f"extra_modules: expected a list of module names, got {modules!r}")
-    for name in modules:
-        try:
-            importlib.import_module(str(name))
-        except ImportError as exc:
-            raise ConfigError(f"extra_modules: cannot import '{name}': {exc}") from None
-        logger.info("imported extra module %s", name)

@@ -2,47 +2,88 @@
 
 Parameters are plain ``{name: tensor}`` dicts evaluated with ``torch.func.functional_call``, so
 the same per-task function runs either under ``torch.func.vmap`` (all tasks at once) or in a
-Python loop over tasks (the reference path, and often the faster one on CPU).
+Python loop over tasks (the reference path, and often the faster one on CPU). Which of the two
+runs is an explicit argument, ``vmapped``, of every function here that computes differently
+under vmap; :func:`map_tasks` passes it to the per-task function.
 
-Second-order MAML differentiates through every inner gradient ``gᵏ``: ``torch.func.grad``
-returns tensors that stay connected to θ⁰ in the outer autograd graph. First-order variants
-detach every ``gᵏ``, so ``∂θˢ/∂θ⁰ = I``.
+Second-order MAML differentiates through every inner gradient ``gᵏ``: the gradients stay
+connected to θ⁰ in the outer autograd graph. First-order variants detach every ``gᵏ``, so
+``∂θˢ/∂θ⁰ = I``.
+
+:func:`adapt` runs the S steps of one task and returns an :class:`Adaptation` (θˢ, the first
+step Δ⁰ and the typed :class:`Trajectory`); :class:`AdaptedTask` is what the outer-loss terms
+see of one task, and computes more on request (the straight step's logits, another trajectory).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_unflatten
 from torch.utils.checkpoint import checkpoint
 
 from lil_meta.engine.kernels import group_norms
-from lil_meta.engine.vmap_context import (  # tasks_vmapped re-exported
-    tasks_under_vmap,
-    tasks_vmapped,
-)
 
 Params = dict[str, torch.Tensor]
 UpdateRule = Callable[[Params, Params, int], Params]
+InnerLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 ENGINES = ("vmap", "loop")
 
 
-def logits_at(model: nn.Module, adapted: Mapping[str, torch.Tensor], frozen: Mapping[str, torch.Tensor], x):
+class Trajectory(NamedTuple):
+    """One task's inner trajectory θ⁰ … θˢ over the adapted set A (docs/design.md §1).
+
+    Shapes are per task; after :func:`map_tasks` every field gains a leading task dim ``[B]``.
+    Differentiable where the inner loop is (not the diagnostics, which carry no graph).
+
+    Fields:
+        step_norms: dₖ = ‖θᵏ⁺¹ − θᵏ‖, k = 0 … S−1, ``[S]``.
+        disp_norm: ‖θˢ − θ⁰‖, ``[]``.
+        grad_norms: ‖gᵏ‖, k = 0 … S−1, ``[S]``.
+        final_grad_norm: ‖gˢ‖, one more support gradient at θˢ (for AC, eq. 4), ``[]``; only
+            on logging steps, else ``None``.
+        hess_ratios: hₖ = ½ Δₖᵀ H(θᵏ) Δₖ / (−gᵏᵀ Δₖ) of eq. 5, ``[S]``; only on logging steps.
+    """
+
+    step_norms: torch.Tensor
+    disp_norm: torch.Tensor
+    grad_norms: torch.Tensor
+    final_grad_norm: torch.Tensor | None = None
+    hess_ratios: torch.Tensor | None = None
+
+    @property
+    def length(self) -> torch.Tensor:
+        """T = Σₖ dₖ, the trajectory length (the pseudo-amplitude, eq. 9), ``[]`` (``[B]``)."""
+        return self.step_norms.sum(-1)
+
+
+class Adaptation(NamedTuple):
+    """What :func:`adapt` returns: θˢ (``params``), the first step Δ⁰ = θ¹ − θ⁰ (``first_step``,
+    the direction of the straight step θ̂; θ⁰'s zeros when S = 0) and the :class:`Trajectory`."""
+
+    params: Params
+    first_step: Params
+    trajectory: Trajectory
+
+
+def logits_at(model: nn.Module, adapted: Mapping[str, torch.Tensor], frozen: Mapping[str, torch.Tensor], x,
+              *, vmapped: bool = False):
     """``f(x | θ)`` with θ assembled from the adapted and the held-fixed tensors.
 
-    On channels-last images (``algorithm.channels_last``) the convolutions hand back their
-    weight gradients channels-last too; they are made contiguous before they reach the rest of
-    the graph (left channels-last, they slow the second-order inner loop's double backward by
-    more than the channels-last query pass saves; docs/performance.md).
+    On channels-last images (``algorithm.channels_last``, per-task loop) the convolutions hand
+    back their weight gradients channels-last too; they are made contiguous before they reach
+    the rest of the graph (left channels-last, they slow the second-order inner loop's double
+    backward by more than the channels-last query pass saves; docs/performance.md).
     """
     params = {**frozen, **adapted}
-    if x.dim() == 4 and not tasks_vmapped() and not x.is_contiguous() \
+    if x.dim() == 4 and not vmapped and not x.is_contiguous() \
             and x.is_contiguous(memory_format=torch.channels_last):
         params = {n: _ContiguousGrad.apply(t) if t.dim() == 4 and t.requires_grad else t for n, t in params.items()}
     return functional_call(model, params, (x,))
@@ -64,50 +105,34 @@ class _ContiguousGrad(torch.autograd.Function):
         return grad_t.contiguous()
 
 
-
-
 def _flat(dicts: Sequence[Params]) -> list[torch.Tensor]:
     return [t for d in dicts for t in d.values()]
 
 
-def adapt(
-    model: nn.Module,
-    adapted: Params,
-    frozen: Params,
-    support_x: torch.Tensor,
-    support_y: torch.Tensor,
-    steps: int,
-    update: UpdateRule,
-    first_order: bool,
-    final_grad: bool = False,
-    inner_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
-    checkpoint_steps: bool = False,
-    hessian_ratios: bool = False,
-) -> tuple[Params, dict[str, Any]]:
+def adapt(model: nn.Module, adapted: Params, frozen: Params, support_x: torch.Tensor, support_y: torch.Tensor,
+          *, steps: int, update: UpdateRule, first_order: bool = False, inner_loss: InnerLoss = F.cross_entropy,
+          final_grad: bool = False, hessian_ratios: bool = False, checkpoint_steps: bool = False,
+          vmapped: bool = False) -> Adaptation:
     """Run ``steps`` inner steps ``θᵏ⁺¹ = update(θᵏ, gᵏ, k)`` on one task.
 
-    ``gᵏ`` is the gradient of ``inner_loss(f(xs|θᵏ), ys)`` (cross-entropy by default) with
-    respect to the adapted tensors.
-
-    Returns θˢ and the trajectory record: ``step_norms`` ``[S]`` (dₖ = ‖θᵏ⁺¹ − θᵏ‖),
-    ``disp_norm`` (‖θˢ − θ⁰‖), ``grad_norms`` (‖gᵏ‖ for k = 0..S-1, and k = S when
-    ``final_grad``: one extra support gradient at θˢ, taken without graph, for AC) and ``d0``,
-    the first step Δ⁰ = θ¹ − θ⁰ (the direction of the straight step θ̂, ``docs/design.md``),
-    and, when ``hessian_ratios``, ``hess_ratios`` ``[S]`` (:func:`_hessian_ratios`, no graph).
-    The norms come from one fused call each (:func:`engine.kernels.group_norms`) over the
-    parameter copies the loop holds anyway; they are differentiable where the loop is.
+    ``gᵏ`` is the gradient of ``inner_loss(f(xs|θᵏ), ys)`` with respect to the adapted tensors,
+    kept in the outer graph unless ``first_order`` (or grad mode is off). ``final_grad``: one
+    more support gradient at θˢ, without graph, for AC; ``hessian_ratios``: hₖ of eq. 5
+    (:func:`_hessian_ratios`, no graph). The norms come from one fused call each
+    (:func:`engine.kernels.group_norms`) over the parameter copies the loop holds anyway.
 
     ``checkpoint_steps``: keep no graph of the second-order inner gradients in the forward pass
     and recompute each step's in the backward pass (:func:`_recomputed_in_backward`): less
-    memory, one more support forward and backward per step. Per-task loop only.
+    memory, one more support forward and backward per step. Per-task loop only. ``vmapped``:
+    the call runs under :func:`map_tasks`'s ``vmap`` (module doc).
     """
-    support_grad = grad(lambda a, f, x, y: inner_loss(logits_at(model, a, f, x), y))
-    constant_grad = _constant_grad(support_grad, model, inner_loss)
+    support_grad = grad(lambda a, f, x, y: inner_loss(logits_at(model, a, f, x, vmapped=vmapped), y))
+    constant_grad = _constant_grad(support_grad, model, inner_loss, vmapped)
     if first_order or not torch.is_grad_enabled():
         step_grad = constant_grad
     elif checkpoint_steps:
         step_grad = _recomputed_in_backward(support_grad)
-    elif tasks_vmapped():
+    elif vmapped:
         step_grad = support_grad
     else:
         step_grad = _graphed_grad(support_grad, model, inner_loss)
@@ -116,20 +141,23 @@ def adapt(
         g = step_grad(thetas[-1], frozen, support_x, support_y)
         grads.append(g)
         thetas.append(update(thetas[-1], g, step))
-    record: dict[str, Any] = {}
-    if steps:
-        if final_grad:
-            grads.append(constant_grad(thetas[-1], frozen, support_x, support_y))
-        norms = group_norms(_flat(thetas[1:] + thetas[-1:]), _flat(thetas[:-1] + thetas[:1]), steps + 1)
-        record = {
-            "step_norms": norms[:steps],
-            "disp_norm": norms[steps],
-            "grad_norms": group_norms(_flat(grads), [], len(grads)),
-            "d0": {name: thetas[1][name] - t for name, t in thetas[0].items()},
-        }
-        if hessian_ratios:
-            record["hess_ratios"] = _hessian_ratios(model, inner_loss, thetas, grads, frozen, support_x, support_y)
-    return thetas[-1], record
+    if not steps:
+        none = support_x.new_zeros(0)
+        return Adaptation(adapted, {name: torch.zeros_like(t) for name, t in adapted.items()},
+                          Trajectory(none, support_x.new_zeros(()), none))
+    final = grad_norm = ratios = None
+    if final_grad:
+        final = constant_grad(thetas[-1], frozen, support_x, support_y)
+    norms = group_norms(_flat(thetas[1:] + thetas[-1:]), _flat(thetas[:-1] + thetas[:1]), steps + 1)
+    all_grad_norms = group_norms(_flat(grads + ([final] if final is not None else [])), [],
+                                 steps + (final is not None))
+    if final is not None:
+        grad_norm = all_grad_norms[steps]
+    if hessian_ratios:
+        ratios = _hessian_ratios(model, inner_loss, thetas, grads, frozen, support_x, support_y, vmapped)
+    trajectory = Trajectory(norms[:steps], norms[steps], all_grad_norms[:steps], grad_norm, ratios)
+    first_step = {name: thetas[1][name] - t for name, t in thetas[0].items()}
+    return Adaptation(thetas[-1], first_step, trajectory)
 
 
 def straight_step(theta0: Params, d0: Params, length: torch.Tensor, first_norm: torch.Tensor) -> Params:
@@ -142,7 +170,7 @@ def straight_step(theta0: Params, d0: Params, length: torch.Tensor, first_norm: 
 
 
 def _hessian_ratios(model: nn.Module, inner_loss, thetas: list[Params], grads: list[Params], frozen: Params,
-                    support_x: torch.Tensor, support_y: torch.Tensor) -> torch.Tensor:
+                    support_x: torch.Tensor, support_y: torch.Tensor, vmapped: bool) -> torch.Tensor:
     """hₖ = ½·Δₖᵀ H(θᵏ) Δₖ / (−gᵏᵀ Δₖ) for k = 0..S-1, ``[S]``, without graph (paper eq. 5).
 
     Δₖ = θᵏ⁺¹ − θᵏ, gᵏ the support gradient at θᵏ and H(θᵏ) the Hessian of the support loss
@@ -154,13 +182,13 @@ def _hessian_ratios(model: nn.Module, inner_loss, thetas: list[Params], grads: l
     """
     fixed = {name: t.detach() for name, t in frozen.items()}
     x = support_x.detach()
-    if tasks_vmapped():  # vmap refuses the channels-last double backward of a convolution
+    if vmapped:  # vmap refuses the channels-last double backward of a convolution
         x = x.contiguous()
     ratios = []
     for k in range(len(thetas) - 1):
         theta = {name: t.detach() for name, t in thetas[k].items()}
         delta = {name: (thetas[k + 1][name] - t).detach() for name, t in thetas[k].items()}
-        hvp = _hessian_vector_product(model, inner_loss, theta, delta, fixed, x, support_y)
+        hvp = _hessian_vector_product(model, inner_loss, theta, delta, fixed, x, support_y, vmapped)
         curvature = sum((delta[n] * hvp[n]).sum() for n in theta)
         descent = -sum((grads[k][n].detach() * delta[n]).sum() for n in theta)
         ratios.append(0.5 * curvature / descent)
@@ -168,14 +196,14 @@ def _hessian_ratios(model: nn.Module, inner_loss, thetas: list[Params], grads: l
 
 
 def _hessian_vector_product(model: nn.Module, inner_loss, theta: Params, vector: Params, frozen: Params,
-                            support_x: torch.Tensor, support_y: torch.Tensor) -> Params:
+                            support_x: torch.Tensor, support_y: torch.Tensor, vmapped: bool) -> Params:
     """H(θ)·v for the support loss, by differentiating gᵀv once more (reverse over reverse;
     H is symmetric). Under vmap through ``torch.func``, otherwise plain autograd on leaves."""
 
     def loss_at(a: Params) -> torch.Tensor:
-        return inner_loss(logits_at(model, a, frozen, support_x), support_y)
+        return inner_loss(logits_at(model, a, frozen, support_x, vmapped=vmapped), support_y)
 
-    if tasks_vmapped():
+    if vmapped:
         _, hvp_fn = torch.func.vjp(grad(loss_at), theta)
         return hvp_fn(vector)[0]
     leaves = {name: t.requires_grad_() for name, t in theta.items()}
@@ -205,14 +233,15 @@ def _graphed_grad(support_grad: Callable[..., Params], model: nn.Module, inner_l
     return call
 
 
-def _constant_grad(support_grad: Callable[..., Params], model: nn.Module, inner_loss) -> Callable[..., Params]:
+def _constant_grad(support_grad: Callable[..., Params], model: nn.Module, inner_loss,
+                   vmapped: bool) -> Callable[..., Params]:
     """The support gradient as a constant to the outer loss (first-order steps, evaluation, the
     extra gradient for AC). Outside vmap it is plain ``torch.autograd.grad`` on detached
     copies, whose backward runs with grad mode off and so takes the fused kernels (e.g.
     BatchNorm's); under vmap, ``support_grad`` with no outer graph."""
 
     def call(adapted: Params, frozen: Params, support_x: torch.Tensor, support_y: torch.Tensor) -> Params:
-        if tasks_vmapped():
+        if vmapped:
             with torch.no_grad():
                 return support_grad(adapted, frozen, support_x, support_y)
         leaves = {name: t.detach().requires_grad_() for name, t in adapted.items()}
@@ -248,17 +277,103 @@ def _recomputed_in_backward(support_grad: Callable[..., Params]) -> Callable[...
     return call
 
 
-def map_tasks(fn: Callable[..., Any], shared: Sequence[Any], per_task: Sequence[torch.Tensor], engine: str):
-    """Apply ``fn(*shared, *task_slices)`` to every task; stack the outputs along dim 0.
+@dataclass
+class AdaptedTask:
+    """One task after its inner loop, as an outer-loss term sees it (:mod:`losses.base`).
 
-    ``engine="vmap"`` batches with ``torch.func.vmap``; ``"loop"`` calls ``fn`` once per task.
-    Both return the same pytree of stacked tensors.
+    ``logits`` f(xq|θˢ), ``theta0`` the adapted tensors at θ⁰, ``adaptation`` what
+    :func:`adapt` returned. The methods compute more on request, only for the terms that ask,
+    with the task's own network, support set and update rule: the logits at any point over A
+    (:meth:`logits_at`), at the straight step θ̂ (:meth:`straight_logits`, computed once however
+    many terms ask) and after another trajectory (:meth:`retrace`). Per task: under ``vmap``
+    every tensor is one task's slice.
+    """
+
+    model: nn.Module
+    frozen: Params
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    theta0: Params
+    adaptation: Adaptation
+    logits: torch.Tensor
+    update: Callable[..., Params]  # update(params, grads, step, lr_scale=1.0)
+    inner_loss: InnerLoss
+    first_order: bool
+    checkpoint_steps: bool
+    vmapped: bool
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def trajectory(self) -> Trajectory:
+        return self.adaptation.trajectory
+
+    @property
+    def steps(self) -> int:
+        """S, the inner steps this task took."""
+        return int(self.trajectory.step_norms.shape[-1])
+
+    def logits_at(self, params: Params, frozen: Params | None = None) -> torch.Tensor:
+        """f(xq|θ) at the adapted tensors ``params`` (the held-fixed ones: the task's, or ``frozen``)."""
+        return logits_at(self.model, params, self.frozen if frozen is None else frozen, self.query_x,
+                         vmapped=self.vmapped)
+
+    def straight_point(self, length: torch.Tensor | None = None) -> Params:
+        """θ̂ = θ⁰ + T · Δ⁰/‖Δ⁰‖ (eq. 7–8), T the trajectory length unless ``length`` is given."""
+        traj = self.trajectory
+        if self.steps == 0:
+            return self.adaptation.params
+        return straight_step(self.theta0, self.adaptation.first_step,
+                             traj.length if length is None else length, traj.step_norms[0])
+
+    def straight_logits(self) -> torch.Tensor:
+        """f(xq|θ̂) at the straight step of the trajectory's own length (LIL's phase term)."""
+        if "straight" not in self._cache:
+            self._cache["straight"] = self.logits if self.steps == 0 else self.logits_at(self.straight_point())
+        return self._cache["straight"]
+
+    def retrace(self, *, steps: int | None = None, lr_scale: float = 1.0, graph: bool = True,
+                start: Params | None = None, frozen: Params | None = None,
+                first_order: bool | None = None) -> Adaptation:
+        """Another trajectory on the same support set with the algorithm's update rule: from θ⁰
+        (or ``start``, e.g. a teacher's tensors, with its ``frozen`` ones), ``steps`` steps
+        (default S) at every rate times ``lr_scale``. ``graph=False`` builds no graph (a
+        constant target); with a graph it is first- or second-order like the task's own loop."""
+        rule = self.update if lr_scale == 1.0 else (
+            lambda p, g, k: self.update(p, g, k, lr_scale=lr_scale))
+        run = lambda: adapt(  # noqa: E731
+            self.model, self.theta0 if start is None else start, self.frozen if frozen is None else frozen,
+            self.support_x, self.support_y, steps=self.steps if steps is None else steps, update=rule,
+            first_order=self.first_order if first_order is None else first_order, inner_loss=self.inner_loss,
+            checkpoint_steps=self.checkpoint_steps and graph, vmapped=self.vmapped)
+        if graph:
+            return run()
+        with torch.no_grad():
+            return run()
+
+
+def map_tasks(fn: Callable[..., Any], shared: Sequence[Any], per_task: Sequence[torch.Tensor], engine: str):
+    """Apply ``fn(*shared, *task_slices, vmapped=…)`` to every task; stack the outputs along dim 0.
+
+    ``engine="vmap"`` batches with ``torch.func.vmap`` (``vmapped=True``); ``"loop"`` calls
+    ``fn`` once per task (``vmapped=False``). Both return the same pytree of stacked tensors;
+    ``None`` leaves (a diagnostic not computed) stay ``None``.
     """
     if engine == "vmap":
+        spec = {}
+
+        def tensors_only(*args):
+            leaves, spec["tree"] = tree_flatten(fn(*args, vmapped=True))
+            spec["none"] = [leaf is None for leaf in leaves]
+            return tuple(leaf for leaf in leaves if leaf is not None)
+
         in_dims = (None,) * len(shared) + (0,) * len(per_task)
-        with tasks_under_vmap():
-            return vmap(fn, in_dims=in_dims, randomness="different")(*shared, *per_task)
+        stacked = iter(vmap(tensors_only, in_dims=in_dims, randomness="different")(*shared, *per_task))
+        return tree_unflatten([None if none else next(stacked) for none in spec["none"]], spec["tree"])
     if engine != "loop":
         raise ValueError(f"algorithm.engine: expected one of {ENGINES} or 'auto', got '{engine}'")
-    outputs = [fn(*shared, *(t[i] for t in per_task)) for i in range(per_task[0].shape[0])]
-    return tree_map(lambda *leaves: torch.stack(leaves), *outputs)
+    outputs = [tree_flatten(fn(*shared, *(t[i] for t in per_task), vmapped=False))
+               for i in range(per_task[0].shape[0])]
+    columns = zip(*(leaves for leaves, _ in outputs), strict=True)
+    stacked = [None if column[0] is None else torch.stack(column) for column in columns]
+    return tree_unflatten(stacked, outputs[0][1])

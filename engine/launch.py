@@ -137,14 +137,16 @@ def average_gradients(params: list[torch.Tensor], world: World) -> None:
         offset += n
 
 
-def average_scalars(scalars: dict[str, float], world: World) -> dict[str, float]:
-    """Mean of each logged scalar over the processes (the keys are the same on every rank)."""
+def average_scalars(scalars: dict[str, torch.Tensor], world: World) -> dict[str, torch.Tensor]:
+    """Mean of each logged 0-dim tensor over the processes (the keys are the same on every
+    rank): one all-reduce, and no value is read back to the host."""
     if not world.distributed:
         return scalars
     keys = sorted(scalars)
-    values = torch.tensor([scalars[k] for k in keys], dtype=torch.float64)
+    device = torch.as_tensor(scalars["loss"]).device if "loss" in scalars else None
+    values = torch.stack([torch.as_tensor(scalars[k]).to(device, torch.float64) for k in keys])
     dist.all_reduce(values)
-    return dict(zip(keys, (values / world.size).tolist(), strict=True))
+    return dict(zip(keys, (values / world.size).unbind(), strict=True))
 
 
 def gather_lists(items: list, world: World) -> list:
@@ -181,7 +183,7 @@ class RankSlice:
             return batch
         per = check_meta_batch(batch.num_tasks, self.world)
         lo = self.world.rank * per
-        return type(batch)(*(t[lo:lo + per] for t in batch))
+        return batch.tasks(lo, lo + per)
 
     def state_dict(self):
         return self.sampler.state_dict()

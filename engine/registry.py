@@ -2,7 +2,7 @@
 
 One registry per kind (``BACKBONES``, ``ALGORITHMS``, ``LOSSES``, ``DATASETS``). Components
 register by explicit import in each package's ``__init__.py``; user code registers through the
-config's ``extra_modules`` list (imported by :func:`engine.config.import_extra_modules`).
+config's ``extra_modules`` list (imported by :func:`import_extra_modules`).
 
 A registry entry may carry *preset* keyword arguments, so variants are one line each
 (timm style)::
@@ -13,13 +13,17 @@ A registry entry may carry *preset* keyword arguments, so variants are one line 
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
-from collections.abc import Callable, Mapping
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from lil_meta.engine.errors import ConfigError
 
-__all__ = ["Registry", "BACKBONES", "ALGORITHMS", "LOSSES", "DATASETS"]
+__all__ = ["Registry", "BACKBONES", "ALGORITHMS", "LOSSES", "DATASETS", "import_extra_modules"]
+
+logger = logging.getLogger(__name__)
 
 
 def _closest(word: str, choices) -> str:
@@ -162,3 +166,16 @@ BACKBONES = Registry("backbone")
 ALGORITHMS = Registry("algorithm")
 LOSSES = Registry("loss")
 DATASETS = Registry("dataset")
+
+
+def import_extra_modules(cfg) -> None:
+    """Import the user modules listed in ``extra_modules`` so their components register."""
+    modules = cfg.get("extra_modules") or []
+    if isinstance(modules, (str, bytes)) or not isinstance(modules, Sequence):
+        raise ConfigError(f"extra_modules: expected a list of module names, got {modules!r}")
+    for name in modules:
+        try:
+            importlib.import_module(str(name))
+        except ImportError as exc:
+            raise ConfigError(f"extra_modules: cannot import '{name}': {exc}") from None
+        logger.info("imported extra module %s", name)

@@ -175,7 +175,7 @@ def build_trainer(built: Run, extra_hooks=()) -> MetaTrainer:
     ``extra_hooks``."""
     cfg, solver = built.cfg, built.cfg.solver
     trainer = MetaTrainer(built.algorithm, built.sampler, built.optimizer, built.device, built.world,
-                          solver.on_nonfinite, solver.max_skips, solver.clip_grad_norm)
+                          solver.on_nonfinite, solver.max_skips, solver.clip_grad_norm, solver.task_chunk)
     trainer.register_hooks([
         IterationTimer(),
         LRScheduler(built.optimizer, built.scheduler),

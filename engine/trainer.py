@@ -5,16 +5,16 @@ detectron2's shape, kept small. ``TrainerBase.train`` runs ``run_step`` from ``s
 around it; hooks do everything else (lr schedule, evaluation, checkpoints, logging), so the
 loop itself stays readable. ``MetaTrainer.run_step`` is the whole update::
 
-    batch = sampler.next_batch().to(device)
+    batch = batches.next_batch()                  # drawn while the previous step ran
     optimizer.zero_grad(set_to_none=True)
-    out = algorithm.forward_backward(batch, iter)   # or: out = algorithm(batch); out["loss"].backward()
-    optimizer.step()
+    algorithm.begin_step(iter)                    # once-per-step work (a teacher's EMA)
+    out = algorithm(batch, step=iter); out["loss"].backward()   # chunk by chunk with task_chunk
+    optimizer.step()                              # unless the loss or the gradient is not finite
 
-The trainer knows nothing about meta-learning: the algorithm's ``forward_backward`` does the
-backward its own way (in chunks, say) and returns a dict with a 0-dim ``loss``; every 0-dim
-entry is a scalar metric recorded in an :class:`EventStorage` for the writers. When the loss is
-not finite, the algorithm's optional ``diagnose(out, rank)`` says where it came from
-(:mod:`models.algorithms.step` implements both for the algorithms here).
+The trainer knows nothing about meta-learning: the algorithm is a :class:`MetaAlgorithm`
+whose call returns a dict with a 0-dim ``loss``; every 0-dim entry is a scalar metric recorded
+in an :class:`EventStorage` for the writers. The step reads one value back from the device,
+whether the loss and the meta-gradient are finite; the metrics stay tensors until a writer asks.
 """
 
 from __future__ import annotations
@@ -25,24 +25,46 @@ import time
 import weakref
 from collections import defaultdict, deque
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from lil_meta.engine.checkpoint import get_rng_state, set_rng_state
 from lil_meta.engine.launch import World, average_gradients, average_scalars
+from lil_meta.engine.prefetch import Prefetcher
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EventStorage", "TrainerBase", "MetaTrainer", "NumericalFault"]
+__all__ = ["EventStorage", "TrainerBase", "MetaTrainer", "MetaAlgorithm", "NumericalFault", "is_scalar"]
 
 
-def _is_scalar(value: Any) -> bool:
+class MetaAlgorithm(Protocol):
+    """What the trainer calls: an ``nn.Module`` (``train``, ``parameters``, ``state_dict``) with
+
+    - ``begin_step(step)``: once per training step, before its forward passes;
+    - ``algorithm(batch, step=step)``: the output dict of a batch (or of a chunk of one), with a
+      0-dim ``loss`` to minimise; ``step`` is the trainer's iteration;
+    - ``diagnose(out, rank)``: where a non-finite loss in ``out`` came from, or ``None``.
+    """
+
+    training: bool
+
+    def begin_step(self, step: int) -> None: ...
+
+    def __call__(self, batch: Any, step: int = 0) -> dict[str, Any]: ...
+
+    def diagnose(self, out: dict[str, Any], rank: int = 0) -> str | None: ...
+
+    def train(self, mode: bool = True) -> Any: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> Any: ...
+
+
+def is_scalar(value: Any) -> bool:
+    """A logged scalar: a 0-dim tensor or a Python number."""
     return (isinstance(value, torch.Tensor) and value.dim() == 0) or isinstance(value, (int, float))
-
-
-def _float(value: torch.Tensor | float) -> float:
-    return float(value.detach().item() if isinstance(value, torch.Tensor) else value)
 
 
 class NumericalFault(FloatingPointError):
@@ -59,29 +81,57 @@ class EventStorage:
     """Scalar metrics by name, each a bounded history of ``(iteration, value)`` pairs.
 
     Hooks put values at ``storage.iter`` (the current iteration, 0-based); writers read the
-    mean over a window of iterations. Only Python floats are stored.
+    mean over a window of iterations. A value may be a 0-dim tensor: it is kept as it is (no
+    device synchronisation) until a reader asks, then all pending tensors are read in one
+    transfer and stored as Python floats (also once ``max_pending`` of them wait).
     """
 
-    def __init__(self, start_iter: int = 0, max_history: int = 20_000) -> None:
+    def __init__(self, start_iter: int = 0, max_history: int = 20_000, max_pending: int = 4096) -> None:
         self.iter = start_iter
         self._history: dict[str, deque] = defaultdict(lambda: deque(maxlen=max_history))
+        self._pending: list[tuple[str, int, torch.Tensor]] = []
+        self.max_pending = int(max_pending)
 
-    def put_scalar(self, name: str, value: float) -> None:
-        self._history[name].append((self.iter, float(value)))
+    def put_scalar(self, name: str, value: float | torch.Tensor) -> None:
+        if isinstance(value, torch.Tensor):
+            self._pending.append((name, self.iter, value.detach()))
+            if len(self._pending) >= self.max_pending:
+                self._materialize()
+        else:
+            self._history[name].append((self.iter, float(value)))
 
-    def put_scalars(self, **scalars: float) -> None:
+    def put_scalars(self, **scalars: float | torch.Tensor) -> None:
         for name, value in scalars.items():
             self.put_scalar(name, value)
 
+    def _materialize(self) -> None:
+        """Move the pending tensor values into the history, read in one transfer per device."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        by_device: dict[torch.device, list[int]] = defaultdict(list)
+        for i, (_, _, value) in enumerate(pending):
+            by_device[value.device].append(i)
+        values: list[float] = [0.0] * len(pending)
+        for indices in by_device.values():
+            read = torch.stack([pending[i][2].double() for i in indices]).tolist()
+            for i, v in zip(indices, read, strict=True):
+                values[i] = v
+        for (name, it, _), value in zip(pending, values, strict=True):
+            self._history[name].append((it, value))
+
     def history(self, name: str) -> list[tuple[int, float]]:
-        return list(self._history.get(name, ()))
+        self._materialize()
+        return sorted(self._history.get(name, ()), key=lambda entry: entry[0])
 
     def latest(self) -> dict[str, tuple[int, float]]:
         """The last ``(iteration, value)`` of every metric."""
-        return {name: values[-1] for name, values in self._history.items() if values}
+        self._materialize()
+        return {name: max(values, key=lambda entry: entry[0]) for name, values in self._history.items() if values}
 
     def window_means(self, first_iter: int) -> dict[str, float]:
         """Mean of each metric over the entries put at iterations ``>= first_iter``."""
+        self._materialize()
         means = {}
         for name, values in self._history.items():
             window = [v for it, v in values if it >= first_iter]
@@ -185,55 +235,60 @@ class MetaTrainer(TrainerBase):
     """One optimizer update per iteration on a batch from ``sampler``.
 
     Args:
-        algorithm: ``nn.Module`` whose ``forward(batch)`` returns the loss/metric dict; when it
-            has ``forward_backward(batch, step)`` (forward, backward, the dict) the trainer calls
-            that instead, with ``step`` the iteration, and its optional ``diagnose(out, rank)``
-            (a sentence or ``None``) completes the message on a non-finite loss.
+        algorithm: the :class:`MetaAlgorithm`.
         sampler: object with ``next_batch()`` and ``state_dict``/``load_state_dict``; a batch has
-            ``to(device)`` and may have ``counts`` (``{unit: n}``, logged as ``<unit>_per_s``).
+            ``num_tasks``, ``tasks(start, stop)``, ``to(device)``, ``pin_memory()`` and may have
+            ``counts`` (``{unit: n}``, logged as ``<unit>_per_s``). Its next batch is drawn while
+            a step runs (:class:`engine.prefetch.Prefetcher`).
         optimizer: the meta-optimizer over the algorithm's parameters.
         device: where the batch is moved before the forward pass.
         world: the run's processes (:mod:`engine.launch`); with several, ``sampler`` yields this
             process's share of the batch and the gradients and logged scalars are averaged over
             the processes after each backward.
         on_nonfinite, max_skips, clip_grad_norm: numerical faults (``solver.*``, docs/errors.md).
+        task_chunk: forward and backward ``task_chunk`` tasks of a batch at a time (0: all at
+            once). Each chunk's loss is weighted by its share of the tasks before its backward,
+            so the accumulated gradient and the weighted means of the scalars equal those of one
+            pass over the whole batch (every term is a mean over tasks) while only one chunk's
+            graph is alive at a time.
     """
 
-    def __init__(self, algorithm: torch.nn.Module, sampler, optimizer: torch.optim.Optimizer,
+    def __init__(self, algorithm: MetaAlgorithm, sampler, optimizer: torch.optim.Optimizer,
                  device: torch.device | str = "cpu", world: World | None = None, on_nonfinite: str = "stop",
-                 max_skips: int = 10, clip_grad_norm: float = 0.0) -> None:
+                 max_skips: int = 10, clip_grad_norm: float = 0.0, task_chunk: int = 0) -> None:
         super().__init__()
         if on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"solver.on_nonfinite: expected stop or skip, got '{on_nonfinite}'")
         self.algorithm = algorithm
-        self.sampler = sampler
-        self.optimizer = optimizer
         self.device = torch.device(device)
+        self.batches = Prefetcher(sampler, self.device)
+        self.optimizer = optimizer
         self.world = world or World()
         self.on_nonfinite, self.max_skips = on_nonfinite, int(max_skips)
         self.clip_grad_norm = float(clip_grad_norm)
+        self.task_chunk = int(task_chunk)
         self.skipped = 0  # batches skipped for non-finite values, over the whole run
         self.algorithm.train()
 
     def run_step(self) -> None:
         start = time.perf_counter()
-        before = {"sampler": self.sampler.state_dict(), "rng": get_rng_state()}  # for a fault
-        batch = self.sampler.next_batch().to(self.device)
+        before = {"sampler": self.batches.state_dict(), "rng": get_rng_state()}  # for a fault
+        batch = self.batches.next_batch()
         data_time = time.perf_counter() - start
 
         self.optimizer.zero_grad(set_to_none=True)
+        self.algorithm.begin_step(self.iter)
         out = self._forward_backward(batch)
-        scalars = {k: _float(v) for k, v in out.items() if _is_scalar(v)}
-        local_finite = math.isfinite(scalars["loss"])
-        scalars = average_scalars(scalars, self.world)
-        if not math.isfinite(scalars["loss"]):
-            fault = self._describe_loss_fault(scalars, None if local_finite else out)
-        else:
-            params = [p for group in self.optimizer.param_groups for p in group["params"]]
-            average_gradients(params, self.world)
-            fault = self._clip_and_check_gradients(params, scalars)
-        if fault is not None:
-            self._handle_fault(fault, before)
+        scalars = average_scalars({k: v.detach() for k, v in out.items() if is_scalar(v)}, self.world)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        average_gradients(params, self.world)
+        grad_norm = self._clip_gradients(params)
+        finite = torch.isfinite(scalars["loss"])
+        if grad_norm is not None:
+            finite = finite & torch.isfinite(grad_norm)
+            scalars["grad_norm"] = grad_norm
+        if not bool(finite):  # the step's one read from the device
+            self._handle_fault(self._describe_fault(scalars, out), before)
             return
         self.optimizer.step()
 
@@ -243,40 +298,50 @@ class MetaTrainer(TrainerBase):
         self.storage.put_scalars(**scalars, time=step_time, data_time=data_time, **rates)
 
     def _forward_backward(self, batch) -> dict[str, Any]:
-        """The algorithm's ``forward_backward``, else its forward and, for a finite loss, the
-        backward; the output dict."""
-        forward_backward = getattr(self.algorithm, "forward_backward", None)
-        if forward_backward is not None:
-            out = forward_backward(batch, self.iter)
-        else:
-            out = self.algorithm(batch)
-        if "loss" not in out:
-            raise KeyError("algorithm output has no 0-dim 'loss' entry to minimise")
-        if forward_backward is None and math.isfinite(float(out["loss"].detach())):
-            out["loss"].backward()
-        return out
+        """The algorithm's output on ``batch`` after its backward, whole or chunk by chunk."""
+        total = batch.num_tasks
+        size = self.task_chunk if 0 < self.task_chunk < total else total
+        if size == total:
+            out = self.algorithm(batch, step=self.iter)
+            _loss(out).backward()
+            return out
+        merged: dict[str, Any] = {}
+        per_task: dict[str, list[torch.Tensor]] = defaultdict(list)
+        for lo in range(0, total, size):
+            part = batch.tasks(lo, lo + size)
+            out = self.algorithm(part, step=self.iter)
+            weight = part.num_tasks / total
+            (_loss(out) * weight).backward()
+            for key, value in out.items():
+                if is_scalar(value):
+                    merged[key] = merged.get(key, 0.0) + weight * (value.detach() if isinstance(value, torch.Tensor)
+                                                                   else value)
+                elif isinstance(value, torch.Tensor) and value.dim() == 1 and len(value) == part.num_tasks:
+                    per_task[key].append(value.detach())
+        merged.update({key: torch.cat(values) for key, values in per_task.items()})
+        return merged
 
     # ---- numerical faults ---------------------------------------------------------------------
-    def _describe_loss_fault(self, scalars: dict[str, float], out: dict | None) -> str:
-        """Which terms are non-finite, and where the algorithm says they came from (``out``:
-        this process's output, ``None`` when its own loss was finite)."""
-        terms = ", ".join(f"{k}={v}" for k, v in scalars.items() if not math.isfinite(v) and k.startswith("loss"))
-        if out is None:
-            return f"non-finite loss ({terms}) on another process"
-        diagnose = getattr(self.algorithm, "diagnose", None)
-        where = diagnose(out, self.world.rank) if diagnose is not None else None
-        return f"non-finite loss ({terms})" + (f": {where}" if where else "")
-
-    def _clip_and_check_gradients(self, params: list[torch.Tensor], scalars: dict[str, float]) -> str | None:
+    def _clip_gradients(self, params: list[torch.Tensor]) -> torch.Tensor | None:
+        """The meta-gradient's global norm (before clipping, with ``clip_grad_norm``), a tensor."""
         grads = [p.grad for p in params if p.grad is not None]
         if not grads:
             return None
         if self.clip_grad_norm > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
-        else:
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-        scalars["grad_norm"] = float(norm)
-        return None if math.isfinite(scalars["grad_norm"]) else "non-finite meta-gradient (the loss was finite)"
+            return torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+    def _describe_fault(self, scalars: dict[str, torch.Tensor], out: dict[str, Any]) -> str:
+        """Which terms are non-finite, and where the algorithm says they came from (when this
+        process's own loss was not finite); else a non-finite meta-gradient."""
+        if bool(torch.isfinite(scalars["loss"])):
+            return "non-finite meta-gradient (the loss was finite)"
+        terms = ", ".join(f"{k}={float(v)}" for k, v in scalars.items()
+                          if k.startswith("loss") and not math.isfinite(float(v)))
+        if bool(torch.isfinite(_loss(out).detach())):
+            return f"non-finite loss ({terms}) on another process"
+        where = self.algorithm.diagnose(out, self.world.rank)
+        return f"non-finite loss ({terms})" + (f": {where}" if where else "")
 
     def _handle_fault(self, fault: str, before: dict[str, Any]) -> None:
         """``skip``: drop this batch (up to ``max_skips`` in the run); ``stop`` or past the limit:
@@ -294,6 +359,10 @@ class MetaTrainer(TrainerBase):
         limit = f" after {self.skipped} skipped batches (solver.max_skips)" if self.on_nonfinite == "skip" else ""
         raise NumericalFault(f"{message}{limit}; training stopped", state)
 
+    def after_train(self) -> None:
+        super().after_train()
+        self.batches.close()
+
     # ---- state for exact resumption ---------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything an exact resume needs. Called from ``after_step`` (by the checkpointer), so
@@ -302,7 +371,7 @@ class MetaTrainer(TrainerBase):
             "iteration": self.iter + 1,
             "model": self.algorithm.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "sampler": self.sampler.state_dict(),
+            "sampler": self.batches.state_dict(),
             "rng": get_rng_state(),
         }
         for hook in self._hooks:
@@ -315,7 +384,7 @@ class MetaTrainer(TrainerBase):
         """Restore a :meth:`state_dict`; returns the iteration to start from."""
         self.algorithm.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.sampler.load_state_dict(state["sampler"])
+        self.batches.load_state_dict(state["sampler"])
         for hook in self._hooks:
             if hook.state_key and hook.state_key in state:
                 hook.load_state_dict(state[hook.state_key])
@@ -323,3 +392,9 @@ class MetaTrainer(TrainerBase):
         self.skipped = int(state.get("skipped", 0))
         self.iter = self.start_iter = int(state["iteration"])
         return self.start_iter
+
+
+def _loss(out: dict[str, Any]) -> torch.Tensor:
+    if "loss" not in out:
+        raise KeyError("algorithm output has no 0-dim 'loss' entry to minimise")
+    return out["loss"]

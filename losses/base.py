@@ -1,52 +1,88 @@
-"""The outer-loss interface: each term maps the meta-batch's adapted outputs to a scalar.
+"""The outer-loss interface: one registered ``nn.Module`` per term, the one way to add a term.
 
-A term is a registered ``nn.Module`` with a ``weight`` and a short ``key``; the algorithm adds
-``weight * term(outputs)`` to ``loss`` and reports it as ``loss_<key>``, plus the term's
-unweighted value under ``metric`` when it names one. Terms that need the straight-step logits
-f(xq|θ̂) set ``needs_straight_step`` so the engine computes them only when asked.
+A term has a ``weight`` and a short ``key``; the algorithm adds ``weight * value`` to ``loss``
+and reports it as ``loss_<key>``, the unweighted value under ``metric`` when the term names
+one, and whatever else the term reports. A term works in up to two places:
+
+- :meth:`OuterLoss.per_task` runs once per task inside the task mapper (under ``vmap`` or in
+  the per-task loop) with the task's :class:`~engine.inner_loop.AdaptedTask`; there it can ask
+  the engine for more than the inner loop computed — the straight-step logits
+  (``task.straight_logits()``), the logits at any point over A (``task.logits_at(θ)``), another
+  trajectory from θ⁰ on the same support set (``task.retrace(steps=…, lr_scale=…, graph=…)``).
+  It returns a dict of per-task tensors; nothing is computed for a term that does not ask.
+- :meth:`OuterLoss.value` runs once on the meta-batch with :class:`OuterInputs`: the query
+  logits at θˢ, the labels, the stacked :class:`~engine.inner_loop.Trajectory` and, under
+  ``extras``, the stacked outputs of this term's own ``per_task``. It returns the term's scalar,
+  or ``(scalar, {metric: value})`` to report more.
+
+:meth:`OuterLoss.begin_step` is the once-per-training-step call (a teacher's EMA update).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from lil_meta.engine.inner_loop import AdaptedTask, Trajectory
 
 
 @dataclass
 class OuterInputs:
     """What the inner loop produced for the B tasks of a meta-batch (Q query examples, N ways).
 
-    ``logits``: f(xq|θˢ) ``[B, Q, N]``; ``query_y``: ``[B, Q]``; ``traj_len``: T = Σₖ dₖ ``[B]``
-    (differentiable where the inner loop is); ``straight_logits``: f(xq|θ̂) with
-    θ̂ = θ⁰ + T·Δ⁰/‖Δ⁰‖ (Δ⁰ the first inner step) ``[B, Q, N]``, present when a term asked for it; ``disp_norm``:
-    ‖θˢ − θ⁰‖ over the adapted tensors ``[B]`` (differentiable; absent when S = 0).
+    ``logits``: f(xq|θˢ) ``[B, Q, N]``; ``query_y``: ``[B, Q]``; ``trajectory``: the
+    :class:`~engine.inner_loop.Trajectory` with a leading task dim (``trajectory.length`` is
+    T = Σₖ dₖ, ``[B]``, differentiable where the inner loop is); ``extras``: what this term's
+    :meth:`OuterLoss.per_task` returned, stacked over tasks.
     """
 
     logits: torch.Tensor
     query_y: torch.Tensor
-    traj_len: torch.Tensor
-    straight_logits: torch.Tensor | None = None
-    disp_norm: torch.Tensor | None = None
+    trajectory: Trajectory
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class OuterLoss(nn.Module):
-    """Base class of outer-loss terms: subclasses set ``key``/``metric`` and implement ``value``."""
+    """Base class of outer-loss terms: subclasses set ``key``/``metric`` and implement ``value``
+    (and ``per_task`` when they need more than the inner loop's outputs; module doc)."""
 
     key: str = ""
     metric: str | None = None
-    needs_straight_step: bool = False
 
     def __init__(self, weight: float = 1.0):
         super().__init__()
         self.weight = float(weight)
 
-    def value(self, inputs: OuterInputs) -> torch.Tensor:
+    def begin_step(self, step: int) -> None:
+        """Once per training step, before its forward passes (default: nothing)."""
+
+    def per_task(self, task: AdaptedTask) -> dict[str, torch.Tensor]:
+        """Per-task tensors this term needs, computed inside the task mapper (default: none)."""
+        return {}
+
+    def value(self, inputs: OuterInputs) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
-    def forward(self, inputs: OuterInputs) -> torch.Tensor:
+    def forward(self, inputs: OuterInputs) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.value(inputs)
+
+    @property
+    def asks_per_task(self) -> bool:
+        """Whether :meth:`per_task` is overridden (the task mapper calls only those)."""
+        return type(self).per_task is not OuterLoss.per_task
 
     def extra_repr(self) -> str:
         return f"weight={self.weight}"
+
+
+def kl_divergence(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """``KL(p ‖ q) = Σ p (log p − log q)`` over the last dim, mean over the query examples:
+    per task ``[B]`` from log-probabilities (never the log of a softmax)."""
+    return (log_p.exp() * (log_p - log_q)).sum(-1).mean(-1)
+
+
+def task_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The query accuracy of each task ``[B]`` (a fraction), without graph."""
+    return (logits.argmax(-1) == labels).float().mean(1).detach()

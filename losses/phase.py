@@ -2,8 +2,9 @@
 
 import torch
 
+from lil_meta.engine.inner_loop import AdaptedTask
 from lil_meta.engine.registry import LOSSES
-from lil_meta.losses.base import OuterInputs, OuterLoss
+from lil_meta.losses.base import OuterInputs, OuterLoss, kl_divergence
 
 
 def phase_kl(logits: torch.Tensor, straight_logits: torch.Tensor) -> torch.Tensor:
@@ -11,9 +12,7 @@ def phase_kl(logits: torch.Tensor, straight_logits: torch.Tensor) -> torch.Tenso
 
     Both distributions come from ``log_softmax`` (never the log of a softmax).
     """
-    log_p = torch.log_softmax(logits, dim=-1)
-    log_q = torch.log_softmax(straight_logits, dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(-1).mean(-1)
+    return kl_divergence(torch.log_softmax(logits, dim=-1), torch.log_softmax(straight_logits, dim=-1))
 
 
 @LOSSES.register("phase")
@@ -30,9 +29,9 @@ class PhaseLoss(OuterLoss):
 
     key = "phase"
     metric = "phase_kl"
-    needs_straight_step = True
+
+    def per_task(self, task: AdaptedTask) -> dict[str, torch.Tensor]:
+        return {"straight_logits": task.straight_logits()}
 
     def value(self, inputs: OuterInputs) -> torch.Tensor:
-        if inputs.straight_logits is None:
-            raise ValueError("phase loss: the engine did not compute the straight-step logits")
-        return phase_kl(inputs.logits, inputs.straight_logits).mean()
+        return phase_kl(inputs.logits, inputs.extras["straight_logits"]).mean()

@@ -18,4 +18,4 @@ class PseudoAmplitudeLoss(OuterLoss):
     metric = "traj_len"
 
     def value(self, inputs: OuterInputs) -> torch.Tensor:
-        return inputs.traj_len.mean()
+        return inputs.trajectory.length.mean()

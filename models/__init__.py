@@ -7,17 +7,15 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lil_meta.engine.config import import_extra_modules
 from lil_meta.engine.errors import ConfigError
-from lil_meta.engine.registry import ALGORITHMS, BACKBONES
+from lil_meta.engine.registry import ALGORITHMS, BACKBONES, import_extra_modules
 from lil_meta.losses import build_losses
 from lil_meta.models import algorithms, backbones  # noqa: F401  (explicit registration)
 from lil_meta.models.algorithms.base import GBML
 from lil_meta.models.algorithms.chain import PretrainThen
-from lil_meta.models.algorithms.step import TrainingStep
 
 __all__ = ["build_backbone", "build_algorithm", "fill_component_defaults", "component_arguments", "GBML",
-           "PretrainThen", "TrainingStep"]
+           "PretrainThen"]
 
 
 def _plain(node) -> dict:
@@ -87,7 +85,7 @@ def build_backbone(cfg: DictConfig):
 def build_algorithm(cfg: DictConfig) -> GBML | PretrainThen:
     """The meta-learner named by ``algorithm.name``, wrapping :func:`build_backbone`'s network;
     with ``pretrain.iters > 0``, a :class:`PretrainThen` of ``pretrain.algorithm`` and it over
-    the same network. Its training step runs ``solver.task_chunk`` tasks at a time."""
+    the same network."""
     import_extra_modules(cfg)
     losses = build_losses([_plain(spec) for spec in cfg.losses])
     main_spec = _plain(cfg.algorithm)
@@ -100,22 +98,10 @@ def build_algorithm(cfg: DictConfig) -> GBML | PretrainThen:
                           f"{cfg.data.way}-way (data.way); leave num_classes unset to follow data.way")
     iters = int(cfg.pretrain.iters)
     if iters <= 0:
-        return _chunked(main, cfg)
+        return main
     if iters > int(cfg.solver.max_iter):
         raise ConfigError(f"pretrain.iters: {iters} is more than solver.max_iter={cfg.solver.max_iter}")
     shared = {k: main_spec[k] for k in SHARED_WITH_PRETRAIN if k in main_spec}
     pretrain = ALGORITHMS.build(_plain(cfg.pretrain.algorithm), "pretrain.algorithm", network,
                                 defaults={"metrics_period": cfg.log.period, **shared})
-    return _chunked(PretrainThen(pretrain, main, iters), cfg)
-
-
-def _chunked(algorithm, cfg: DictConfig):
-    """``solver.task_chunk``: the tasks per forward/backward of a training step
-    (:class:`~models.algorithms.step.TrainingStep`)."""
-    chunk = int(cfg.solver.task_chunk)
-    if chunk and not isinstance(algorithm, TrainingStep):
-        raise ConfigError(f"solver.task_chunk: {type(algorithm).__name__} does not split its "
-                          "batch (not a TrainingStep); leave solver.task_chunk at 0")
-    if chunk:
-        algorithm.task_chunk = chunk
-    return algorithm
+    return PretrainThen(pretrain, main, iters)

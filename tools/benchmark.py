@@ -191,7 +191,8 @@ class Runner:
         self.optimizer = torch.optim.Adam(self.algo.parameters(), lr=self.cfg.solver.lr)
         self.batch = synthetic_batch(self.cfg, self.device)
         # the trainer's own step (chunking, fault checks included) on the same batch every time
-        self.trainer = MetaTrainer(self.algo, _SameBatch(self.batch), self.optimizer, self.device)
+        self.trainer = MetaTrainer(self.algo, _SameBatch(self.batch), self.optimizer, self.device,
+                                   task_chunk=self.cfg.solver.task_chunk)
         self.meta_batch = self.cfg.solver.meta_batch
         self.path = _path(self.algo, self.device)
         self.times: list[float] = []

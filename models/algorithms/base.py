@@ -11,17 +11,20 @@ Variants differ in a few small hooks, not in copies of the loop (see ``docs/new_
     per adapted tensor or one per element, fixed or meta-learned (Meta-SGD):
     ``inner_lr_mode`` / ``learn_inner_lr`` (:class:`~models.algorithms.inner_lr.InnerLR`).
     :meth:`GBML.inner_loss` is the support objective the step descends (cross-entropy).
-(c) extra outer terms — the ``losses`` list of registered
-    :class:`~losses.base.OuterLoss` modules (config ``losses:``), or
-    :meth:`GBML.extra_terms` in a subclass, or :meth:`GBML.outer_terms` for full control.
+(c) outer-loss terms — the ``losses`` list of registered :class:`~losses.base.OuterLoss`
+    modules (config ``losses:``). A term sees each task after its inner loop and can ask the
+    engine for more (the straight step, another trajectory): the one way to add a term.
 
 ``first_order`` detaches the inner gradients ``gᵏ`` (FOMAML).
 
-``forward(task_batch, step=None)`` returns a dict: ``loss`` (what the meta-optimizer minimises), its
-terms, and metrics (``acc``, ``acc_init``), plus ``task_acc`` and ``task_acc_init`` (per-task
-accuracies after adaptation and at θ⁰ without it, for evaluation). In ``train()`` mode the inner loop takes ``inner_steps`` steps, in ``eval()``
-mode ``inner_steps_test``. The training step around it — the step index, chunks of tasks, where a
-NaN came from — is :class:`~models.algorithms.step.TrainingStep`'s.
+``forward(task_batch, step=0)`` returns a dict: ``loss`` (what the meta-optimizer minimises), its
+weighted terms, and metrics (``acc``, ``acc_init``, PC, AC, ``hess_ratio``), plus ``task_acc``
+and ``task_acc_init`` (per-task accuracies after adaptation and at θ⁰ without it, for
+evaluation). ``step`` is the training step's index (the trainer's iteration), which sets the
+schedule of the costly diagnostics (``metrics_period``); the forward has no hidden state.
+:meth:`GBML.begin_step` is the once-per-step call, before the step's forward passes. In
+``train()`` mode the inner loop takes ``inner_steps`` steps, in ``eval()`` mode
+``inner_steps_test``.
 
 The network contract: ``model(x) == model.head(model.features(x))`` with ``model.head`` an
 ``nn.Linear`` (Conv4 and ResNet-12 follow it). When exactly the head adapts (ANIL), the body
@@ -39,11 +42,16 @@ from torch.func import functional_call
 
 from lil_meta.datasets.task_batch import TaskBatch
 from lil_meta.engine.errors import ConfigError
-from lil_meta.engine.inner_loop import ENGINES, Params, adapt, logits_at, map_tasks, straight_step
-from lil_meta.losses import OuterInputs, OuterLoss
+from lil_meta.engine.inner_loop import ENGINES, AdaptedTask, Params, adapt, logits_at, map_tasks
+from lil_meta.losses import OuterInputs, OuterLoss, task_accuracy
 from lil_meta.losses.cross_entropy import CrossEntropy
 from lil_meta.models.algorithms.inner_lr import InnerLR
-from lil_meta.models.algorithms.step import TrainingStep
+from lil_meta.models.algorithms.metrics import (
+    NONFINITE_FLAGS,
+    describe_nonfinite,
+    linearity_metrics,
+)
+from lil_meta.models.backbones.layers import for_vmapped_tasks
 
 ADAPT = ("all", "head", "body")
 CHANNELS_LAST = ("auto", "none", "query", "all")
@@ -72,7 +80,7 @@ def _prefixed(params: Params, prefix: str) -> Params:
     return {name: t for name, t in params.items() if name.startswith(prefix)}
 
 
-class GBML(TrainingStep):
+class GBML(nn.Module):
     """Gradient-based meta-learning over a network ``model`` (images → logits).
 
     Args:
@@ -162,6 +170,7 @@ class GBML(TrainingStep):
         if not adapted:
             raise ConfigError(f"algorithm: no parameter adapts in the inner loop (adapt={adapt})")
         self.inner_lrs = InnerLR(inner_lr, adapted, inner_lr_mode, learn_inner_lr)
+        self._vmap_networks: dict[int, nn.Module] = {}  # model id -> its copy for the vmap engine
 
     @property
     def inner_lr(self) -> float:
@@ -185,17 +194,17 @@ class GBML(TrainingStep):
         """The support-set objective the inner loop descends: ``CE(f(xs|θ), ys)``."""
         return F.cross_entropy(logits, labels)
 
-    def inner_update(self, params: Params, grads: Params, step: int) -> Params:
-        """(b) One inner step ``θᵏ⁺¹ = θᵏ − α ⊙ gᵏ``, α from ``self.inner_lrs`` (by name)."""
+    def inner_update(self, params: Params, grads: Params, step: int, lr_scale: float = 1.0) -> Params:
+        """(b) One inner step ``θᵏ⁺¹ = θᵏ − α ⊙ gᵏ``, α from ``self.inner_lrs`` (by name), every
+        rate times ``lr_scale`` (a term's rescaled trajectory, :meth:`AdaptedTask.retrace`)."""
         lrs = self.inner_lrs
-        return {name: p - lrs[name] * grads[name] for name, p in params.items()}
+        if lr_scale == 1.0:
+            return {name: p - lrs[name] * grads[name] for name, p in params.items()}
+        return {name: p - (lrs[name] * lr_scale) * grads[name] for name, p in params.items()}
 
-    def extra_terms(self, per_task: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """(c) Extra weighted outer-loss terms ``{key: scalar}``, added to ``loss`` and reported
-        as ``loss_<key>``. ``per_task`` holds, per task (leading dim B): ``logits`` (query, at
-        θˢ) and, when S > 0, ``step_norms`` [B, S], ``disp_norm`` ‖θˢ − θ⁰‖ and
-        ``grad_norms``, all differentiable where the inner loop is. Default: none."""
-        return {}
+    def inner_steps_now(self) -> int:
+        """S for this forward: ``inner_steps`` in training, ``inner_steps_test`` in eval mode."""
+        return self.inner_steps if self.training else self.inner_steps_test
 
     # ---- the meta-training step ----------------------------------------------------------
     @property
@@ -217,14 +226,19 @@ class GBML(TrainingStep):
         return "all" if no_double_backward else "query"
 
     def prepared(self, batch: TaskBatch) -> TaskBatch:
-        """The batch checked against the head, its images in the layout of ``channels_last``."""
-        batch = TaskBatch(*batch).validate(way=self.way)
+        """The batch, checked against the head (a :class:`TaskBatch` is checked when it is
+        made, so this reads no tensor), its images in the layout of ``channels_last``."""
+        if not isinstance(batch, TaskBatch):
+            batch = TaskBatch(*batch)
+        if batch.way != self.way:
+            raise ValueError(f"TaskBatch.support_y: tasks are {batch.way}-way but the model's head has "
+                             f"{self.way} outputs (set data.way to match)")
         layout = self.resolved_channels_last(batch.query_x.device)
-        if layout != "none":
-            batch = batch._replace(query_x=_nhwc_per_task(batch.query_x))
-        if layout == "all":
-            batch = batch._replace(support_x=_nhwc_per_task(batch.support_x))
-        return batch
+        if layout == "none":
+            return batch
+        support_x = _nhwc_per_task(batch.support_x) if layout == "all" else batch.support_x
+        return TaskBatch.trusted(support_x, batch.support_y, _nhwc_per_task(batch.query_x), batch.query_y,
+                                 way=batch.way)
 
     def split_parameters(self, network: nn.Module | None = None) -> tuple[Params, Params]:
         """θ⁰ split into (adapted, held fixed in the inner loop); buffers go with the fixed part.
@@ -251,7 +265,17 @@ class GBML(TrainingStep):
         everything = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
         return adapted.keys() == head and all(n.startswith(("head.", "features.")) for n in everything)
 
-    def task_network(self, adapted: Params, frozen: Params, support_x, query_x):
+    def network(self, vmapped: bool) -> nn.Module:
+        """The network the per-task function evaluates: ``model``, or for the vmap engine its
+        parameter-free copy built for vmap (:func:`~models.backbones.layers.for_vmapped_tasks`)."""
+        if not vmapped:
+            return self.model
+        key = id(self.model)
+        if key not in self._vmap_networks:
+            self._vmap_networks = {key: for_vmapped_tasks(self.model)}
+        return self._vmap_networks[key]
+
+    def task_network(self, adapted: Params, frozen: Params, support_x, query_x, vmapped: bool = False):
         """The network the inner loop runs and its inputs: ``(net, frozen, support_x, query_x)``.
 
         MAML/BOIL: the whole model on the images. ANIL (:meth:`head_only`): the head alone on
@@ -260,132 +284,92 @@ class GBML(TrainingStep):
         go through the body separately, as in the full forward (BatchNorm uses each set's own
         statistics). Parameter names keep their full form (``head.weight``) either way.
         """
+        model = self.network(vmapped)
         if not self.head_only(adapted):
-            return self.model, frozen, support_x, query_x
-        body = _Part("features", self.model.features)
+            return model, frozen, support_x, query_x
+        body = _Part("features", model.features)
         body_params = _prefixed(frozen, "features.")
         support_f, query_f = (functional_call(body, body_params, (x,)) for x in (support_x, query_x))
-        return _Part("head", self.model.head), _prefixed(frozen, "head."), support_f, query_f
+        return _Part("head", model.head), _prefixed(frozen, "head."), support_f, query_f
 
-    def task_forward(
-        self, adapted: Params, frozen: Params, support_x, support_y, query_x, diagnostics: bool, init_logits: bool
-    ):
-        """One task: adapt on the support set; return query logits and the trajectory record.
-
-        When a loss term asks for it, also the logits at the straight step
-        θ̂ = θ⁰ + T · Δ⁰/‖Δ⁰‖ (:func:`~engine.inner_loop.straight_step`, paper eq. 7–8), over the
-        adapted tensors. ``diagnostics`` (logging steps): also gˢ for AC and the Hessian ratios
-        hₖ of eq. 5, both without graph.
-        """
-        steps = self.inner_steps if self.training else self.inner_steps_test
-        net, frozen, support_x, query_x = self.task_network(adapted, frozen, support_x, query_x)
-        final, record = adapt(
-            net, adapted, frozen, support_x, support_y, steps, self.inner_update, self.first_order,
-            diagnostics, self.inner_loss, self.checkpoint_inner_steps, hessian_ratios=diagnostics and self.hessian_ratio,
-        )
-        out = {"logits": logits_at(net, final, frozen, query_x), **record}
-        d0 = out.pop("d0", None)
-        if init_logits:
+    def task_forward(self, adapted: Params, frozen: Params, support_x, support_y, query_x, *,
+                     diagnostics: bool, vmapped: bool) -> dict:
+        """One task: adapt on the support set (:func:`~engine.inner_loop.adapt`), then what the
+        outputs and the loss terms need: ``logits`` (query, at θˢ), ``trajectory``, on logging
+        steps and in eval mode ``logits_init`` (at θ⁰, no graph), and each asking term's
+        ``per_task`` tensors under ``extras[key]``. ``diagnostics`` (logging steps): also gˢ
+        for AC and the Hessian ratios hₖ of eq. 5, both without graph."""
+        net, frozen, support_x, query_x = self.task_network(adapted, frozen, support_x, query_x, vmapped)
+        adaptation = adapt(
+            net, adapted, frozen, support_x, support_y, steps=self.inner_steps_now(), update=self.inner_update,
+            first_order=self.first_order, inner_loss=self.inner_loss, final_grad=diagnostics,
+            hessian_ratios=diagnostics and self.hessian_ratio, checkpoint_steps=self.checkpoint_inner_steps,
+            vmapped=vmapped)
+        logits = logits_at(net, adaptation.params, frozen, query_x, vmapped=vmapped)
+        task = AdaptedTask(net, frozen, support_x, support_y, query_x, adapted, adaptation, logits,
+                           self.inner_update, self.inner_loss, self.first_order, self.checkpoint_inner_steps,
+                           vmapped)
+        out = {"logits": logits, "trajectory": adaptation.trajectory,
+               "extras": {term.key: term.per_task(task) for term in self.losses if term.asks_per_task}}
+        if diagnostics or not self.training:
             with torch.no_grad():
-                out["logits_init"] = logits_at(net, adapted, frozen, query_x)
-        if any(term.needs_straight_step for term in self.losses):
-            if d0 is None:
-                out["straight_logits"] = out["logits"]
-            else:
-                norms = record["step_norms"]
-                straight = straight_step(adapted, d0, norms.sum(), norms[0])
-                out["straight_logits"] = logits_at(net, straight, frozen, query_x)
+                out["logits_init"] = task.logits_at(adapted)
         return out
 
-    def forward(self, batch: TaskBatch, step: int | None = None) -> dict[str, torch.Tensor]:
-        """The outer loss and metrics of a meta-batch (or of a chunk of one). ``step``: the
-        index of the training step the batch belongs to, which sets the logging schedule; in
-        training mode ``None`` begins the next step (:mod:`models.algorithms.step`)."""
+    def begin_step(self, step: int) -> None:
+        """Once per training step, before its forward passes: each term's ``begin_step``."""
+        for term in self.losses:
+            term.begin_step(step)
+
+    def forward(self, batch: TaskBatch, step: int = 0) -> dict[str, torch.Tensor]:
+        """The outer loss and metrics of a meta-batch (or of a chunk of one) at training step
+        ``step`` (module doc): on a logging step (``step % metrics_period == 0``, so also a
+        direct call's default), the diagnostics too."""
         batch = self.prepared(batch)
-        support_way = int(batch.support_y.max()) + 1
-        if support_way != self.way:
-            raise ValueError(
-                f"TaskBatch.support_y: tasks are {support_way}-way but the model's head has "
-                f"{self.way} outputs (set data.way to match)"
-            )
-        if self.training and step is None:
-            step = self.begin_step()
-        # logging steps (training only): AC, the Hessian ratios and acc_init; acc_init in eval too
         diagnostics = self.training and self.metrics_period > 0 and step % self.metrics_period == 0
-        init_logits = not self.training or diagnostics
         adapted, frozen = self.split_parameters()
 
-        def task_fn(adapted, frozen, sx, sy, qx):
-            return self.task_forward(adapted, frozen, sx, sy, qx, diagnostics, init_logits)
+        def task_fn(adapted, frozen, sx, sy, qx, *, vmapped):
+            return self.task_forward(adapted, frozen, sx, sy, qx, diagnostics=diagnostics, vmapped=vmapped)
 
-        per_task = map_tasks(
-            task_fn, (adapted, frozen), (batch.support_x, batch.support_y, batch.query_x),
-            self.resolved_engine(batch.support_x.device),
-        )
-        return self.outer_terms(per_task, batch.query_y)
+        per_task = map_tasks(task_fn, (adapted, frozen), (batch.support_x, batch.support_y, batch.query_x),
+                             self.resolved_engine(batch.support_x.device))
+        return self.outputs(per_task, batch.query_y)
 
-    def outer_terms(self, per_task: dict[str, torch.Tensor], query_y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The output dict: weighted loss terms (the ``losses`` list, then :meth:`extra_terms`),
-        their sum ``loss``, and metrics (no graph)."""
-        logits = per_task["logits"]
-        step_norms = per_task.get("step_norms")
-        traj_len = step_norms.sum(-1) if step_norms is not None else logits.new_zeros(logits.shape[0])
-        inputs = OuterInputs(logits, query_y, traj_len, per_task.get("straight_logits"), per_task.get("disp_norm"))
+    def outputs(self, per_task: dict, query_y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The output dict: each term's weighted value ``loss_<key>`` and metrics, their sum
+        ``loss``, the accuracies, the per-task finiteness flags and the linearity metrics."""
+        logits, trajectory = per_task["logits"], per_task["trajectory"]
         out: dict[str, torch.Tensor] = {}
         total = 0.0
         for term in self.losses:
-            value = term(inputs)
+            value = term(OuterInputs(logits, query_y, trajectory, per_task["extras"].get(term.key, {})))
+            value, metrics = value if isinstance(value, tuple) else (value, {})
             weighted = term.weight * value
             total = total + weighted
             out[f"loss_{term.key}"] = weighted.detach()
             if term.metric:
                 out[term.metric] = value.detach()
-        for key, weighted in self.extra_terms(per_task).items():
-            if f"loss_{key}" in out:
-                raise ValueError(f"extra_terms(): the term '{key}' is also in the losses list")
-            total = total + weighted
-            out[f"loss_{key}"] = weighted.detach()
+            out.update({k: v.detach() for k, v in metrics.items()})
         out["loss"] = total
-        task_acc = (logits.argmax(-1) == query_y).float().mean(1).detach()
-        out["acc"] = task_acc.mean()
-        out["task_acc"] = task_acc
+        out["task_acc"] = task_accuracy(logits, query_y)
+        out["acc"] = out["task_acc"].mean()
         # where a NaN/inf came from, per task (read by diagnose() only when the loss is not finite)
         out["task_logits_finite"] = torch.isfinite(logits.detach()).flatten(1).all(1)
-        if step_norms is not None:
-            out["task_inner_finite"] = (torch.isfinite(step_norms.detach()).all(-1)
-                                        & torch.isfinite(per_task["grad_norms"].detach()).all(-1))
+        out["task_inner_finite"] = (torch.isfinite(trajectory.step_norms.detach()).all(-1)
+                                    & torch.isfinite(trajectory.grad_norms.detach()).all(-1))
         if "logits_init" in per_task:
-            out["task_acc_init"] = (per_task["logits_init"].argmax(-1) == query_y).float().mean(1)
+            out["task_acc_init"] = task_accuracy(per_task["logits_init"], query_y)
             out["acc_init"] = out["task_acc_init"].mean()
-        out.update(linearity_metrics(per_task))
+        out.update(linearity_metrics(trajectory))
         return out
 
+    def diagnose(self, out: dict[str, torch.Tensor], rank: int = 0) -> str | None:
+        """Where a non-finite loss in ``out`` came from, in words (``None``: nothing to say)."""
+        return describe_nonfinite(out, NONFINITE_FLAGS, rank)
 
-def linearity_metrics(per_task: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """PC (eq. 3), and on logging steps AC (eq. 4) and the Hessian ratio of eq. 5: per task,
-    then the mean; no graph.
-
-    ``hess_ratio`` is the mean of hₖ over steps k = 0..S-1 and tasks
-    (:func:`engine.inner_loop._hessian_ratios`), ``hess_ratio_k<k>`` its mean per step, and
-    ``hess_ge1`` the fraction of (task, step) pairs with hₖ ≥ 1 (steps predicted not to descend).
-    """
-    if "step_norms" not in per_task:
-        return {}
-    with torch.no_grad():
-        step_norms, grad_norms = per_task["step_norms"], per_task["grad_norms"]
-        traj_len = step_norms.sum(-1)
-        metrics = {
-            "traj_len": traj_len.mean(),
-            "pc": (traj_len / per_task["disp_norm"].clamp_min(1e-12)).mean(),
-        }
-        steps = step_norms.shape[-1]
-        if grad_norms.shape[-1] == steps + 1:
-            g0 = grad_norms[..., :1].clamp_min(1e-12)
-            metrics["ac"] = (grad_norms[..., 1:] / g0).mean(-1).mean()
-        if "hess_ratios" in per_task:
-            ratios = per_task["hess_ratios"]
-            metrics["hess_ratio"] = ratios.mean()
-            metrics["hess_ge1"] = (ratios >= 1).to(ratios.dtype).mean()
-            for k in range(ratios.shape[-1]):
-                metrics[f"hess_ratio_k{k}"] = ratios[..., k].mean()
-        return metrics
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints of earlier versions count training steps in a buffer the forward no longer has
+        for old in ("steps_done", "forwards"):
+            state_dict.pop(prefix + old, None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -12,7 +12,7 @@ Both algorithms wrap the *same* network object, so phase 2 starts from exactly t
 phase 1 ended with. The phase follows the training step's index (the trainer's iteration,
 :mod:`models.algorithms.step`), so a run resumed on either side of the boundary continues in the
 right phase; each phase sees its own step index (the main algorithm's starts at 0 at the
-boundary), which sets its logging schedule.
+boundary), which sets its logging schedule, and ``begin_step`` goes to the phase's algorithm.
 Evaluation always uses the main algorithm: validation during pretraining measures the
 initialisation θ⁰ the way the final model will be used (adapt on the support set, then test).
 The trainer resets the optimizer's state at the boundary (:class:`engine.hooks.PhaseBoundary`).
@@ -24,10 +24,9 @@ import torch
 from torch import nn
 
 from lil_meta.models.algorithms.base import GBML
-from lil_meta.models.algorithms.step import TrainingStep
 
 
-class PretrainThen(TrainingStep):
+class PretrainThen(nn.Module):
     """``pretrain`` for the first ``pretrain_iters`` training steps, then ``main``.
 
     ``pretrain.model`` must be ``main.model`` (one network). The output dict gains ``phase``
@@ -51,28 +50,28 @@ class PretrainThen(TrainingStep):
     def way(self) -> int:
         return self.main.way
 
-    @property
-    def pretraining(self) -> bool:
-        return int(self.steps_done) < self.pretrain_iters
-
     def phase(self, step: int) -> tuple[int, GBML, int]:
         """``(phase, its algorithm, the step's index within the phase)`` of training step ``step``."""
         if step < self.pretrain_iters:
             return 0, self.pretrain, step
         return 1, self.main, step - self.pretrain_iters
 
-    def begin_step(self, step: int | None = None) -> int:
-        step = super().begin_step(step)
+    def begin_step(self, step: int) -> None:
         _, algorithm, local = self.phase(step)
         algorithm.begin_step(local)
-        return step
 
-    def forward(self, batch, step: int | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, batch, step: int = 0) -> dict[str, torch.Tensor]:
         if not self.training:
             return self.main(batch)
-        if step is None:
-            step = self.begin_step()
         phase, algorithm, local = self.phase(step)
         out = algorithm(batch, step=local)
-        out["phase"] = torch.tensor(float(phase))
+        out["phase"] = torch.tensor(float(phase), device=out["loss"].device)
         return out
+
+    def diagnose(self, out: dict[str, torch.Tensor], rank: int = 0) -> str | None:
+        return self.main.diagnose(out, rank)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for old in ("steps_done", "forwards"):  # the step counter of earlier versions
+            state_dict.pop(prefix + old, None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

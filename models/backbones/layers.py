@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
-
-from lil_meta.engine.vmap_context import tasks_vmapped
 
 
 class _BatchStatsNorm(torch.autograd.Function):
@@ -56,21 +56,39 @@ class TaskBatchNorm2d(nn.BatchNorm2d):
     No running statistics are kept (``track_running_stats=False``): in the inner loop and the
     outer loop alike, a task's support or query set is normalised by its own mean and variance.
 
-    Under ``torch.func.vmap`` over tasks the statistics are computed from elementary ops: there
-    the fused batch-norm kernel's double backward (needed by second-order MAML) returned wrong
-    gradients for the layers before it, whereas the elementary form matches the
-    per-task reference to fp64 precision (``tests/engine/test_inner_loop.py``). Outside vmap
-    the fused kernel runs, with a backward that is cheap to differentiate again
-    (:class:`_BatchStatsNorm`).
+    ``vmapped``: the layer runs inside ``torch.func.vmap`` over tasks, and computes the
+    statistics from elementary ops: there the fused batch-norm kernel's double backward (needed
+    by second-order MAML) returned wrong gradients for the layers before it, whereas the
+    elementary form matches the per-task reference to fp64 precision
+    (``tests/engine/test_inner_loop.py``). Otherwise the fused kernel runs, with a backward that
+    is cheap to differentiate again (:class:`_BatchStatsNorm`). The flag is fixed when the
+    network is built: the vmap engine runs a copy of the network made with
+    :func:`for_vmapped_tasks`, never a global switch.
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5):
+    def __init__(self, num_features: int, eps: float = 1e-5, vmapped: bool = False):
         super().__init__(num_features, eps=eps, affine=True, track_running_stats=False)
+        self.vmapped = bool(vmapped)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not tasks_vmapped():
+        if not self.vmapped:
             return _BatchStatsNorm.apply(x, self.weight, self.bias, self.eps)[0]
         mean = x.mean(dim=(0, 2, 3), keepdim=True)
         var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
         scale = self.weight[:, None, None] * torch.rsqrt(var + self.eps)
         return (x - mean) * scale + self.bias[:, None, None]
+
+
+def for_vmapped_tasks(model: nn.Module) -> nn.Module:
+    """A parameter-free copy of ``model`` (on the ``meta`` device) whose layers that compute
+    differently under ``torch.func.vmap`` over tasks are built for it (``vmapped=True``).
+
+    The vmap engine evaluates it with ``functional_call`` and the real tensors, so the copy
+    holds none of its own; a layer of a user backbone opts in with a boolean ``vmapped``
+    attribute.
+    """
+    twin = copy.deepcopy(model).to("meta")
+    for module in twin.modules():
+        if isinstance(getattr(module, "vmapped", None), bool):
+            module.vmapped = True
+    return twin

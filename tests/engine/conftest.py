@@ -37,7 +37,13 @@ class TinyAlgorithm(nn.Module):
         self.model = nn.Linear(SIDE * SIDE, WAY)
         self.loss_scale = loss_scale
 
-    def forward(self, batch: TaskBatch) -> dict[str, torch.Tensor]:
+    def begin_step(self, step: int) -> None:
+        pass
+
+    def diagnose(self, out, rank: int = 0) -> str | None:
+        return None
+
+    def forward(self, batch: TaskBatch, step: int = 0) -> dict[str, torch.Tensor]:
         x = batch.query_x.flatten(2)
         if self.training:
             x = x + 0.01 * torch.randn_like(x)
@@ -71,7 +77,7 @@ class TinyTaskList:
 
     def batches(self, batch_size: int):
         for lo in range(0, len(self), batch_size):
-            yield TaskBatch(*(t[lo : lo + batch_size] for t in self.tasks))
+            yield self.tasks.tasks(lo, lo + batch_size)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from lil_meta.engine.hooks import (
     PhaseBoundary,
 )
 from lil_meta.engine.trainer import EventStorage, HookBase, MetaTrainer, NumericalFault, TrainerBase
-from lil_meta.models.algorithms.step import TrainingStep
+from lil_meta.models.algorithms.metrics import describe_nonfinite
 
 
 class Recorder(HookBase):
@@ -174,16 +174,22 @@ def test_phase_boundary_clears_the_optimizer_state_once():
     assert torch.allclose(w.detach(), torch.full((3,), 1 - 0.2))
 
 
-class Faulty(TrainingStep):
+class Faulty(torch.nn.Module):
     """loss = (w·x)² per batch, made NaN (loss) or its gradient inf on chosen calls; the
-    training step (and the diagnosis from ``task_logits_finite``) is the algorithms' own."""
+    diagnosis from ``task_logits_finite`` is the algorithms' own."""
 
     def __init__(self, nan_at=(), inf_grad_at=()):
         super().__init__()
         self.w = torch.nn.Parameter(torch.ones(2))
         self.calls, self.nan_at, self.inf_grad_at = 0, set(nan_at), set(inf_grad_at)
 
-    def forward(self, batch, step=None):
+    def begin_step(self, step):
+        pass
+
+    def diagnose(self, out, rank=0):
+        return describe_nonfinite(out, rank=rank)
+
+    def forward(self, batch, step=0):
         i, self.calls = self.calls, self.calls + 1
         loss = (self.w.sum() * float(batch)) ** 2
         if i in self.nan_at:
@@ -194,12 +200,11 @@ class Faulty(TrainingStep):
 
 
 class Scalar(float):
-    """A one-number 'batch' with what the trainer (``to``) and the training step (``num_tasks``)
-    ask of a batch."""
+    """A one-number 'batch' with what the trainer asks of a batch (``num_tasks``, ``to``)."""
 
     num_tasks = 2
 
-    def to(self, device):
+    def to(self, device, non_blocking=False):
         return self
 
 
@@ -287,8 +292,8 @@ def chunked_run(task_chunk: int, pretrain: bool):
         algo = PretrainThen(LILPretrain(net, momentum=0.5, inner_lr=0.4, inner_steps=2, engine="loop"), algo, 2)
     batches = [tiny_batch(tasks=4, size=16, seed=s) for s in range(3)]
     batches = [type(b)(*(t.double() if t.is_floating_point() else t for t in b)) for b in batches]
-    algo.task_chunk = task_chunk  # solver.task_chunk (models.build_algorithm)
-    trainer = MetaTrainer(algo, FixedBatches(batches), torch.optim.SGD(algo.parameters(), lr=0.1))
+    trainer = MetaTrainer(algo, FixedBatches(batches), torch.optim.SGD(algo.parameters(), lr=0.1),
+                          task_chunk=task_chunk)
     trainer.train(0, 4)
     history = {k: [v for _, v in trainer.storage.history(k)] for k in ("loss", "acc", "acc_init", "pc")}
     return [p.detach() for p in net.parameters()], history

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from lil_meta.engine.errors import ConfigError
+from lil_meta.engine.inner_loop import Trajectory
 from lil_meta.losses import build_losses
 from lil_meta.losses.base import OuterInputs
 from lil_meta.losses.phase import phase_kl
@@ -24,7 +25,9 @@ def test_phase_kl_is_finite_for_extreme_logits():
 def test_build_losses_weights_and_errors():
     terms = build_losses([{"name": "cross_entropy"}, {"name": "phase", "weight": 0.1}, {"name": "pseudo_amplitude", "weight": 0.01}])
     assert [(t.key, t.weight) for t in terms] == [("ce", 1.0), ("phase", 0.1), ("amp", 0.01)]
-    inputs = OuterInputs(torch.zeros(2, 3, 5), torch.zeros(2, 3, dtype=torch.long), torch.tensor([1.0, 3.0]))
+    steps = torch.tensor([[0.5, 0.5], [1.0, 2.0]])  # trajectory lengths 1 and 3
+    inputs = OuterInputs(torch.zeros(2, 3, 5), torch.zeros(2, 3, dtype=torch.long),
+                         Trajectory(steps, steps.sum(-1), steps))
     assert terms[2](inputs).item() == 2.0
     with pytest.raises(ConfigError, match=r"losses\[1\].name: unknown loss 'phse'; did you mean 'phase'"):
         build_losses([{"name": "cross_entropy"}, {"name": "phse"}])

@@ -113,7 +113,8 @@ def test_frozen_part_is_bit_identical_in_the_inner_loop_and_the_adapted_part_mov
     # the inner loop's θˢ holds exactly A; everything else is passed through untouched
     adapted, rest = algo.split_parameters()
     assert all(in_adapted_set(n, mode) for n in adapted) and not any(in_adapted_set(n, mode) for n in rest)
-    final, _ = adapt(model, adapted, rest, batch.support_x[0], batch.support_y[0], STEPS, algo.inner_update, False)
+    final = adapt(model, adapted, rest, batch.support_x[0], batch.support_y[0], steps=STEPS,
+                  update=algo.inner_update).params
     assert final.keys() == adapted.keys() and all(rest[n] is p for n, p in model.named_parameters() if n in rest)
 
 
@@ -150,7 +151,7 @@ def test_boil_inner_loop_computes_no_head_gradient(mode, head_grads):
     algo = GBML(model, adapt=mode)
     adapted, frozen = algo.split_parameters()
     with MatmulShapes() as log:
-        adapt(model, adapted, frozen, batch.support_x[0], batch.support_y[0], STEPS, algo.inner_update, False)
+        adapt(model, adapted, frozen, batch.support_x[0], batch.support_y[0], steps=STEPS, update=algo.inner_update)
     weight = tuple(model.head.weight.shape)
     assert sum(s in (weight, weight[::-1]) for s in log.shapes) == head_grads
 

@@ -83,7 +83,7 @@ def test_hess_ratio_for_a_scalar_rate_is_alpha_gHg_over_twice_the_squared_gradie
 def test_hess_ratio_only_on_logging_steps_and_without_graph():
     torch.manual_seed(0)
     algo = GBML(Conv4(5, 1, 16, hidden=4), inner_lr=0.5, inner_steps=2, metrics_period=2)
-    outs = [algo(tiny_batch()) for _ in range(3)]
+    outs = [algo(tiny_batch(), step=step) for step in range(3)]
     assert ["hess_ratio" in o for o in outs] == [True, False, True]
     assert not outs[0]["hess_ratio"].requires_grad and outs[0]["loss"].requires_grad
     off = GBML(Conv4(5, 1, 16, hidden=4), inner_lr=0.5, inner_steps=2, metrics_period=2, hessian_ratio=False)

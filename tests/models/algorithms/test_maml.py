@@ -52,7 +52,7 @@ def test_eval_mode_uses_test_steps_and_adaptation_changes_predictions(algo):
         (lambda b: b._replace(support_y=b.support_y[:, :3]), r"TaskBatch.support_y: expected shape \(2, 10\)"),
         (lambda b: b._replace(query_x=b.query_x[:1]), r"TaskBatch.query_x: 1 tasks but support_x has 2"),
         (lambda b: b._replace(query_y=b.query_y + 5), r"TaskBatch.query_y: labels must lie in 0..4"),
-        (lambda b: b._replace(support_y=b.support_y % 3), r"tasks are 3-way but the model's head has 5 outputs"),
+        (lambda b: b._replace(support_y=b.support_y % 3, query_y=b.query_y % 3), r"tasks are 3-way but the model's head has 5 outputs"),
     ],
 )
 def test_bad_batches_raise_value_error_naming_the_tensor(algo, mutate, message):

@@ -1,15 +1,20 @@
-"""The variant API around GBML: out-of-tree registration through ``extra_modules``, the
-``extra_terms`` hook, and the ``adapt`` option's checks."""
+"""The variant API around GBML: out-of-tree registration through ``extra_modules``, outer-loss
+terms (their metrics, their requests for more than the inner loop computed), and the ``adapt``
+option's checks."""
 
 import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from lil_meta.datasets.task_batch import TaskBatch
 from lil_meta.engine.config import load_config
 from lil_meta.engine.errors import ConfigError
 from lil_meta.engine.registry import ALGORITHMS
+from lil_meta.losses import OuterLoss
+from lil_meta.losses.cross_entropy import CrossEntropy
 from lil_meta.models import build_algorithm
 from lil_meta.models.algorithms.base import GBML
 from lil_meta.models.backbones.conv4 import Conv4
@@ -17,6 +22,8 @@ from tests_helpers import ROOT, tiny_batch
 
 USER_MODULE = '''
 from lil_meta.engine.registry import ALGORITHMS
+from lil_meta.losses import OuterLoss
+from lil_meta.losses.cross_entropy import CrossEntropy
 from lil_meta.models.algorithms.base import GBML
 
 
@@ -47,29 +54,66 @@ def test_extra_modules_registers_an_out_of_tree_variant(tmp_path, monkeypatch):
         sys.modules.pop(name, None)
 
 
-class Shrink(GBML):
-    def extra_terms(self, per_task):
-        return {"shrink": 0.5 * per_task["step_norms"].sum(-1).mean()}
+class Shrink(OuterLoss):
+    """A term from the trajectory alone, reporting a metric of its own."""
+
+    key = "shrink"
+
+    def value(self, inputs):
+        length = inputs.trajectory.length
+        return length.mean(), {"shrink_max": length.max()}
 
 
-def test_extra_terms_are_added_to_the_loss_and_reported():
+class Retraced(OuterLoss):
+    """A term that asks for another trajectory: twice the steps at half the rate, no graph."""
+
+    key = "retraced"
+
+    def per_task(self, task):
+        run = task.retrace(steps=2 * task.steps, lr_scale=0.5, graph=False)
+        return {"ref": task.logits_at(run.params)}
+
+    def value(self, inputs):
+        self.seen = inputs.extras["ref"]  # for the test to look at
+        return (inputs.logits - inputs.extras["ref"]).square().mean()
+
+
+def test_a_term_is_added_to_the_loss_and_reports_its_own_metrics():
     torch.manual_seed(0)
     model = Conv4(5, 1, 16, hidden=3)
-    plain, shrink = GBML(model, inner_steps=2), Shrink(model, inner_steps=2)
+    plain = GBML(model, inner_steps=2)
+    shrink = GBML(model, inner_steps=2, losses=[CrossEntropy(), Shrink(weight=0.5)])
     batch = tiny_batch()
     out, base = shrink(batch), plain(batch)
     torch.testing.assert_close(out["loss_shrink"], 0.5 * out["traj_len"])
     torch.testing.assert_close(out["loss"], base["loss"] + out["loss_shrink"])
-    assert out["loss"].requires_grad
+    assert out["shrink_max"] >= out["traj_len"] and out["loss"].requires_grad
 
 
-def test_an_extra_term_may_not_shadow_a_loss_term():
-    class Clash(GBML):
-        def extra_terms(self, per_task):
-            return {"ce": per_task["logits"].sum()}
+def hand_adapted_logits(model, batch, task, steps, rate):
+    """Query logits after ``steps`` plain steps at ``rate`` from the model's own θ⁰, one task."""
+    theta = {n: p.detach() for n, p in model.named_parameters()}
+    for _ in range(steps):
+        logits = torch.func.functional_call(model, theta, (batch.support_x[task],))
+        grads = torch.autograd.grad(F.cross_entropy(logits, batch.support_y[task]), list(theta.values()))
+        theta = {n: p - rate * g for (n, p), g in zip(theta.items(), grads, strict=True)}
+    return torch.func.functional_call(model, theta, (batch.query_x[task],)).detach()
 
-    with pytest.raises(ValueError, match="extra_terms\\(\\): the term 'ce' is also in the losses list"):
-        Clash(Conv4(5, 1, 16, hidden=3), inner_steps=1)(tiny_batch())
+
+@pytest.mark.parametrize("engine", ["loop", "vmap"])
+def test_a_term_may_ask_for_another_trajectory(engine):
+    torch.manual_seed(0)
+    model = Conv4(5, 1, 16, hidden=3).double()
+    algo = GBML(model, inner_lr=0.5, inner_steps=1, engine=engine, losses=[CrossEntropy(), Retraced()])
+    batch = TaskBatch(*(t.double() if t.is_floating_point() else t for t in tiny_batch()))
+    out = algo(batch)
+    tasks = range(batch.num_tasks)
+    reference = torch.stack([hand_adapted_logits(model, batch, i, 2, 0.25) for i in tasks])
+    adapted = torch.stack([hand_adapted_logits(model, batch, i, 1, 0.5) for i in tasks])
+    seen = algo.losses[1].seen
+    torch.testing.assert_close(seen, reference, rtol=1e-10, atol=1e-12)
+    assert not seen.requires_grad  # graph=False: a constant target
+    torch.testing.assert_close(out["loss_retraced"], (adapted - reference).square().mean(), rtol=1e-10, atol=1e-12)
 
 
 def test_adapt_option_is_checked():

@@ -1,9 +1,10 @@
 import pytest
 import torch
+from torch.func import functional_call
 
 from lil_meta.engine.inner_loop import map_tasks
 from lil_meta.models.backbones.conv4 import Conv4, conv_block
-from lil_meta.models.backbones.layers import TaskBatchNorm2d
+from lil_meta.models.backbones.layers import TaskBatchNorm2d, for_vmapped_tasks
 
 
 @pytest.mark.parametrize("image_size,channels,feat", [(84, 3, 64 * 5 * 5), (28, 1, 64), (32, 3, 64 * 2 * 2)])
@@ -33,7 +34,14 @@ def test_task_batch_norm_is_the_same_under_vmap_and_in_a_loop():
         bn.weight.uniform_()
         bn.bias.uniform_()
     x = torch.randn(3, 6, 4, 5, 5, dtype=torch.float64, requires_grad=True)
-    outs = {engine: map_tasks(lambda xi: bn(xi).square().sum(), (), (x,), engine) for engine in ("vmap", "loop")}
+    twin = for_vmapped_tasks(bn)  # the copy the vmap engine runs: elementary statistics
+    assert twin.vmapped and not bn.vmapped
+
+    def per_task(xi, *, vmapped):
+        layer = twin if vmapped else bn
+        return functional_call(layer, dict(bn.named_parameters()), (xi,)).square().sum()
+
+    outs = {engine: map_tasks(per_task, (), (x,), engine) for engine in ("vmap", "loop")}
     torch.testing.assert_close(outs["vmap"], outs["loop"])
     expected = torch.stack([
         torch.nn.functional.batch_norm(xi, None, None, bn.weight, bn.bias, training=True, eps=bn.eps).square().sum()

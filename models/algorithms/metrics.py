@@ -1,0 +1,58 @@
+"""The metrics of a meta-batch that are no loss term: linearity (PC, AC, hₖ) and where a NaN came from."""
+
+from __future__ import annotations
+
+import torch
+
+from lil_meta.engine.inner_loop import Trajectory
+
+#: per-task boolean outputs that say where a non-finite loss came from, and what each means
+NONFINITE_FLAGS = (
+    ("task_inner_finite", "the inner loop diverged (non-finite trajectory)"),
+    ("task_logits_finite", "non-finite query logits"),
+)
+
+
+def linearity_metrics(trajectory: Trajectory) -> dict[str, torch.Tensor]:
+    """PC (eq. 3), and on logging steps AC (eq. 4) and the Hessian ratio of eq. 5: per task,
+    then the mean over the meta-batch ``[B]``; no graph, and nothing when S = 0.
+
+    ``hess_ratio`` is the mean of hₖ over steps k = 0..S-1 and tasks, ``hess_ratio_k<k>`` its
+    mean per step, and ``hess_ge1`` the fraction of (task, step) pairs with hₖ ≥ 1 (steps
+    predicted not to descend).
+    """
+    steps = trajectory.step_norms.shape[-1]
+    if steps == 0:
+        return {}
+    with torch.no_grad():
+        traj_len = trajectory.length
+        metrics = {
+            "traj_len": traj_len.mean(),
+            "pc": (traj_len / trajectory.disp_norm.clamp_min(1e-12)).mean(),
+        }
+        if trajectory.final_grad_norm is not None:
+            grad_norms = torch.cat([trajectory.grad_norms, trajectory.final_grad_norm[..., None]], -1)
+            g0 = grad_norms[..., :1].clamp_min(1e-12)
+            metrics["ac"] = (grad_norms[..., 1:] / g0).mean(-1).mean()
+        if trajectory.hess_ratios is not None:
+            ratios = trajectory.hess_ratios
+            metrics["hess_ratio"] = ratios.mean()
+            metrics["hess_ge1"] = (ratios >= 1).to(ratios.dtype).mean()
+            for k in range(ratios.shape[-1]):
+                metrics[f"hess_ratio_k{k}"] = ratios[..., k].mean()
+        return metrics
+
+
+def describe_nonfinite(out: dict, flags=NONFINITE_FLAGS, rank: int = 0) -> str | None:
+    """Which tasks a non-finite loss came from, in words, from the per-task ``flags`` of an
+    output dict (``None``: nothing to say). Reads the flags: for the fault path only. Tasks are
+    numbered over the whole meta-batch: process ``rank`` holds the ``rank``-th share of it
+    (:class:`engine.launch.RankSlice`)."""
+    where = []
+    for key, what in flags:
+        flag = out.get(key)
+        if isinstance(flag, torch.Tensor) and not bool(flag.all()):
+            first = rank * flag.numel()
+            tasks = [first + i for i in (~flag).nonzero().flatten().tolist()]
+            where.append(f"{what} in task(s) {', '.join(map(str, tasks))}")
+    return "; ".join(where) or None
