@@ -11,6 +11,8 @@ from PIL import Image
 
 from lil_meta.datasets.cifar_fs import DEFAULT_SPLIT
 from lil_meta.datasets.cub import DEFAULT_SPLIT as CUB_SPLIT
+from lil_meta.datasets.fc100 import DEFAULT_SPLIT as FC100_SPLIT
+from lil_meta.datasets.fgvc_aircraft import DEFAULT_SPLIT as AIRCRAFT_SPLIT
 
 QUIET = {"progress": False}
 RNG = np.random.default_rng(0)
@@ -79,17 +81,25 @@ CIFAR_NAMES = sorted(json.loads(DEFAULT_SPLIT.read_text())["train"]
                      + json.loads(DEFAULT_SPLIT.read_text())["test"])
 
 
+# the 20 real CIFAR-100 superclasses, sorted; fixture fine class c (CIFAR_NAMES[c]) is put in
+# superclass c // 5 (not the real grouping, which the readers read from the data)
+COARSE_NAMES = sorted(n for split in ("train", "val", "test")
+                      for n in json.loads(FC100_SPLIT.read_text())[split])
+
+
 def make_cifar(root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """cifar-100-python/{train,test,meta}: 3 tiny images per fine class (2 train, 1 test), with
+    ``coarse_labels`` (fine class // 5) and the real ``coarse_label_names``."""
     folder = root / "cifar-100-python"
     all_x, all_y = [], []
     for part, per_class in (("train", 2), ("test", 1)):
         y = np.repeat(np.arange(100), per_class)
         y = y[RNG.permutation(len(y))]
         x = RNG.integers(0, 256, (len(y), 3072), dtype=np.uint8)
-        dump(folder / part, {"data": x, "fine_labels": y.tolist(), "coarse_labels": [0] * len(y)})
+        dump(folder / part, {"data": x, "fine_labels": y.tolist(), "coarse_labels": (y // 5).tolist()})
         all_x.append(x)
         all_y.append(y)
-    dump(folder / "meta", {"fine_label_names": CIFAR_NAMES, "coarse_label_names": ["x"] * 20})
+    dump(folder / "meta", {"fine_label_names": CIFAR_NAMES, "coarse_label_names": COARSE_NAMES})
     return np.concatenate(all_x), np.concatenate(all_y)
 
 
@@ -145,3 +155,27 @@ def make_cub(root: Path, num_classes: int = 200, per_class: int = 1, size: int =
     (base / "images.txt").write_text("\n".join(images) + "\n")
     (base / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
     return [c.split()[1] for c in classes]
+
+
+# the 100 FGVC-Aircraft variants of the shipped split, in the split file's order
+AIRCRAFT_NAMES = [n for split in ("train", "val", "test")
+                  for n in json.loads(AIRCRAFT_SPLIT.read_text())[split]]
+
+
+def make_aircraft(root: Path, per_class: int = 2, size: int = 12) -> list[str]:
+    """fgvc-aircraft-2013b/data/ with images/, variants.txt and images_variant_*.txt: every
+    variant of the shipped split, ``per_class`` tiny images each, spread over the three lists."""
+    base = root / "fgvc-aircraft-2013b" / "data"
+    (base / "images").mkdir(parents=True)
+    lists: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    n = 0
+    for variant in AIRCRAFT_NAMES:
+        for j in range(per_class):
+            n += 1
+            image_id = f"{1000000 + n:07d}"
+            Image.fromarray(rand_images(1, size)[0]).save(base / "images" / f"{image_id}.jpg")
+            lists[("train", "val", "test")[(n + j) % 3]].append(f"{image_id} {variant}")
+    (base / "variants.txt").write_text("\n".join(sorted(AIRCRAFT_NAMES)) + "\n")
+    for part, lines in lists.items():
+        (base / f"images_variant_{part}.txt").write_text("\n".join(lines) + "\n")
+    return AIRCRAFT_NAMES
