@@ -164,6 +164,8 @@ class _Fetcher:
             if expected is None:
                 self.say(f"{remote.name}: no published checksum; got sha256:"
                          f"{_digest(path, 'sha256')} (pin it with --checksums)")
+            else:
+                self.say(f"{remote.name}: {_how(expected)}")
             return path
         raise DataError("; ".join(failures) or f"{remote.name}: no URL to fetch it from")
 

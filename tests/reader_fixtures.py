@@ -179,3 +179,102 @@ def make_aircraft(root: Path, per_class: int = 2, size: int = 12) -> list[str]:
     for part, lines in lists.items():
         (base / f"images_variant_{part}.txt").write_text("\n".join(lines) + "\n")
     return AIRCRAFT_NAMES
+
+
+# ---- published archives and a local server, for the --download tests --------------------------
+
+def _tar(path: Path, base: Path, names: list[str]) -> bytes:
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as t:
+        for name in names:
+            t.add(base / name, arcname=name)
+    return path.read_bytes()
+
+
+def _zip(path: Path, base: Path, folder: str) -> bytes:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        for p in sorted((base / folder).rglob("*")):
+            z.write(p, p.relative_to(base))
+    return path.read_bytes()
+
+
+def published_files(name: str, work: Path) -> dict[str, bytes]:
+    """The files ``--download`` fetches for dataset ``name`` (by their published names), built
+    from the tiny fixtures above in the layouts of the real archives and pickles."""
+    src, out = work / f"{name}-src", work / f"{name}-files"
+    src.mkdir(parents=True)
+    out.mkdir()
+    if name == "omniglot":
+        make_omniglot(src)
+        return {f"{f}.zip": _zip(out / f"{f}.zip", src, f)
+                for f in ("images_background", "images_evaluation")}
+    if name in ("cifar_fs", "fc100"):
+        make_cifar(src)
+        return {"cifar-100-python.tar.gz": _tar(out / "c.tgz", src, ["cifar-100-python"])}
+    if name == "cub":
+        make_cub(src, per_class=2)
+        (src / "attributes.txt").write_text("1 has_bill_shape::curved\n")  # as in the release
+        return {"CUB_200_2011.tgz": _tar(out / "c.tgz", src, ["CUB_200_2011", "attributes.txt"])}
+    if name == "fgvc_aircraft":
+        make_aircraft(src, per_class=2)
+        return {"fgvc-aircraft-2013b.tar.gz": _tar(out / "a.tgz", src, ["fgvc-aircraft-2013b"])}
+    if name == "mini_imagenet":
+        make_mini_pickle(src)
+        return {f"mini-imagenet-cache-{part}.pkl": (src / f"mini-imagenet-cache-{split}.pkl").read_bytes()
+                for part, split in (("train", "train"), ("validation", "val"), ("test", "test"))}
+    if name == "tiered_imagenet":
+        make_tiered(src, "png-pickle")
+        return {f"tiered-imagenet-{p.name}": p.read_bytes() for p in sorted(src.glob("*.pkl"))}
+    raise KeyError(name)
+
+
+def md5_of(data: bytes) -> str:
+    import hashlib
+
+    return "md5:" + hashlib.md5(data).hexdigest()
+
+
+class FileServer:
+    """An HTTP server on 127.0.0.1 (a thread; port chosen by the OS) serving ``files`` (name →
+    bytes) at ``/<name>``. ``requests`` lists the paths asked for; a name in ``truncate`` is
+    sent with its full Content-Length but only half its bytes, then the connection is closed."""
+
+    def __init__(self, files: dict[str, bytes], truncate: tuple[str, ...] = ()) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.files, self.truncate, self.requests = dict(files), set(truncate), []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                name = self.path.lstrip("/")
+                server.requests.append(name)
+                if name not in server.files:
+                    self.send_error(404)
+                    return
+                body = server.files[name]
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2] if name in server.truncate else body)
+                self.close_connection = True
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> FileServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
