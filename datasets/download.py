@@ -93,7 +93,7 @@ def fetch(name: str, root: str | os.PathLike, *, mirror: str | None = None,
     store = root / DOWNLOADS
     try:
         store.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
+    except OSError as exc:  # ROOT is a file, or not writable
         raise DataError(f"{store}: cannot create the download folder ({exc.strerror})") from None
     fetcher = _Fetcher(store, timeout, int(retries), progress, say)
     with _locked(store):
@@ -298,20 +298,24 @@ def _remove_leftovers(store: Path) -> None:
 
 @contextlib.contextmanager
 def _locked(store: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``store`` (where the OS has flock), so that two downloads into
-    one ROOT do not remove each other's temporary files."""
+    """Hold an exclusive lock on the folder ``store`` (where the OS has flock), so that two
+    downloads into one ROOT do not remove each other's temporary files; an empty ``store`` is
+    removed afterwards, so a call that fetched nothing leaves ROOT as it was."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
+        fcntl = None
+    fd = os.open(store, os.O_RDONLY) if fcntl is not None else None
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise DataError(f"{store}: another download into this folder is running; wait "
+                                f"for it to end") from None
         yield
-        return
-    with open(store / ".lock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise DataError(f"{store}: another download into this folder is running; wait for "
-                            f"it to end") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        if fd is not None:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            store.rmdir()

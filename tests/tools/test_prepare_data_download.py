@@ -92,7 +92,7 @@ def test_download_prepare_and_train(name, tmp_path, capsys):
     results = json.loads((out_dir / "results.json").read_text())
     assert results["iterations"] == 2 and results["test_tasks"] == 2
     # only the unpacked data, the cache and the verified downloads are left in ROOT
-    stray = [p for p in (root / DOWNLOADS).iterdir() if p.name.startswith(("tmp", ".unpack"))]
+    stray = [p for p in root.glob(f"{DOWNLOADS}/*") if p.name.startswith(("tmp", ".unpack"))]
     assert stray == []
     assert not [p for p in Path(root).iterdir() if p.name.startswith((".", "tmp")) and
                 p.name not in (DOWNLOADS, ".lil_cache")]
