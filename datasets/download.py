@@ -83,9 +83,9 @@ def fetch(name: str, root: str | os.PathLike, *, mirror: str | None = None,
     mirror = mirror or os.environ.get(MIRROR_ENV) or None
     if mirror is None and name in NO_SOURCE:
         raise DataError(NO_SOURCE[name])
-    if mirror is not None and not re.match(r"(https?|ftp)://", mirror):
-        raise UserInputError(f"--mirror / ${MIRROR_ENV}: expected an http://, https:// or ftp:// "
-                             f"URL, got {mirror!r} (a folder can be served with python -m http.server)")
+    if mirror is not None and not re.match(r"https?://", mirror):
+        raise UserInputError(f"--mirror / ${MIRROR_ENV}: expected an http:// or https:// URL, got "
+                             f"{mirror!r} (a folder can be served with python -m http.server)")
     if not timeout > 0 or int(retries) != retries or retries < 0:
         raise UserInputError(f"--timeout must be > 0 and --retries an integer >= 0, got "
                              f"{timeout!r} and {retries!r}")
@@ -135,7 +135,11 @@ class _Fetcher:
         path = self.download(remote, urls, expected)
         entries = _unpack(path, root, self.store, self.say)
         record = expected or f"sha256:{_digest(path, 'sha256')}"
-        atomic_write(marker, json.dumps({"hash": record, "entries": entries}) + "\n")
+        try:
+            atomic_write(marker, json.dumps({"hash": record, "entries": entries}) + "\n")
+        except OSError as exc:
+            raise DataError(f"{marker}: cannot record the unpacked archive ({exc.strerror}); "
+                            f"its entries are in {root}; the next run records it again") from None
 
     def download(self, remote: Remote, urls, expected: str | None) -> Path:
         """``remote`` in the store, verified: the file already there if it matches, else

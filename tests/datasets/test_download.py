@@ -7,9 +7,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import resource
 import socket
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -250,3 +254,19 @@ def test_mirror_serves_a_dataset_with_no_public_source(tmp_path):
     assert (tmp_path / "cars_train" / "00001.jpg").read_bytes() == b"abc"
     assert (tmp_path / "devkit" / "cars_meta.mat").is_file()
     assert sum("no published checksum" in line for line in lines) == 2
+
+
+def test_command_line_with_the_mirror_from_the_environment(tmp_path, published):
+    """As a user runs it: the mirror from $LIL_DATA_MIRROR, a fault as the only line on stderr."""
+    script = Path(__file__).resolve().parents[2] / "tools" / "prepare_data.py"
+    files = published["mini_imagenet"]
+    root = tmp_path / "data"
+    with FileServer({k: v for k, v in files.items() if "test" not in k}) as server:
+        env = {**os.environ, "LIL_DATA_MIRROR": server.url, "no_proxy": "127.0.0.1"}
+        proc = subprocess.run([sys.executable, str(script), "mini_imagenet", str(root), "--download"],
+                              capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == f"error: {server.url}/mini-imagenet-cache-test.pkl: HTTP 404 Not Found\n"
+    assert "mini-imagenet-cache-train.pkl: no published checksum" in proc.stdout
+    assert sorted(p.name for p in root.iterdir()) == ["mini-imagenet-cache-train.pkl",
+                                                      "mini-imagenet-cache-val.pkl"]
