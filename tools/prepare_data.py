@@ -106,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing half-written is left in ROOT, and running the same "
+              "command again restarts what was cut short", file=sys.stderr)
+        return 130
     return 0
 
 
