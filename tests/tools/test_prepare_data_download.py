@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 import pytest
+import torch
 
 from lil_meta.datasets.download import DOWNLOADS
 from lil_meta.tools.prepare_data import main as prepare_data
@@ -52,14 +53,19 @@ DATASETS = {
 
 @pytest.fixture(autouse=True)
 def local_only(monkeypatch):
-    """No proxy between the tests and 127.0.0.1, no cluster mirror from the environment, and the
-    root logger as it was after the training runs (which set it up for their own output)."""
+    """No proxy between the tests and 127.0.0.1, no cluster mirror from the environment, one
+    torch thread (these nets are too small to gain from more, and a shared machine makes extra
+    threads wait), and the root logger as it was after the training runs (which set it up for
+    their own output)."""
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "LIL_DATA_MIRROR"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(threads)
     for handler in [h for h in root.handlers if h not in handlers]:
         root.removeHandler(handler)
         handler.close()
