@@ -89,7 +89,7 @@ SOURCES: dict[str, tuple[Remote, ...]] = {
 NO_SOURCE: dict[str, str] = {
     "cars": ("cars: Stanford Cars has no live download (its ai.stanford.edu/~jkrause/cars pages are "
              "gone and torchvision disabled its download, pytorch/vision#7545): get cars_train.tgz "
-             "and car_devkit.tgz from a copy (that issue lists some) and unpack both into ROOT, or "
+             "and car_devkit.tgz from a copy (that thread lists some) and unpack both into ROOT, or "
              "serve them from a mirror (--mirror URL); see docs/datasets.md"),
 }
 
