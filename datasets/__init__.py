@@ -2,8 +2,8 @@
 
 Datasets register themselves in :data:`engine.registry.DATASETS` when imported below. A dataset
 is any object with ``split(name) -> SplitData`` for ``"train"``, ``"val"`` and ``"test"``.
-The real benchmarks (``mini_imagenet``, ``tiered_imagenet``, ``cifar_fs``, ``omniglot``, ``cub``,
-``cars``) share the decode-once cache of :mod:`datasets.cache`; see docs/datasets.md.
+The real benchmarks (``mini_imagenet``, ``tiered_imagenet``, ``cifar_fs``, ``fc100``, ``omniglot``,
+``cub``, ``cars``, ``fgvc_aircraft``) share the decode-once cache of :mod:`datasets.cache`; see docs/datasets.md.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from lil_meta.datasets import (
     cifar_fs,  # noqa: F401  (registers "cifar_fs")
     cross_domain,  # noqa: F401  (registers "cross_domain")
     cub,  # noqa: F401  (registers "cub")
+    fc100,  # noqa: F401  (registers "fc100")
+    fgvc_aircraft,  # noqa: F401  (registers "fgvc_aircraft")
     glyphs,  # noqa: F401  (registers "glyphs")
     mini_imagenet,  # noqa: F401  (registers "mini_imagenet")
     omniglot,  # noqa: F401  (registers "omniglot")

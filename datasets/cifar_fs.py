@@ -37,6 +37,8 @@ class CifarFS(SplitFileDataset):
 
     default_split = DEFAULT_SPLIT
     _pool: tuple[np.ndarray, np.ndarray, list[str]] | None = None
+    # per image, the CIFAR-100 superclass ('coarse_labels'), when both pickles have it
+    _coarse: np.ndarray | None = None
 
     def detect_layout(self) -> str:
         for folder in (self.root / "cifar-100-python", self.root):
@@ -51,7 +53,7 @@ class CifarFS(SplitFileDataset):
             meta = load_pickle(meta_path, "the CIFAR-100 meta pickle with 'fine_label_names'")
             if not isinstance(meta, dict) or "fine_label_names" not in meta:
                 raise DataError(f"{meta_path}: expected a dict with 'fine_label_names'")
-            data, labels = [], []
+            data, labels, coarse = [], [], []
             for part in ("train", "test"):
                 path = self._folder / part
                 d = load_pickle(path, _WHAT)
@@ -65,6 +67,12 @@ class CifarFS(SplitFileDataset):
                     raise DataError(f"{path}: {len(y)} fine_labels for {len(x)} images")
                 data.append(x)
                 labels.append(y)
+                if d.get("coarse_labels") is not None:
+                    c = np.asarray(d["coarse_labels"], dtype=np.int64)
+                    if c.shape != (len(x),):
+                        raise DataError(f"{path}: {len(c)} coarse_labels for {len(x)} images")
+                    coarse.append(c)
+            self._coarse = np.concatenate(coarse) if len(coarse) == 2 else None
             self._pool = (np.concatenate(data).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1),
                           np.concatenate(labels), [str(n) for n in meta["fine_label_names"]])
         return self._pool

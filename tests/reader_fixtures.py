@@ -11,6 +11,8 @@ from PIL import Image
 
 from lil_meta.datasets.cifar_fs import DEFAULT_SPLIT
 from lil_meta.datasets.cub import DEFAULT_SPLIT as CUB_SPLIT
+from lil_meta.datasets.fc100 import DEFAULT_SPLIT as FC100_SPLIT
+from lil_meta.datasets.fgvc_aircraft import DEFAULT_SPLIT as AIRCRAFT_SPLIT
 
 QUIET = {"progress": False}
 RNG = np.random.default_rng(0)
@@ -79,17 +81,25 @@ CIFAR_NAMES = sorted(json.loads(DEFAULT_SPLIT.read_text())["train"]
                      + json.loads(DEFAULT_SPLIT.read_text())["test"])
 
 
+# the 20 real CIFAR-100 superclasses, sorted; fixture fine class c (CIFAR_NAMES[c]) is put in
+# superclass c // 5 (not the real grouping, which the readers read from the data)
+COARSE_NAMES = sorted(n for split in ("train", "val", "test")
+                      for n in json.loads(FC100_SPLIT.read_text())[split])
+
+
 def make_cifar(root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """cifar-100-python/{train,test,meta}: 3 tiny images per fine class (2 train, 1 test), with
+    ``coarse_labels`` (fine class // 5) and the real ``coarse_label_names``."""
     folder = root / "cifar-100-python"
     all_x, all_y = [], []
     for part, per_class in (("train", 2), ("test", 1)):
         y = np.repeat(np.arange(100), per_class)
         y = y[RNG.permutation(len(y))]
         x = RNG.integers(0, 256, (len(y), 3072), dtype=np.uint8)
-        dump(folder / part, {"data": x, "fine_labels": y.tolist(), "coarse_labels": [0] * len(y)})
+        dump(folder / part, {"data": x, "fine_labels": y.tolist(), "coarse_labels": (y // 5).tolist()})
         all_x.append(x)
         all_y.append(y)
-    dump(folder / "meta", {"fine_label_names": CIFAR_NAMES, "coarse_label_names": ["x"] * 20})
+    dump(folder / "meta", {"fine_label_names": CIFAR_NAMES, "coarse_label_names": COARSE_NAMES})
     return np.concatenate(all_x), np.concatenate(all_y)
 
 
@@ -145,3 +155,126 @@ def make_cub(root: Path, num_classes: int = 200, per_class: int = 1, size: int =
     (base / "images.txt").write_text("\n".join(images) + "\n")
     (base / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
     return [c.split()[1] for c in classes]
+
+
+# the 100 FGVC-Aircraft variants of the shipped split, in the split file's order
+AIRCRAFT_NAMES = [n for split in ("train", "val", "test")
+                  for n in json.loads(AIRCRAFT_SPLIT.read_text())[split]]
+
+
+def make_aircraft(root: Path, per_class: int = 2, size: int = 12) -> list[str]:
+    """fgvc-aircraft-2013b/data/ with images/, variants.txt and images_variant_*.txt: every
+    variant of the shipped split, ``per_class`` tiny images each, spread over the three lists."""
+    base = root / "fgvc-aircraft-2013b" / "data"
+    (base / "images").mkdir(parents=True)
+    lists: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    n = 0
+    for variant in AIRCRAFT_NAMES:
+        for j in range(per_class):
+            n += 1
+            image_id = f"{1000000 + n:07d}"
+            Image.fromarray(rand_images(1, size)[0]).save(base / "images" / f"{image_id}.jpg")
+            lists[("train", "val", "test")[(n + j) % 3]].append(f"{image_id} {variant}")
+    (base / "variants.txt").write_text("\n".join(sorted(AIRCRAFT_NAMES)) + "\n")
+    for part, lines in lists.items():
+        (base / f"images_variant_{part}.txt").write_text("\n".join(lines) + "\n")
+    return AIRCRAFT_NAMES
+
+
+# ---- published archives and a local server, for the --download tests --------------------------
+
+def _tar(path: Path, base: Path, names: list[str]) -> bytes:
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as t:
+        for name in names:
+            t.add(base / name, arcname=name)
+    return path.read_bytes()
+
+
+def _zip(path: Path, base: Path, folder: str) -> bytes:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        for p in sorted((base / folder).rglob("*")):
+            z.write(p, p.relative_to(base))
+    return path.read_bytes()
+
+
+def published_files(name: str, work: Path) -> dict[str, bytes]:
+    """The files ``--download`` fetches for dataset ``name`` (by their published names), built
+    from the tiny fixtures above in the layouts of the real archives and pickles."""
+    src, out = work / f"{name}-src", work / f"{name}-files"
+    src.mkdir(parents=True)
+    out.mkdir()
+    if name == "omniglot":
+        make_omniglot(src)
+        return {f"{f}.zip": _zip(out / f"{f}.zip", src, f)
+                for f in ("images_background", "images_evaluation")}
+    if name in ("cifar_fs", "fc100"):
+        make_cifar(src)
+        return {"cifar-100-python.tar.gz": _tar(out / "c.tgz", src, ["cifar-100-python"])}
+    if name == "cub":
+        make_cub(src, per_class=2)
+        (src / "attributes.txt").write_text("1 has_bill_shape::curved\n")  # as in the release
+        return {"CUB_200_2011.tgz": _tar(out / "c.tgz", src, ["CUB_200_2011", "attributes.txt"])}
+    if name == "fgvc_aircraft":
+        make_aircraft(src, per_class=2)
+        return {"fgvc-aircraft-2013b.tar.gz": _tar(out / "a.tgz", src, ["fgvc-aircraft-2013b"])}
+    if name == "mini_imagenet":
+        make_mini_pickle(src)
+        return {f"mini-imagenet-cache-{part}.pkl": (src / f"mini-imagenet-cache-{split}.pkl").read_bytes()
+                for part, split in (("train", "train"), ("validation", "val"), ("test", "test"))}
+    if name == "tiered_imagenet":
+        make_tiered(src, "png-pickle")
+        return {f"tiered-imagenet-{p.name}": p.read_bytes() for p in sorted(src.glob("*.pkl"))}
+    raise KeyError(name)
+
+
+def md5_of(data: bytes) -> str:
+    import hashlib
+
+    return "md5:" + hashlib.md5(data).hexdigest()
+
+
+class FileServer:
+    """An HTTP server on 127.0.0.1 (a thread; port chosen by the OS) serving ``files`` (name →
+    bytes) at ``/<name>``. ``requests`` lists the paths asked for; a name in ``truncate`` is
+    sent with its full Content-Length but only half its bytes, then the connection is closed."""
+
+    def __init__(self, files: dict[str, bytes], truncate: tuple[str, ...] = ()) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.files, self.truncate, self.requests = dict(files), set(truncate), []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                name = self.path.lstrip("/")
+                server.requests.append(name)
+                if name not in server.files:
+                    self.send_error(404)
+                    return
+                body = server.files[name]
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2] if name in server.truncate else body)
+                self.close_connection = True
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
+
+    def __enter__(self) -> FileServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()

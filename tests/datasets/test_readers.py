@@ -35,7 +35,8 @@ from reader_fixtures import (
 # ---- registry and the common layer ---------------------------------------------------------
 
 def test_readers_are_registered():
-    for name in ("mini_imagenet", "tiered_imagenet", "cifar_fs", "omniglot", "cub"):
+    for name in ("mini_imagenet", "tiered_imagenet", "cifar_fs", "fc100", "omniglot", "cub",
+                 "fgvc_aircraft"):
         assert name in DATASETS.names()
         assert issubclass(DATASETS.get(name)[0], CachedDataset)
 
