@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 from lil_meta.engine.errors import ConfigError
 from lil_meta.engine.registry import LOSSES
-from lil_meta.losses import cross_entropy, phase, pseudo_amplitude  # noqa: F401  (registration)
+from lil_meta.losses import cross_entropy, phase, pseudo_amplitude, shot, shot_one_step  # noqa: F401  (registration)
 from lil_meta.losses.base import OuterInputs, OuterLoss, kl_divergence, task_accuracy
 
 __all__ = ["OuterInputs", "OuterLoss", "build_losses", "kl_divergence", "task_accuracy"]
