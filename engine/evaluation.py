@@ -35,7 +35,8 @@ def mean_ci95(values: Sequence[float] | torch.Tensor) -> tuple[float, float]:
 def evaluate(algorithm: torch.nn.Module, task_list, batch_size: int, device: torch.device | str,
              desc: str = "eval", world: World | None = None) -> dict[str, float]:
     """Accuracy of ``algorithm`` over every task of ``task_list``: ``{"acc", "ci95", "n"}``, and
-    ``acc_init``/``ci95_init`` (θ⁰ without adaptation) when the algorithm reports ``task_acc_init``.
+    ``acc_init``/``ci95_init`` (θ⁰ without adaptation) when the algorithm reports ``task_acc_init``,
+    likewise the kernel predictor's ``lin_acc``, ``lin_agree`` (percent) and ``lin_err``.
 
     Accuracies and CIs are in percent (``task_acc`` of the algorithm's output is a fraction).
     The algorithm runs in ``eval()`` mode (test-time inner steps) under ``torch.no_grad()``;
@@ -50,7 +51,7 @@ def evaluate(algorithm: torch.nn.Module, task_list, batch_size: int, device: tor
     world = world or World()
     was_training = algorithm.training
     rng = get_rng_state()
-    mine = []  # (batch index, per-task accuracies, the same at θ⁰ or None)
+    mine = []  # (batch index, {per-task key: values})
     try:
         algorithm.eval()
         with torch.no_grad():
@@ -60,18 +61,26 @@ def evaluate(algorithm: torch.nn.Module, task_list, batch_size: int, device: tor
                 if i % world.size != world.rank:
                     continue
                 out = algorithm(batch.to(device))
-                init = out.get("task_acc_init")
-                mine.append((i, out["task_acc"].detach().double().flatten().cpu().tolist(),
-                             None if init is None else init.detach().double().flatten().cpu().tolist()))
+                mine.append((i, {key: out[f"task_{key}"].detach().double().flatten().cpu().tolist()
+                                 for key in PER_TASK if f"task_{key}" in out}))
     finally:
         algorithm.train(was_training)
         set_rng_state(rng)
-    gathered = sorted(gather_lists(mine, world), key=lambda item: item[0])
-    accs = [torch.tensor(a, dtype=torch.float64) for _, a, _ in gathered]
-    accs_init = [torch.tensor(a, dtype=torch.float64) for _, _, a in gathered if a is not None]
-    values = torch.cat(accs) * 100.0
-    mean, ci = mean_ci95(values)
-    result = {"acc": mean, "ci95": ci, "n": int(values.numel())}
-    if len(accs_init) == len(accs):
-        result["acc_init"], result["ci95_init"] = mean_ci95(torch.cat(accs_init) * 100.0)
+    gathered = [values for _, values in sorted(gather_lists(mine, world), key=lambda item: item[0])]
+    result: dict[str, float] = {}
+    for key, (name, ci_name, scale) in PER_TASK.items():
+        if all(key in values for values in gathered):
+            mean, ci = mean_ci95(torch.tensor([v for values in gathered for v in values[key]]) * scale)
+            result[name], result[ci_name] = mean, ci
+    result["n"] = sum(len(values["acc"]) for values in gathered)
     return result
+
+
+#: the per-task outputs ``task_<key>`` an evaluation averages: (result key, its CI's key, scale)
+PER_TASK = {
+    "acc": ("acc", "ci95", 100.0),
+    "acc_init": ("acc_init", "ci95_init", 100.0),
+    "lin_acc": ("lin_acc", "ci95_lin_acc", 100.0),
+    "lin_agree": ("lin_agree", "ci95_lin_agree", 100.0),
+    "lin_err": ("lin_err", "ci95_lin_err", 1.0),
+}

@@ -232,6 +232,8 @@ def train_and_test(built: Run, extra_hooks=()) -> dict:
     results = {
         "test_acc": final["acc"], "test_ci95": final["ci95"], "test_tasks": final["n"],
         "test_acc_init": final.get("acc_init"), "test_ci95_init": final.get("ci95_init"),
+        "test_lin_acc": final.get("lin_acc"), "test_lin_agree": final.get("lin_agree"),
+        "test_lin_err": final.get("lin_err"),
         "best_val_acc": eval_hook.best_acc, "best_val_iter": eval_hook.best_iter,
         "best_test_acc": best["acc"] if best else None,
         "best_test_ci95": best["ci95"] if best else None,

@@ -49,7 +49,9 @@ from lil_meta.models.algorithms.inner_lr import InnerLR
 from lil_meta.models.algorithms.metrics import (
     NONFINITE_FLAGS,
     describe_nonfinite,
+    kernel_metrics,
     linearity_metrics,
+    linearized_logits,
 )
 from lil_meta.models.backbones.layers import for_vmapped_tasks
 
@@ -116,6 +118,10 @@ class GBML(nn.Module):
             instead of keeping its graph (the memory switch, with ``solver.task_chunk``): the
             same meta-gradient for less memory and one more support pass per step. Runs on the
             per-task loop (``auto`` then picks it on every device).
+        linearized_metrics: on logging steps and in eval mode, also how close the adapted
+            network is to its tangent (kernel) predictor f⁰ + J·(θˢ − θ⁰): ``lin_err``,
+            ``lin_agree``, ``lin_acc`` (one Jacobian-vector product per task, no graph;
+            ``docs/design.md``).
 
     :meth:`adapted_names` is called once at the end of ``__init__`` to size the rates; a
     subclass's override may rely on the model and the constructor's arguments only.
@@ -138,6 +144,7 @@ class GBML(nn.Module):
         channels_last: str = "auto",
         checkpoint_inner_steps: bool = False,
         hessian_ratio: bool = True,
+        linearized_metrics: bool = True,
     ):
         super().__init__()
         if engine not in (*ENGINES, "auto"):
@@ -166,6 +173,7 @@ class GBML(nn.Module):
         self.channels_last = channels_last
         self.checkpoint_inner_steps = bool(checkpoint_inner_steps)
         self.hessian_ratio = bool(hessian_ratio)
+        self.linearized_metrics = bool(linearized_metrics)
         adapted, _ = self.split_parameters()
         if not adapted:
             raise ConfigError(f"algorithm: no parameter adapts in the inner loop (adapt={adapt})")
@@ -314,6 +322,11 @@ class GBML(nn.Module):
         if diagnostics or not self.training:
             with torch.no_grad():
                 out["logits_init"] = task.logits_at(adapted)
+            if self.linearized_metrics and self.inner_steps_now() > 0:
+                tangent_net = net if vmapped or self.head_only(adapted) else self.network(True)
+                delta = {name: adaptation.params[name] - t for name, t in adapted.items()}
+                out["lin_init_logits"], out["lin_logits"] = linearized_logits(tangent_net, adapted, delta, frozen,
+                                                                              query_x)
         return out
 
     def begin_step(self, step: int) -> None:
@@ -361,6 +374,8 @@ class GBML(nn.Module):
         if "logits_init" in per_task:
             out["task_acc_init"] = task_accuracy(per_task["logits_init"], query_y)
             out["acc_init"] = out["task_acc_init"].mean()
+        if "lin_logits" in per_task:
+            out.update(kernel_metrics(logits, per_task["lin_init_logits"], per_task["lin_logits"], query_y))
         out.update(linearity_metrics(trajectory))
         return out
 

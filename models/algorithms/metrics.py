@@ -56,3 +56,39 @@ def describe_nonfinite(out: dict, flags=NONFINITE_FLAGS, rank: int = 0) -> str |
             tasks = [first + i for i in (~flag).nonzero().flatten().tolist()]
             where.append(f"{what} in task(s) {', '.join(map(str, tasks))}")
     return "; ".join(where) or None
+
+
+def linearized_logits(model, theta0: dict, delta: dict, frozen: dict, query_x: torch.Tensor):
+    """``(f⁰, f_lin)``: the query logits at θ⁰ and those of the tangent (kernel) model
+    f_lin = f⁰ + J·Δ, J·Δ the forward-mode derivative of θ ↦ f(xq|θ) at θ⁰ in the direction
+    Δ = θˢ − θ⁰ over the adapted tensors (``torch.func.jvp``; the held-fixed tensors and
+    BatchNorm's batch statistics as in the forward itself). No graph: a diagnostic (paper §4.3,
+    eq. 13–19). ``model`` must be forward-differentiable: the vmap form of the network
+    (elementary BatchNorm), which is exact outside vmap too."""
+    fixed = {name: t.detach() for name, t in frozen.items()}
+    x = query_x.detach().contiguous()
+
+    def logits(adapted):
+        return torch.func.functional_call(model, {**fixed, **adapted}, (x,))
+
+    primal = {name: t.detach() for name, t in theta0.items()}
+    tangent = {name: delta[name].detach() for name in primal}
+    f0, jvp = torch.func.jvp(logits, (primal,), (tangent,))
+    return f0, f0 + jvp
+
+
+def kernel_metrics(logits: torch.Tensor, init_logits: torch.Tensor, lin_logits: torch.Tensor,
+                   query_y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per task ``[B]``: ``task_lin_err`` ‖fˢ − f_lin‖ / ‖fˢ − f⁰‖ (Frobenius norms over the query
+    logits; 0 for a linear inner loop), ``task_lin_agree`` the fraction of query examples where
+    argmax f_lin = argmax fˢ, ``task_lin_acc`` the query accuracy of f_lin (the kernel
+    predictor's); and their means over tasks ``lin_err``, ``lin_agree``, ``lin_acc``."""
+    with torch.no_grad():
+        adapted = logits.detach()
+        err = (adapted - lin_logits).flatten(1).norm(dim=1) / (adapted - init_logits).flatten(1).norm(dim=1).clamp_min(
+            1e-12)
+        dtype = adapted.dtype  # fractions in the logits' precision: exact counts in fp64
+        agree = (lin_logits.argmax(-1) == adapted.argmax(-1)).to(dtype).mean(1)
+        acc = (lin_logits.argmax(-1) == query_y).to(dtype).mean(1)
+        per_task = {"task_lin_err": err, "task_lin_agree": agree, "task_lin_acc": acc}
+        return {**per_task, **{key[len("task_"):]: value.mean() for key, value in per_task.items()}}
