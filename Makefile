@@ -15,6 +15,9 @@ OPTS ?=
 
 .PHONY: install train test lint clean
 
+# `pip install -e` keeps setuptools' default (lenient) mode: for this layout it installs an import
+# finder that maps lil_meta to ./lil_meta and adds no other folder of the checkout to sys.path.
+# basedpyright resolves lil_meta.* from the checkout itself (lil_meta/engine -> ../engine).
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
@@ -26,8 +29,10 @@ install: $(VENV)/.installed
 train: install
 	$(PY) tools/train_net.py --config-file $(CONFIG) --resume $(BUDGET) $(OPTS)
 
+# $(VENV)/bin/pytest, not `python -m pytest`: -m would put the repository root first on sys.path,
+# where the project's datasets/ folder would shadow HuggingFace's datasets.
 test: install
-	$(PY) -m pytest
+	$(VENV)/bin/pytest
 
 lint: install
 	$(PY) -m ruff check .

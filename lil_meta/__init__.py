@@ -2,19 +2,16 @@
 
 One importable package whose subpackages are this repository's top-level folders:
 ``lil_meta.engine``, ``lil_meta.models``, ``lil_meta.losses``, ``lil_meta.datasets`` and
-``lil_meta.tools``. Installing the project claims no other top-level name, so it sits beside
-HuggingFace's ``datasets`` or any other ``models`` package. ``CONFIGS`` is the folder of the
-experiment configs (``load_config(CONFIGS / "maml_lil_5shot.yaml")``).
+``lil_meta.tools`` (and the configs as ``lil_meta/configs``). In a checkout they are relative
+symlinks (``lil_meta/engine -> ../engine``), which the wheel build follows and copies, so the
+checkout, the editable install and the wheel import the same names and nothing else: installing
+the project claims no other top-level name, and it sits beside HuggingFace's ``datasets`` or any
+other ``models`` package. ``CONFIGS`` is the folder of the experiment configs
+(``load_config(CONFIGS / "maml_lil_5shot.yaml")``).
 """
 
 from pathlib import Path
 
-_HERE = Path(__file__).resolve().parent
-# In a source checkout the subpackages are the sibling folders of this one (an installed wheel
-# holds them inside it): found through this package's path, installed or not.
-if not (_HERE / "engine").is_dir() and (_HERE.parent / "engine" / "__init__.py").is_file():
-    __path__.append(str(_HERE.parent))  # noqa: F821  (the package's own __path__)
-
-CONFIGS = _HERE / "configs" if (_HERE / "configs").is_dir() else _HERE.parent / "configs"
+CONFIGS = (Path(__file__).parent / "configs").resolve()
 
 __all__ = ["CONFIGS"]
