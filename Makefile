@@ -15,9 +15,8 @@ OPTS ?=
 
 .PHONY: install train test lint clean
 
-# `pip install -e` keeps setuptools' default (lenient) mode: for this layout it installs an import
-# finder that maps lil_meta to ./lil_meta and adds no other folder of the checkout to sys.path.
-# basedpyright resolves lil_meta.* from the checkout itself (lil_meta/engine -> ../engine).
+# `pip install -e` (setuptools' default mode) writes a static .pth line to src/, which holds only
+# lil_meta: static checkers and editors resolve it, and no other folder becomes importable.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
