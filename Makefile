@@ -15,6 +15,8 @@ OPTS ?=
 
 .PHONY: install train test lint clean
 
+# `pip install -e` (setuptools' default mode) writes a static .pth line to src/, which holds only
+# lil_meta: static checkers and editors resolve it, and no other folder becomes importable.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
@@ -26,8 +28,10 @@ install: $(VENV)/.installed
 train: install
 	$(PY) tools/train_net.py --config-file $(CONFIG) --resume $(BUDGET) $(OPTS)
 
+# $(VENV)/bin/pytest, not `python -m pytest`: -m would put the repository root first on sys.path,
+# where the project's datasets/ folder would shadow HuggingFace's datasets.
 test: install
-	$(PY) -m pytest
+	$(VENV)/bin/pytest
 
 lint: install
 	$(PY) -m ruff check .

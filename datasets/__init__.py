@@ -8,6 +8,9 @@ The real benchmarks (``mini_imagenet``, ``tiered_imagenet``, ``cifar_fs``, ``fc1
 
 from __future__ import annotations
 
+if __name__ != "lil_meta.datasets":  # one import identity (docs/design.md §2)
+    raise ImportError(f"{__name__!r} is the folder of lil_meta.datasets: import it as lil_meta.datasets")
+
 from collections.abc import Mapping
 from typing import Any
 

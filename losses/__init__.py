@@ -10,6 +10,9 @@ A config lists the terms with their weights; ``build_losses`` builds them::
 
 from __future__ import annotations
 
+if __name__ != "lil_meta.losses":  # one import identity (docs/design.md §2)
+    raise ImportError(f"{__name__!r} is the folder of lil_meta.losses: import it as lil_meta.losses")
+
 from collections.abc import Mapping, Sequence
 
 from lil_meta.engine.errors import ConfigError

@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+if __name__ != "lil_meta.models":  # one import identity (docs/design.md §2)
+    raise ImportError(f"{__name__!r} is the folder of lil_meta.models: import it as lil_meta.models")
+
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lil_meta.engine.errors import ConfigError

@@ -18,14 +18,11 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.func import vmap
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lil_meta.engine.kernels import group_norms  # noqa: E402
+from lil_meta.engine.kernels import group_norms
 
 
 def conv4_shapes(way: int = 5) -> list[tuple[int, ...]]:

@@ -17,15 +17,12 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lil_meta.datasets.sampler import EpisodicSampler, SplitData  # noqa: E402
-from lil_meta.models.algorithms.base import GBML  # noqa: E402
-from lil_meta.models.backbones.conv4 import Conv4  # noqa: E402
+from lil_meta.datasets.sampler import EpisodicSampler, SplitData
+from lil_meta.models.algorithms.base import GBML
+from lil_meta.models.backbones.conv4 import Conv4
 
 
 def timed(fn, repeats: int) -> float:

@@ -49,16 +49,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lil_meta.datasets.task_batch import TaskBatch  # noqa: E402
-from lil_meta.engine.config import load_config  # noqa: E402
-from lil_meta.engine.cpu_memory import keep_freed_memory  # noqa: E402
-from lil_meta.engine.defaults import resolve_device  # noqa: E402
-from lil_meta.engine.errors import UserInputError  # noqa: E402
-from lil_meta.engine.trainer import MetaTrainer  # noqa: E402
-from lil_meta.models import build_algorithm  # noqa: E402
-from lil_meta.models.backbones.layers import TaskBatchNorm2d  # noqa: E402
+from lil_meta.datasets.task_batch import TaskBatch
+from lil_meta.engine.config import load_config
+from lil_meta.engine.cpu_memory import keep_freed_memory
+from lil_meta.engine.defaults import resolve_device
+from lil_meta.engine.errors import UserInputError
+from lil_meta.engine.trainer import MetaTrainer
+from lil_meta.models import build_algorithm
+from lil_meta.models.backbones.layers import TaskBatchNorm2d
 
 
 def synthetic_batch(cfg, device) -> TaskBatch:

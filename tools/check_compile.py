@@ -21,18 +21,15 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lil_meta.engine.config import load_config  # noqa: E402
-from lil_meta.engine.errors import UserInputError  # noqa: E402
-from lil_meta.models import build_backbone  # noqa: E402
-from lil_meta.tools.benchmark import synthetic_batch  # noqa: E402
+from lil_meta.engine.config import load_config
+from lil_meta.engine.errors import UserInputError
+from lil_meta.models import build_backbone
+from lil_meta.tools.benchmark import synthetic_batch
 
 
 def meta_loss_fn(model, task, steps: int, lr: float):

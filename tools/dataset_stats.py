@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +23,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=600)
     args = parser.parse_args(argv)
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import torch
 
     from lil_meta.datasets import TaskList, nearest_class_mean_accuracy

@@ -18,18 +18,15 @@ import functools
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import lil_meta.engine.inner_loop as inner_loop  # noqa: E402
-from lil_meta.datasets.task_batch import TaskBatch  # noqa: E402
-from lil_meta.engine.kernels import group_norms  # noqa: E402
-from lil_meta.losses import build_losses  # noqa: E402
-from lil_meta.models.algorithms.base import GBML  # noqa: E402
-from lil_meta.models.backbones.conv4 import Conv4  # noqa: E402
+import lil_meta.engine.inner_loop as inner_loop
+from lil_meta.datasets.task_batch import TaskBatch
+from lil_meta.engine.kernels import group_norms
+from lil_meta.losses import build_losses
+from lil_meta.models.algorithms.base import GBML
+from lil_meta.models.backbones.conv4 import Conv4
 
 LIL = [{"name": "cross_entropy"}, {"name": "phase", "weight": 0.1}, {"name": "pseudo_amplitude", "weight": 0.01}]
 CE = LIL[:1]

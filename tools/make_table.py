@@ -37,15 +37,11 @@ import statistics
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from scipy import stats
 
-from scipy import stats  # noqa: E402
-
-from lil_meta.engine.errors import UserInputError, exit_with  # noqa: E402
-from lil_meta.engine.fileio import atomic_write  # noqa: E402
-from lil_meta.tools.results import cells, find_runs  # noqa: E402
+from lil_meta.engine.errors import UserInputError, exit_with
+from lil_meta.engine.fileio import atomic_write
+from lil_meta.tools.results import cells, find_runs
 
 METRICS = ("test_acc", "best_test_acc", "test_acc_init")
 

@@ -22,10 +22,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
 from lil_meta.engine.errors import UserInputError  # noqa: E402
 from lil_meta.tools.results import RunRecord, find_runs  # noqa: E402
 

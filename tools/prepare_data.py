@@ -23,17 +23,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from lil_meta.datasets import build_dataset  # noqa: E402
-from lil_meta.datasets.cache import CachedDataset  # noqa: E402
-from lil_meta.datasets.download import MIRROR_ENV, fetch, load_checksums  # noqa: E402
-from lil_meta.engine.errors import UserInputError  # noqa: E402
-from lil_meta.engine.registry import DATASETS  # noqa: E402
+from lil_meta.datasets import build_dataset
+from lil_meta.datasets.cache import CachedDataset
+from lil_meta.datasets.download import MIRROR_ENV, fetch, load_checksums
+from lil_meta.engine.errors import UserInputError
+from lil_meta.engine.registry import DATASETS
 
 
 def _reader_args(pairs: list[str]) -> dict:

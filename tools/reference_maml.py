@@ -32,20 +32,16 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
+from torch.func import functional_call
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.func import functional_call  # noqa: E402
-
-from lil_meta.datasets import build_dataset  # noqa: E402
-from lil_meta.engine.config import load_config  # noqa: E402
-from lil_meta.engine.errors import UserInputError  # noqa: E402
+from lil_meta.datasets import build_dataset
+from lil_meta.engine.config import load_config
+from lil_meta.engine.errors import UserInputError
 
 
 def conv4(in_channels: int, hidden: int, way: int, image_size: int) -> nn.Sequential:

@@ -44,12 +44,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from lil_meta.engine.config import read_yaml_mapping
+from lil_meta.engine.errors import ConfigError, UserInputError, exit_with
 
-from lil_meta.engine.config import read_yaml_mapping  # noqa: E402
-from lil_meta.engine.errors import ConfigError, UserInputError, exit_with  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 TRAIN_NET = ROOT / "tools" / "train_net.py"
 CONFIGS = ROOT / "configs"

@@ -13,16 +13,11 @@ with ``error: <message>`` on stderr and exit status 2, a numerical fault with st
 """
 
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # runnable as `python tools/train_net.py` from anywhere
-    sys.path.insert(0, str(ROOT))
-
-from lil_meta.engine import runner, slurm  # noqa: E402
-from lil_meta.engine.defaults import default_argument_parser  # noqa: E402
-from lil_meta.engine.errors import UserInputError  # noqa: E402
-from lil_meta.engine.trainer import NumericalFault  # noqa: E402
+from lil_meta.engine import runner, slurm
+from lil_meta.engine.defaults import default_argument_parser
+from lil_meta.engine.errors import UserInputError
+from lil_meta.engine.trainer import NumericalFault
 
 
 def main(argv=None) -> int:

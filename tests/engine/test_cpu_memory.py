@@ -10,8 +10,6 @@ import sys
 
 import pytest
 
-from tests_helpers import ROOT
-
 STEPS = 8
 BLOCK = 64 * 2**20  # the conv output below: one of several 64 MiB blocks a step writes
 # Page faults a later step may take outside malloc's heap: a code path run for the first time,
@@ -47,7 +45,7 @@ print(*heap)
 
 
 def _probe(env_value):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = dict(os.environ)
     env.pop("LIL_CPU_MALLOC", None)
     if env_value:
         env["LIL_CPU_MALLOC"] = env_value

@@ -1,12 +1,9 @@
 """tools/bench_scaling.py: one line per process count, tasks/s read from real torchrun runs."""
 
 import json
-import sys
 
+from lil_meta.tools import bench_scaling
 from tests_helpers import ROOT
-
-sys.path.insert(0, str(ROOT / "tools"))
-import bench_scaling  # noqa: E402
 
 
 def test_reports_tasks_per_second_for_each_process_count(capsys):

@@ -4,7 +4,6 @@ ratios compare like with like), and --json carries the documented keys."""
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
@@ -12,10 +11,8 @@ import torch
 from lil_meta.datasets.task_batch import TaskBatch
 from lil_meta.models.algorithms.base import GBML
 from lil_meta.models.backbones.conv4 import Conv4
+from lil_meta.tools import benchmark
 from tests_helpers import ROOT, tiny_batch
-
-sys.path.insert(0, str(ROOT / "tools"))
-import benchmark  # noqa: E402
 
 
 class FakeRunner:

@@ -5,12 +5,9 @@ torch release change either, this test fails and the page needs updating."""
 from __future__ import annotations
 
 import re
-import sys
 
+from lil_meta.tools import check_compile
 from tests_helpers import ROOT
-
-sys.path.insert(0, str(ROOT / "tools"))
-import check_compile  # noqa: E402
 
 
 def test_first_order_compiles_and_second_order_is_refused(capsys):

@@ -14,13 +14,9 @@ import pytest
 from PIL import Image
 
 from lil_meta.engine.config import load_config
+from lil_meta.tools import make_table, plot_curves, sweep
 from lil_meta.tools.results import row_label
 from tests_helpers import ROOT
-
-sys.path.insert(0, str(ROOT / "tools"))
-import make_table  # noqa: E402
-import plot_curves  # noqa: E402
-import sweep  # noqa: E402
 
 TINY, TINY_LIL = ROOT / "tests" / "configs" / "tiny.yaml", ROOT / "tests" / "configs" / "tiny_lil.yaml"
 FAST = ["solver.max_iter=4", "solver.checkpoint_period=2", "test.eval_period=2", "test.tasks=6"]

@@ -181,7 +181,7 @@ def _interp_check_names() -> list[str]:
 @pytest.fixture(scope="module")
 def interp_reports() -> tuple[dict[str, dict], str]:
     pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": ROOT}
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run([sys.executable, os.path.join(HERE, "triton_interp_checks.py")],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     reports = {}
