@@ -384,7 +384,12 @@ class GBML(nn.Module):
         return describe_nonfinite(out, NONFINITE_FLAGS, rank)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # checkpoints of earlier versions count training steps in a buffer the forward no longer has
-        for old in ("steps_done", "forwards"):
-            state_dict.pop(prefix + old, None)
+        drop_step_counter(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def drop_step_counter(state_dict: dict, prefix: str) -> None:
+    """Checkpoints of earlier versions count training steps in a buffer (``steps_done``, before
+    that ``forwards``) that the algorithms no longer have: the trainer's iteration is the step."""
+    for old in ("steps_done", "forwards"):
+        state_dict.pop(prefix + old, None)

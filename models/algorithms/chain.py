@@ -9,8 +9,8 @@ The paper's FOMAML + LIL (section 6, appendix E) is 15k iterations of LIL pretra
       algorithm: {name: lil_pretrain, momentum: 0.999, weight: 0.1}
 
 Both algorithms wrap the *same* network object, so phase 2 starts from exactly the weights
-phase 1 ended with. The phase follows the training step's index (the trainer's iteration,
-:mod:`models.algorithms.step`), so a run resumed on either side of the boundary continues in the
+phase 1 ended with. The phase follows the training step's index (the trainer's iteration),
+so a run resumed on either side of the boundary continues in the
 right phase; each phase sees its own step index (the main algorithm's starts at 0 at the
 boundary), which sets its logging schedule, and ``begin_step`` goes to the phase's algorithm.
 Evaluation always uses the main algorithm: validation during pretraining measures the
@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lil_meta.models.algorithms.base import GBML
+from lil_meta.models.algorithms.base import GBML, drop_step_counter
 
 
 class PretrainThen(nn.Module):
@@ -72,6 +72,5 @@ class PretrainThen(nn.Module):
         return self.main.diagnose(out, rank)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for old in ("steps_done", "forwards"):  # the step counter of earlier versions
-            state_dict.pop(prefix + old, None)
+        drop_step_counter(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

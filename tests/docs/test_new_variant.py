@@ -68,12 +68,12 @@ def test_the_example_config_trains_through_train_net(tmp_path):
 def test_the_other_snippets_of_the_page_run():
     """Each hook snippet, executed against fresh registries, builds a working algorithm."""
     algorithms, losses = Registry("algorithm"), Registry("loss")
-    namespace = {"ALGORITHMS": algorithms, "LOSSES": losses, "GBML": GBML, "OuterLoss": OuterLoss}
+    namespace = {"ALGORITHMS": algorithms, "LOSSES": losses, "GBML": GBML, "OuterLoss": OuterLoss, "torch": torch}
     snippets = [c for c in code_blocks("python") if c != EXAMPLE.read_text() and "register(\"" in c]
     for snippet in snippets:
         if "ALGORITHMS.register(\"maml\"" not in snippet:
             exec(snippet, namespace)
-    assert algorithms.names() == ["maml_clip", "maml_top"] and losses.names() == ["proximal"]
+    assert algorithms.names() == ["maml_clip", "maml_top"] and losses.names() == ["finer_target", "proximal"]
     torch.manual_seed(0)
     model = Conv4(num_classes=5, in_channels=1, image_size=16, hidden=3)
     top = algorithms.build({"name": "maml_top"}, "algorithm", model)
@@ -81,11 +81,13 @@ def test_the_other_snippets_of_the_page_run():
                                    "head.weight", "head.bias"]
     clip = algorithms.build({"name": "maml_clip"}, "algorithm", model, inner_steps=1)
     proximal = losses.build({"name": "proximal", "weight": 0.01}, "losses[1]")
-    for algo in (top, clip, GBML(model, losses=[CrossEntropy(), proximal])):
+    finer = losses.build({"name": "finer_target", "weight": 0.1}, "losses[2]")
+    for algo in (top, clip, GBML(model, losses=[CrossEntropy(), proximal, finer])):
         out = algo(tiny_batch())
         out["loss"].backward()
         assert torch.isfinite(out["loss"])
-    assert out["loss_prox"] > 0
+    assert out["loss_prox"] > 0 and out["finer_gap"] > 0
+    torch.testing.assert_close(out["loss_finer"], 0.1 * out["finer_gap"])
     # clipped: each tensor moves by at most inner_lr
     adapted, frozen = clip.split_parameters()
     g = {n: 100 * torch.ones_like(p) for n, p in adapted.items()}
