@@ -8,8 +8,9 @@ predictor (``lin_err``, ``lin_agree``, ``lin_acc``; docs/design.md §1).
 
 Reads each run's ``metrics.jsonl``; one curve per run, labelled by its row in the tables
 (``MAML + SHOT (5)``, from its ``config.yaml`` as ``tools/make_table.py`` labels it; the folder
-name where there is none, or where two runs would share a label), or by ``--labels``. A folder without ``metrics.jsonl`` whose subfolders are runs (a sweep's
-``CONFIG/seedS``) is one curve: the mean over its runs, with a band of ± one standard deviation.
+name where there is none, or where two runs would share a label), or by ``--labels``. A folder
+without ``metrics.jsonl`` whose subfolders are runs (a sweep's ``CONFIG/seedS``) is one curve:
+the mean over its runs, with a band of ± one standard deviation.
 PC = 1 means a straight inner-loop trajectory, AC = 1 a constant gradient norm, and
 ``hess_ratio`` = 0 an inner loop without curvature along its steps (at 1 the curvature takes back
 the whole first-order decrease of the support loss). ``lin_err`` = 0 and ``lin_agree`` = 1 mean
@@ -143,7 +144,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
     parser.add_argument("-o", "--output", type=Path, default=Path("linearity.png"), help="PNG to write")
-    parser.add_argument("--labels", nargs="+", help="one label per run (default: each run's table row, else its folder name)")
+    parser.add_argument("--labels", nargs="+",
+                        help="one label per run (default: each run's table row, else its folder name)")
     parser.add_argument("--from-iter", type=int, metavar="N",
                         help="also print each metric averaged over the logging steps from iteration N on")
     args = parser.parse_args(argv)
