@@ -223,6 +223,10 @@ def main(argv=None) -> int:
         rows, columns, table = cells([r for r in records if r.results], args.metric)
         if not table:
             raise UserInputError(f"no finished run reports '{args.metric}' under {', '.join(args.runs)}")
+        known = {name for row in rows for name in (row.label, re.sub(r" \(\d+\)$", "", row.label))}
+        unknown = [label for pair in args.pair for label in pair if label not in known]
+        if unknown:
+            raise UserInputError(f"--pair: no row '{unknown[0]}' (rows: {', '.join(row.label for row in rows)})")
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -64,6 +64,8 @@ def test_pair_option_pairs_any_two_rows_at_every_shot(study, capsys):
     out = capsys.readouterr().out
     assert ci_line("MAML + SHOT (one-step) (5)", "MAML + SHOT (5)", [-2.0, -2.5, -2.0]) in out
     assert ci_line("MAML + SHOT (one-step) (5)", "MAML + LIL (5)", [-1.0, -3.5, -1.0]) in out  # --pair implies --paired
+    assert make_table.main([str(study), "--pair", "MAML + SHOT", "MAML + LIL (1)"]) == 2
+    assert capsys.readouterr().err.startswith("error: --pair: no row 'MAML + LIL (1)' (rows: MAML (5), ")
 
 
 def test_kernel_table_uses_reruns_and_says_dash_where_no_run_reports(study, capsys):
