@@ -5,6 +5,8 @@
     python tools/make_table.py output/builtin --markdown table.md --csv table.csv
     python tools/make_table.py output/builtin --metric test_acc_init  # θ⁰ without adaptation
     python tools/make_table.py output/builtin --paired                # + paired differences
+    python tools/make_table.py output/builtin --pair "MAML + SHOT" "MAML + LIL"   # + one more pair
+    python tools/make_table.py output/builtin --kernel                # + the kernel-predictor metrics
     python tools/make_table.py output/builtin --run-time              # what the runs cost
 
 Arguments are run folders or folders holding them (searched recursively for ``config.yaml``).
@@ -19,7 +21,16 @@ entry: ``test_acc`` (final weights; the default), ``best_test_acc`` (best on val
 Random-init, and the reference MAML or FOMAML of ``tools/reference_maml.py`` against the
 framework's) over the seeds both ran — the mean of the per-seed differences, their standard
 deviation, and the 95% confidence interval of the mean difference from Student's t with n − 1
-degrees of freedom. A CI that covers 0 does not separate the two.
+degrees of freedom. A CI that covers 0 does not separate the two. SHOT rows are paired both
+with their baseline and with the same family's LIL row (``MAML + SHOT (5) − MAML + LIL (5)``).
+``--pair METHOD BASELINE`` (repeatable; implies ``--paired``) adds any other pair of row labels;
+without a ``(shots)`` suffix a label names its row at every shot.
+
+``--kernel`` adds the kernel-predictor metrics of ``results.json`` (docs/design.md §1) beside the
+network's own accuracy: per cell ``test_acc``, ``test_lin_acc``, ``test_lin_agree`` (percent) and
+``test_lin_err``, each the mean ± std over the seeds that report it ("—" where none does; runs
+from before the metrics lack the keys). A ``kernel_`` rerun of a run (``tools/results.py``)
+supplies the keys its original lacks.
 
 ``--run-time`` adds what the finished runs cost: per cell the sum and mean of each run's
 ``wall_time_s`` (build, train and test; runs that resumed count their earlier time too), and
@@ -33,6 +44,7 @@ import csv
 import dataclasses
 import io
 import math
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -44,6 +56,7 @@ from lil_meta.engine.fileio import atomic_write
 from lil_meta.tools.results import cells, find_runs
 
 METRICS = ("test_acc", "best_test_acc", "test_acc_init")
+KERNEL_METRICS = (("test_acc", 2), ("test_lin_acc", 2), ("test_lin_agree", 2), ("test_lin_err", 3))  # (key, decimals)
 
 
 def _fmt(cell) -> str:
@@ -74,14 +87,28 @@ def markdown(rows, columns, table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def paired_rows(rows, columns, table) -> list[tuple[str, str, str, list[float]]]:
+def _at_shot(label: str, shot: str) -> str:
+    """``label`` at ``shot`` (``" (5)"``) unless it names its shots itself."""
+    return label if re.search(r" \(\d+\)$", label) else label + shot
+
+
+def paired_rows(rows, columns, table, extra=()) -> list[tuple[str, str, str, list[float]]]:
     """``(variant, baseline, column, per-seed differences)`` for every variant of a family (and
-    the reference runs) whose baseline ran at least two of the same seeds."""
+    the reference runs) whose baseline ran at least two of the same seeds; each SHOT row also
+    against its family's LIL row; then the ``(method, baseline)`` label pairs of ``extra``."""
     baselines = {row.family: row.label for row in rows  # LIL-init's baseline is Random-init
                  if row.label == row.family or row.label.startswith("Random-init")}
     pairs = [(row.label, baselines[row.family]) for row in rows
              if row.family in baselines and row.label != baselines[row.family]]
     pairs += [(row.label, row.label.replace(" (reference)", "")) for row in rows if " (reference)" in row.label]
+    pairs += [(row.label, _at_shot(row.family[:row.family.rindex(" (")] + " + LIL", row.label[row.label.rindex(" ("):]))
+              for row in rows if " + SHOT" in row.label and " + LIL" not in row.label]
+    for method, baseline in extra:
+        for row in rows:
+            shot = row.label[row.label.rindex(" ("):]
+            if row.label in (method, _at_shot(method, shot)):
+                pairs.append((row.label, _at_shot(baseline, shot)))
+    pairs = list(dict.fromkeys(pairs))
     out = []
     for variant, baseline in pairs:
         for col in columns:
@@ -103,6 +130,32 @@ def paired_markdown(pairs) -> str:
         covers = " (covers 0)" if mean - half <= 0 <= mean + half else ""
         lines.append(f"| {variant} − {baseline} | {col} | {n} | {mean:+.2f} ± {std:.2f} | "
                      f"[{mean - half:+.2f}, {mean + half:+.2f}]{covers} |")
+    return "\n".join(lines) + "\n"
+
+
+def kernel_markdown(records) -> str:
+    """Per (row, column): the seeds, then each of :data:`KERNEL_METRICS` as mean ± std over the
+    seeds that report it, ``(n=k)`` where that is fewer than the cell's seeds, "—" where none."""
+    per_metric = {key: cells(records, key) for key, _ in KERNEL_METRICS}
+    rows = {row.label: row for rs, _, _ in per_metric.values() for row in rs}
+    columns = sorted({c for _, cs, _ in per_metric.values() for c in cs}, key=lambda c: (c.count("→"), c))
+    lines = ["| | column | seeds | " + " | ".join(key for key, _ in KERNEL_METRICS) + " |",
+             "| --- | --- | ---: |" + " ---: |" * len(KERNEL_METRICS)]
+    for row in sorted(rows.values(), key=lambda r: r.order):
+        for col in columns:
+            found = [per_metric[key][2].get((row.label, col)) for key, _ in KERNEL_METRICS]
+            seeds = {s for cell in found if cell is not None for s in cell.seeds}
+            if not seeds:
+                continue
+            out = []
+            for cell, (_, digits) in zip(found, KERNEL_METRICS, strict=True):
+                if cell is None:
+                    out.append("—")
+                    continue
+                std = "n/a" if math.isnan(cell.std) else f"{cell.std:.{digits}f}"
+                short = "" if len(cell.values) == len(seeds) else f" (n={len(cell.values)})"
+                out.append(f"{cell.mean:.{digits}f} ± {std}{short}")
+            lines.append(f"| {row.label} | {col} | {len(seeds)} | " + " | ".join(out) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -152,6 +205,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--csv", metavar="FILE", help="write the cells (mean, std, n, seeds, values) here")
     p.add_argument("--paired", action="store_true",
                    help="also print each variant minus its baseline, paired by seed, with a 95%% CI")
+    p.add_argument("--pair", nargs=2, action="append", default=[], metavar=("METHOD", "BASELINE"),
+                   help="also pair these two rows by seed (labels, e.g. 'MAML + SHOT' 'MAML + LIL'); "
+                        "implies --paired")
+    p.add_argument("--kernel", action="store_true",
+                   help="also print test_acc beside test_lin_acc, test_lin_agree and test_lin_err per cell")
     p.add_argument("--run-time", action="store_true",
                    help="also print the run time of each cell (wall_time_s of results.json) and the total")
     return p.parse_args(argv)
@@ -165,14 +223,24 @@ def main(argv=None) -> int:
         rows, columns, table = cells([r for r in records if r.results], args.metric)
         if not table:
             raise UserInputError(f"no finished run reports '{args.metric}' under {', '.join(args.runs)}")
+        known = {name for row in rows for name in (row.label, re.sub(r" \(\d+\)$", "", row.label))}
+        unknown = [label for pair in args.pair for label in pair if label not in known]
+        if unknown:
+            raise UserInputError(f"--pair: no row '{unknown[0]}' (rows: {', '.join(row.label for row in rows)})")
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     text = markdown(rows, columns, table)
-    if args.paired:
-        text += "\n" + paired_markdown(paired_rows(rows, columns, table))
-    if args.run_time:
-        timed = cells([_with_run_time(r) for r in records if r.results], "wall_time_s")
+    if args.paired or args.pair:
+        text += "\n" + paired_markdown(paired_rows(rows, columns, table, args.pair))
+    if args.kernel:
+        try:  # a rerun that disagrees with its original on these metrics
+            text += "\n" + kernel_markdown([r for r in records if r.results])
+        except UserInputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    if args.run_time:  # a rerun cost time of its own: its own row
+        timed = cells([_with_run_time(r) for r in records if r.results], "wall_time_s", merge_reruns=False)
         text += "\n" + run_time_markdown(*timed)
     print(text, end="")
     for rec in unfinished:

@@ -4,9 +4,16 @@ tables label them (used by ``tools/make_table.py`` and ``tools/plot_curves.py``)
 A run folder is one written by ``tools/train_net.py``: ``config.yaml``, ``results.json`` once it
 finished, ``metrics.jsonl`` as it goes. Its *row* says what was trained — ``MAML (5)``,
 ``MAML + LIL (5)``, ``MAML + PC (1)`` (phase loss only), ``MAML + AC (1)`` (pseudo-amplitude only),
-``FOMAML + LIL (5)`` (LIL pretraining, then FOMAML), ``Random-init (1)``/``LIL-init (1)`` (Table 1),
-``ResNet-12 MAML (5)`` — and its *column* where: the dataset, or ``train→test`` for a cross-domain run. Runs that differ
-only in ``seed`` share a cell.
+``FOMAML + LIL (5)`` (LIL pretraining, then FOMAML), ``MAML + SHOT (5)`` and
+``MAML + SHOT (one-step) (5)`` (the ``shot`` and ``shot_one_step`` terms), ``Random-init (1)``/``LIL-init (1)``
+(Table 1), ``ResNet-12 MAML (5)`` — and its *column* where: the dataset, or ``train→test`` for a cross-domain run.
+Runs that differ only in ``seed`` share a cell.
+
+A *rerun* is a sweep's second copy of a run under a prefix (``kernel_maml_5shot/seedS``:
+``configs/tables/builtin_kernel.yaml`` reran MAML ± LIL to log the kernel-predictor metrics).
+Its config is the original's, so it has the original's row, like ``reference_`` runs have the
+row their ``algorithm.name`` gives; :func:`cells` takes a rerun's value only for a seed whose
+original does not report that metric, and refuses a rerun that disagrees with its original.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lil_meta.engine.errors import UserInputError
 
-__all__ = ["RunRecord", "Row", "Cell", "find_runs", "row_label", "column_label", "cells"]
+__all__ = ["RunRecord", "Row", "Cell", "find_runs", "row_label", "column_label", "cells", "RERUN_PREFIXES"]
 
 ALGORITHMS = {"maml": "MAML", "fomaml": "FOMAML", "anil": "ANIL", "boil": "BOIL",
               "reference_maml": "MAML (reference)", "reference_fomaml": "FOMAML (reference)"}  # tools/reference_maml.py
@@ -29,7 +36,9 @@ DATASETS = {"glyphs": "glyphs", "mini_imagenet": "miniImageNet", "tiered_imagene
             "cub": "CUB", "cars": "Cars", "omniglot": "Omniglot", "cifar_fs": "CIFAR-FS"}
 # row order within a shot: the Table 1 pair, then each algorithm's baseline and its variants
 FAMILY_ORDER = ["init", "MAML (reference)", "MAML", "FOMAML (reference)", "FOMAML", "ANIL", "BOIL"]
-VARIANT_ORDER = ["Random-init", "LIL-init", "", " + PC", " + AC", " + LIL"]
+VARIANT_ORDER = ["Random-init", "LIL-init", "", " + PC", " + AC", " + LIL", " + SHOT", " + SHOT (one-step)"]
+# folder prefixes of reruns that repeat a run with the same config (the module doc)
+RERUN_PREFIXES = ("kernel_",)
 BACKBONES = {"conv4": "", "resnet12": "ResNet-12 "}
 
 
@@ -60,6 +69,11 @@ class RunRecord:
     @property
     def column(self) -> str:
         return column_label(self.cfg)
+
+    @property
+    def rerun(self) -> bool:
+        """Whether this run is a prefixed rerun (``kernel_CONFIG/seedS`` or ``kernel_CONFIG``)."""
+        return any(name.startswith(RERUN_PREFIXES) for name in (self.folder.name, self.folder.parent.name))
 
     def metrics(self) -> list[dict]:
         """The lines of ``metrics.jsonl`` (blank or half-written lines skipped)."""
@@ -114,8 +128,10 @@ def row_label(cfg: DictConfig) -> Row:
     algo = str(cfg.algorithm.name)
     terms = {str(spec.name) for spec in cfg.losses}
     phase, amplitude = "phase" in terms, "pseudo_amplitude" in terms
+    shot_term = " + SHOT" if "shot" in terms else " + SHOT (one-step)" if "shot_one_step" in terms else ""
     if int(cfg.solver.max_iter) == 0 or pretrain >= int(cfg.solver.max_iter):
         family, name, variant = "init", "", "Random-init" if int(cfg.solver.max_iter) == 0 else "LIL-init"
+        shot_term = ""
     else:
         family = name = ALGORITHMS.get(algo, algo)
         if pretrain or (phase and amplitude) or (phase and algo in ("anil", "boil")):
@@ -126,8 +142,11 @@ def row_label(cfg: DictConfig) -> Row:
             variant = " + AC"
         else:
             variant = ""
+    # SHOT rows follow the LIL ones; a SHOT term on top of LIL's is labelled with both
+    variants = (VARIANT_ORDER.index(shot_term or variant), VARIANT_ORDER.index(variant))
+    variant += shot_term
     rank = FAMILY_ORDER.index(family) if family in FAMILY_ORDER else len(FAMILY_ORDER)
-    order = (shot, prefix != "", prefix, rank, family, VARIANT_ORDER.index(variant))
+    order = (shot, prefix != "", prefix, rank, family, variants)
     return Row(f"{prefix}{name}{variant} ({shot})", f"{prefix}{family} ({shot})", order)
 
 
@@ -155,16 +174,32 @@ class Cell:
         return statistics.stdev(self.values) if len(self.values) > 1 else math.nan
 
 
-def cells(records: list[RunRecord], metric: str = "test_acc"):
-    """``(rows, columns, {(row label, column): Cell})``, rows (:class:`Row`) in the paper's order."""
+def cells(records: list[RunRecord], metric: str = "test_acc", merge_reruns: bool = True):
+    """``(rows, columns, {(row label, column): Cell})``, rows (:class:`Row`) in the paper's order.
+
+    With ``merge_reruns`` a rerun (module doc) fills in a seed its original does not report; where
+    both report ``metric`` they must agree (they ran the same arithmetic), else it is an error
+    naming both. Without it a rerun is a row of its own, ``LABEL [rerun]`` (what it cost, say).
+    """
     table: dict[tuple[str, str], Cell] = {}
     rows: dict[str, Row] = {}
-    for rec in records:
+    where: dict[tuple[str, str, int], RunRecord] = {}
+    for rec in sorted(records, key=lambda r: r.rerun):  # originals first (a stable sort)
         value = rec.results.get(metric)
         if value is None:
             continue
-        row = rows.setdefault(rec.row.label, rec.row)
+        row = rec.row
+        if rec.rerun and not merge_reruns:
+            row = Row(f"{row.label} [rerun]", row.family, (*row.order, 1))
+        row = rows.setdefault(row.label, row)
         cell = table.setdefault((row.label, rec.column), Cell([], []))
+        first = where.setdefault((row.label, rec.column, rec.seed), rec)
+        if first is not rec and rec.rerun and not first.rerun and merge_reruns:
+            theirs = float(first.results[metric])
+            if not math.isclose(float(value), theirs, rel_tol=1e-9, abs_tol=1e-12):
+                raise UserInputError(f"{rec.folder}: a rerun of {first.folder} gives {metric} {float(value):.6g}, "
+                                     f"the original {theirs:.6g}; pass the folders of one of them")
+            continue
         if rec.seed in cell.seeds:
             raise UserInputError(f"{rec.folder}: a second run of '{row.label}' on {rec.column} with "
                                  f"seed {rec.seed}; pass each run folder once")

@@ -53,4 +53,38 @@ def test_window_table_averages_each_seed_then_spreads_over_seeds(tmp_path):
     write_run(group / "seed1", [{"iter": 40, "pc": 2.0, "hess_ratio": 0.5}, {"iter": 60, "pc": 2.0, "hess_ratio": 0.5}])
     table = plot_linearity.window_table([group], ["G"], first_iter=40)
     # seed means from iteration 40: pc 2.0 and 2.0; hess_ratio 0.3 and 0.5 (std 0.141)
-    assert "| G | 2 | 2.000 ± 0.000 |  | 0.400 ± 0.141 |" in table
+    assert "| G | 2 | 2.000 ± 0.000 | — | 0.400 ± 0.141 | — | — | — |" in table
+
+
+def test_window_table_has_the_kernel_metrics_beside_pc_ac_and_hess_ratio(tmp_path):
+    from lil_meta.tools import plot_linearity
+
+    group = tmp_path / "kernel_maml_5shot"
+    group.mkdir()
+    for seed, (err, agree) in enumerate(((0.2, 0.9), (0.4, 1.0))):
+        write_run(group / f"seed{seed}", [{"iter": 20, "pc": 1.5, "lin_err": 9.0, "lin_agree": 0.0, "lin_acc": 0.0},
+                                          {"iter": 40, "pc": 1.2, "lin_err": err, "lin_agree": agree, "lin_acc": 0.6}])
+    table = plot_linearity.window_table([group], ["K"], first_iter=40)
+    assert table.splitlines()[0] == "| run | seeds | pc | ac | hess_ratio | lin_err | lin_agree | lin_acc |"
+    assert "| K | 2 | 1.200 ± 0.000 | — | — | 0.300 ± 0.141 | 0.950 ± 0.071 | 0.600 ± 0.000 |" in table
+    its, mean, _ = plot_linearity.curves(group)["lin_agree"]
+    assert its == [20, 40] and abs(mean[1] - 0.95) < 1e-12
+
+
+def test_default_labels_are_table_rows_from_the_saved_config(tmp_path):
+    from omegaconf import OmegaConf
+
+    from lil_meta.engine.config import load_config
+    from lil_meta.tools import plot_linearity
+
+    runs = []
+    for folder, config in (("kernel_maml_5shot", "maml_5shot"), ("maml_shot_5shot", "maml_shot_5shot"),
+                           ("maml_shot_one_step_5shot", "maml_shot_one_step_5shot")):
+        write_run(tmp_path / folder, [{"iter": 20, "pc": 1.0}])  # a single run folder
+        OmegaConf.save(load_config(ROOT / "configs" / f"{config}.yaml"), tmp_path / folder / "config.yaml")
+        runs.append(tmp_path / folder)
+    write_run(tmp_path / "old", [{"iter": 20, "pc": 1.0}])  # no config.yaml
+    assert plot_linearity.default_labels([*runs, tmp_path / "old"]) == [
+        "MAML (5)", "MAML + SHOT (5)", "MAML + SHOT (one-step) (5)", "old"]
+    # two runs of one row keep their folder names
+    assert plot_linearity.default_labels([runs[0], runs[0]]) == ["kernel_maml_5shot"] * 2
