@@ -85,10 +85,13 @@ def for_vmapped_tasks(model: nn.Module) -> nn.Module:
 
     The vmap engine evaluates it with ``functional_call`` and the real tensors, so the copy
     holds none of its own; a layer of a user backbone opts in with a boolean ``vmapped``
-    attribute.
+    attribute. Hooks registered on ``model`` are not copied: they belong to the real network.
     """
     twin = copy.deepcopy(model).to("meta")
     for module in twin.modules():
         if isinstance(getattr(module, "vmapped", None), bool):
             module.vmapped = True
+        for hooks in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+                      "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called"):
+            getattr(module, hooks, {}).clear()
     return twin

