@@ -5,30 +5,21 @@ at the end of a run, and torchrun end to end."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
+from launch_workers import _run_worker, _worker, meta_gradient
 
-from lil_meta.datasets.task_batch import TaskBatch
-from lil_meta.engine import runner
-from lil_meta.engine.defaults import default_argument_parser
 from lil_meta.engine.errors import ConfigError
 from lil_meta.engine.launch import (
-    RankSlice,
     World,
-    average_gradients,
     check_meta_batch,
-    gather_lists,
     world_from_env,
 )
-from lil_meta.models.algorithms.base import GBML
-from lil_meta.models.backbones.conv4 import Conv4
-from tests_helpers import ROOT, tiny_batch
+from tests_helpers import ROOT
 
 
 def test_world_comes_from_torchrun_or_slurm_variables():
@@ -47,43 +38,6 @@ def test_meta_batch_must_split_over_the_processes():
         check_meta_batch(6, World(0, 4))
 
 
-class FixedSampler:
-    def __init__(self, batch):
-        self.batch = batch
-
-    def next_batch(self):
-        return self.batch
-
-
-def model_and_batch():
-    torch.manual_seed(0)
-    model = Conv4(num_classes=5, in_channels=1, image_size=16, hidden=6).double()
-    batch = tiny_batch(tasks=4, size=16, seed=2)
-    return model, TaskBatch(*(t.double() if t.is_floating_point() else t for t in batch))
-
-
-def meta_gradient(world: World) -> list[torch.Tensor]:
-    model, batch = model_and_batch()
-    algo = GBML(model, inner_lr=0.4, inner_steps=2, engine="loop")
-    algo(RankSlice(FixedSampler(batch), world).next_batch())["loss"].backward()
-    params = list(algo.parameters())
-    average_gradients(params, world)
-    return [p.grad.clone() for p in params]
-
-
-def _worker(rank: int, init_file: str, out: dict) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
-        world = World(rank, 2)
-        grads = meta_gradient(world)
-        gathered = gather_lists([rank * 10, rank * 10 + 1], world)
-        if rank == 0:
-            out["grads"], out["gathered"] = grads, gathered
-        dist.barrier()  # neither process tears gloo down while the other still uses it
-    finally:
-        dist.destroy_process_group()
-
-
 def test_two_processes_give_the_one_process_meta_gradient(tmp_path):
     with mp.Manager() as manager:
         out = manager.dict()
@@ -94,16 +48,6 @@ def test_two_processes_give_the_one_process_meta_gradient(tmp_path):
     for g, s in zip(grads, single, strict=True):
         torch.testing.assert_close(g, s, rtol=1e-6, atol=1e-9)
     assert max(s.abs().max().item() for s in single) > 1e-3  # a gradient worth comparing
-
-
-def _run_worker(rank: int, init_file: str, output_dir: str, out: dict) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    args = default_argument_parser().parse_args([
-        "--config-file", str(ROOT / "tests" / "configs" / "tiny.yaml"), "solver.max_iter=2",
-        "solver.meta_batch=2", "test.tasks=4", "test.val_tasks=2", "--output-dir", output_dir])
-    runner.run(args)
-    out[rank] = dist.is_initialized()
 
 
 def test_a_finished_run_leaves_the_process_group(tmp_path):
