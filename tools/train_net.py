@@ -22,6 +22,7 @@ if str(ROOT) not in sys.path:  # runnable as `python tools/train_net.py` from an
 from lil_meta.engine import runner, slurm  # noqa: E402
 from lil_meta.engine.defaults import default_argument_parser  # noqa: E402
 from lil_meta.engine.errors import UserInputError  # noqa: E402
+from lil_meta.engine.interrupt import RunInterrupted  # noqa: E402
 from lil_meta.engine.trainer import NumericalFault  # noqa: E402
 
 
@@ -39,6 +40,12 @@ def main(argv=None) -> int:
     except NumericalFault as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 3
+    except RunInterrupted as exc:
+        print(exc, file=sys.stderr, flush=True)
+        return exc.exit_code
+    except KeyboardInterrupt:  # before the run began
+        print("interrupted at iteration 0; continue with --resume", file=sys.stderr, flush=True)
+        return 130
     return 0
 
 
