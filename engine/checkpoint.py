@@ -150,6 +150,12 @@ def _to_cpu(obj: Any) -> Any:
     return obj
 
 
+def _names_existing_file(exc: CheckpointError, candidates: list[Path]) -> bool:
+    """Whether ``exc`` is the failure of a candidate file that exists (the error worth showing
+    when none loads: why the newest checkpoint there is could not be used)."""
+    return any(str(exc).startswith(f"{p}:") and p.is_file() for p in candidates)
+
+
 class Checkpointer:
     """Saves and loads checkpoints in ``output_dir``.
 
@@ -327,7 +333,8 @@ class Checkpointer:
                 logger.warning("resuming from %s instead of %s", path.name,
                                last.name if last is not None else "the one last_checkpoint should name")
             return state
-        raise failures[0]
+        present = [exc for exc in failures if _names_existing_file(exc, candidates)]
+        raise present[0] if present else failures[0]
 
     def resume_or_load(self, path: str | os.PathLike | None = None, *, resume: bool = True,
                        required: tuple[str, ...] = ("model",)) -> dict | None:

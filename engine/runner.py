@@ -20,6 +20,7 @@ import logging
 import math
 import signal
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,7 @@ class Run:
     eval_state: dict | None = None
     lock: RunLock | None = None  # the run folder's, on the main process
     trainer: MetaTrainer | None = None
-    notes: list[str] = field(default_factory=list)  # logged once the run's log is set up
+    notes: list[tuple[int, str]] = field(default_factory=list)  # (level, line), logged once log.txt is set up
 
     @property
     def output_dir(self) -> Path:
@@ -212,15 +213,16 @@ def build_run(args: argparse.Namespace) -> Run:
         if built.lock is not None:
             built.lock.mark_owner()
             stale = remove_stale_temps(built.output_dir, owned=True)
-            built.notes += [f"removed {p.name}, left by a process that died while writing it" for p in stale]
+            built.notes += [(logging.WARNING, f"removed {p.name}, left by a process that died while writing it")
+                            for p in stale]
         default_setup(cfg, args, world)
     except BaseException:
         if built.lock is not None:
             built.lock.release(undo=True)
         raise
     logger.info(malloc_note)
-    for note in built.notes:
-        logger.warning(note) if note.startswith(("resum", "removed")) else logger.info(note)
+    for level, note in built.notes:
+        logger.log(level, "%s", note)
     if args.eval_only:
         return built
     core = getattr(algorithm, "main", algorithm)
@@ -245,9 +247,29 @@ def _read_folder(built: Run) -> None:
     if args.resume:
         if built.world.is_main and not checkpointer.has_checkpoint():
             check_folder_config(built.output_dir, checkpointer)
-        built.resume_state = checkpointer.resume_or_load(resume=True, required=RESUMABLE)
+        with _held_back(built.notes):
+            built.resume_state = checkpointer.resume_or_load(resume=True, required=RESUMABLE)
     if args.weights:
-        built.notes.append(init_from_weights(built.algorithm, checkpointer, Path(args.weights)))
+        built.notes.append((logging.INFO, init_from_weights(built.algorithm, checkpointer, Path(args.weights))))
+
+
+@contextmanager
+def _held_back(notes: list[tuple[int, str]]):
+    """Hold back the checkpoint loader's warnings (a fallback to an older checkpoint) until the
+    run's log is set up, so that they reach ``log.txt`` too, once; on an error they are dropped:
+    the error says it all."""
+    source = logging.getLogger("lil_meta.engine.checkpoint")
+    held: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = held.append
+    propagate, source.propagate = source.propagate, False
+    source.addHandler(handler)
+    try:
+        yield
+    finally:
+        source.removeHandler(handler)
+        source.propagate = propagate
+    notes += [(r.levelno, r.getMessage()) for r in held]
 
 
 def build_trainer(built: Run, extra_hooks=()) -> MetaTrainer:
