@@ -223,6 +223,8 @@ class Glyphs:
     def _load_or_generate(self) -> np.ndarray:
         p = self.params
         shape = (sum(p["num_classes"]), p["per_class"], p["image_size"], p["image_size"])
+        if self.path.parent.exists() and not self.path.parent.is_dir():
+            raise DataError(f"{self.path.parent}: data.root is a file; glyphs keeps its cache in a folder there")
         if self.path.is_dir():
             raise DataError(f"{self.path}: the glyphs cache path is a folder; remove it or set another "
                             "data.root (the cache folder)")

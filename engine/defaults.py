@@ -185,7 +185,7 @@ def record_error(exc: BaseException) -> None:
     entry point, once): the one-line message, or the traceback of an unexpected exception."""
     root = logging.getLogger()
     files = [h for h in root.handlers if getattr(h, "_lil", False) and isinstance(h, logging.FileHandler)]
-    if not files:
+    if not files or isinstance(exc, SystemExit):  # SystemExit: submitit's requeue, logged by the hook
         return
     expected = isinstance(exc, (UserInputError, FloatingPointError)) or type(exc).__name__ == "RunInterrupted"
     record = root.makeRecord(__name__, logging.ERROR, __file__, 0, f"error: {exc}" if expected else

@@ -2,9 +2,10 @@
 
 :func:`run` is what ``tools/train_net.py`` and the SLURM jobs (:mod:`engine.slurm`) call, in
 order: :func:`build_run` loads the config and builds the dataset, samplers, task lists,
-algorithm, optimizer and (with ``--resume``) reads the checkpoint — any of which may fail on bad
-input, before anything is written — then :func:`engine.defaults.default_setup` (output folder,
-``config.yaml``, logging, seeds). :func:`train_and_test` runs :class:`engine.trainer.MetaTrainer`
+algorithm and optimizer — any of which may fail on bad input, before anything is written — then
+takes the run folder's lock (:mod:`engine.run_lock`), checks the folder and reads the checkpoint
+to resume or test under it, and only then calls :func:`engine.defaults.default_setup` (output
+folder, ``config.yaml``, logging, seeds). :func:`train_and_test` runs :class:`engine.trainer.MetaTrainer`
 with the standard hooks (:func:`build_trainer`), saves ``model_final.pth``, tests the final and
 the best-on-validation weights on the same fixed test tasks and writes ``results.json``;
 :func:`evaluate_only` (``--eval-only``) tests one checkpoint into ``eval_results.json``. Both print

@@ -54,7 +54,7 @@ def test_a_glyphs_cache_path_that_is_a_folder_or_a_root_that_is_a_file(tmp_path)
     with pytest.raises(DataError, match=r"the glyphs cache path is a folder"):
         Glyphs(root=str(tmp_path / "a"), **SMALL)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(DataError, match=r"file: cannot write the glyphs cache there"):
+    with pytest.raises(DataError, match=r"file: data.root is a file; glyphs keeps its cache in a folder"):
         Glyphs(root=str(tmp_path / "file"), **SMALL)
 
 
