@@ -72,8 +72,12 @@ class RunLock:
 
     def mark_owner(self) -> None:
         """Record ``pid host`` in the lock file: the run is past its checks and now writes."""
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        try:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        except OSError as exc:
+            raise UserInputError(f"{self.path}: cannot write it ({exc.strerror or exc}); the run folder "
+                                 "must be writable, with some free space") from None
         self.created_file = self.created_folder = False  # the folder is this run's from here on
 
     def release(self, undo: bool = False) -> None:

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import signal
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ from lil_meta.engine.defaults import (
     resolve_device,
     seed_all,
 )
-from lil_meta.engine.errors import CheckpointError, ConfigError
+from lil_meta.engine.errors import CheckpointError, ConfigError, OutputError
 from lil_meta.engine.evaluation import evaluate
 from lil_meta.engine.fileio import NO_SPACE, disk_full_error, remove_stale_temps
 from lil_meta.engine.hooks import (
@@ -116,7 +117,7 @@ def run(args: argparse.Namespace, extra_hooks=()) -> dict:
     full disk as :class:`engine.errors.OutputError`; the error that ends a run that got as far
     as its ``log.txt`` is recorded there too."""
     built: Run | None = None
-    with signals_as_interrupt():
+    with signals_as_interrupt(), _disk_errors_reported_once():
         try:
             built = build_run(args)
             result = evaluate_only(built) if args.eval_only else train_and_test(built, extra_hooks)
@@ -146,8 +147,30 @@ def _run_error(exc: BaseException, built: Run | None) -> BaseException | None:
         done = trainer.iter if trainer is not None else int((built.resume_state or {}).get("iteration", 0))
         return RunInterrupted(done, signum)
     if isinstance(exc, OSError) and exc.errno in NO_SPACE:
-        return disk_full_error(exc.filename or (built.output_dir if built else "output_dir"), exc)
+        if exc.filename:
+            return disk_full_error(exc.filename, exc)
+        where = built.output_dir if built else "output_dir"
+        return OutputError(f"{where}: cannot write to the run folder (metrics, log or TensorBoard events): "
+                           f"{exc.strerror or 'no space left on device'}; its checkpoints are complete; free some "
+                           "space and continue with --resume")
     return None
+
+
+@contextmanager
+def _disk_errors_reported_once():
+    """A write thread's full disk (TensorBoard's event writer) is reported by the main thread,
+    which sees the same error next, as one line; the thread's own traceback is not printed."""
+    previous = threading.excepthook
+
+    def hook(args):
+        if not (isinstance(args.exc_value, OSError) and args.exc_value.errno in NO_SPACE):
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
 
 
 def _task_list(cfg: DictConfig, dataset, split: str, num_tasks: int) -> TaskList:

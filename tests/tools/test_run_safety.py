@@ -158,3 +158,27 @@ def test_an_interrupted_run_ends_with_one_line_and_no_temporary_file(tmp_path, s
     assert re.fullmatch(r"interrupted at iteration \d+; continue with --resume", line), err
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
     assert f"error: {line}" in (out / "log.txt").read_text()
+
+
+def _small_disk(path: Path, size: str) -> bool:
+    path.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def test_a_full_disk_ends_with_one_line_naming_the_file(tmp_path):
+    disk = tmp_path / "disk"
+    if not _small_disk(disk, "104k"):  # a run needs about 240 kB
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        proc = train_net(disk / "run")
+        assert proc.returncode == 2
+        assert re.fullmatch(r"error: .*disk/run/\S+: cannot write it: No space left on device; .*--resume",
+                            last_error(proc)), proc.stderr
+        assert not list((disk / "run").glob(".*.tmp"))
+        last = (disk / "run" / "last_checkpoint").read_text()
+        assert torch.load(disk / "run" / last, weights_only=True)["iteration"] > 0
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
