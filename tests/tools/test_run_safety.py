@@ -20,6 +20,9 @@ import torch
 from lil_meta.engine.run_lock import acquire
 from tests_helpers import ROOT
 
+sys.path.insert(0, str(ROOT / "tools"))
+from train_net import main as train_net_main  # noqa: E402
+
 SCRIPT, TINY = ROOT / "tools" / "train_net.py", ROOT / "tests" / "configs" / "tiny.yaml"
 RUN = ["solver.checkpoint_period=2", "test.tasks=10", "test.val_tasks=5", "test.eval_period=3"]
 
@@ -30,6 +33,15 @@ def command(out: Path, *extra: str) -> list[str]:
 
 def train_net(out: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(command(out, *extra), cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def in_process(capsys, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    """train_net.py's ``main`` in this process (no interpreter start-up): its exit status and
+    output as a subprocess's would be."""
+    capsys.readouterr()
+    code = train_net_main(["--config-file", str(TINY), "--output-dir", str(out), *RUN, *map(str, extra)])
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess([], code, captured.out, captured.err)
 
 
 def last_error(proc: subprocess.CompletedProcess) -> str:
@@ -45,8 +57,7 @@ def snapshot(folder: Path) -> dict:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("safety") / "run"
-    proc = train_net(out)
-    assert proc.returncode == 0, proc.stderr
+    assert train_net_main(["--config-file", str(TINY), "--output-dir", str(out), *RUN]) == 0
     return out
 
 
@@ -56,13 +67,13 @@ def copy_of(finished: Path, tmp_path: Path) -> Path:
     return out
 
 
-def test_a_run_into_a_locked_folder_is_refused_and_changes_nothing(finished, tmp_path):
+def test_a_run_into_a_locked_folder_is_refused_and_changes_nothing(finished, tmp_path, capsys):
     out = copy_of(finished, tmp_path)
     lock = acquire(out)
     lock.mark_owner()
     try:
         before = snapshot(out)
-        proc = train_net(out, "--resume")
+        proc = in_process(capsys, out, "--resume")
         assert proc.returncode == 2
         assert last_error(proc) == (f"error: output folder {out} is in use by another run (pid {os.getpid()}, "
                                     "lock run.lock); wait for it to end or choose another --output-dir")
@@ -87,13 +98,13 @@ def test_two_runs_started_together_never_both_write(tmp_path):
     assert seeds == {1}
 
 
-def test_resume_without_last_checkpoint_continues_from_the_newest_one(finished, tmp_path):
+def test_resume_without_last_checkpoint_continues_from_the_newest_one(finished, tmp_path, capsys):
     out = copy_of(finished, tmp_path)
     (out / "last_checkpoint").unlink()
     stale = out / ".model_0000003.pth.4194999.0123abcd.tmp"
     stale.write_bytes(b"half a checkpoint")
     weights = (out / "model_0000005.pth").read_bytes()
-    proc = train_net(out, "--resume", "solver.task_chunk=1")
+    proc = in_process(capsys, out, "--resume", "solver.task_chunk=1")
     assert proc.returncode == 0, proc.stderr
     log = (out / "log.txt").read_text()
     assert "resuming from model_0000005.pth instead of" in log and "resuming from iteration 6" in log
@@ -103,36 +114,36 @@ def test_resume_without_last_checkpoint_continues_from_the_newest_one(finished, 
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 6
 
 
-def test_resume_with_another_config_before_the_first_checkpoint_is_refused(finished, tmp_path):
+def test_resume_with_another_config_before_the_first_checkpoint_is_refused(finished, tmp_path, capsys):
     out = tmp_path / "early"
     out.mkdir()
     for name in ("config.yaml", "metrics.jsonl"):
         shutil.copy(finished / name, out / name)
     before = snapshot(out)
-    proc = train_net(out, "--resume", "seed=4", "solver.lr=0.01")
+    proc = in_process(capsys, out, "--resume", "seed=4", "solver.lr=0.01")
     assert proc.returncode == 2
     assert re.fullmatch(r"error: .*early/config\.yaml: the run in .* has another config \(seed: 3 in config\.yaml, "
                         r"4 now; solver\.lr: 0\.003 in config\.yaml, 0\.01 now\).*", last_error(proc))
     assert snapshot(out) == before
 
 
-def test_weights_that_cannot_be_used(finished, tmp_path):
+def test_weights_that_cannot_be_used(finished, tmp_path, capsys):
     state = torch.load(finished / "model_final.pth", weights_only=True)
     state["model"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
                       for k, v in state["model"].items()}
     torch.save(state, tmp_path / "nan.pth")
-    proc = train_net(tmp_path / "eval", "--eval-only", "--weights", tmp_path / "nan.pth")
+    proc = in_process(capsys, tmp_path / "eval", "--eval-only", "--weights", tmp_path / "nan.pth")
     assert proc.returncode == 3 and "accuracy" not in proc.stdout
     assert re.fullmatch(r"error: .*nan\.pth: the weights hold NaN or inf values \(.*\); not evaluated",
                         last_error(proc))
-    proc = train_net(tmp_path / "fresh", "--weights", tmp_path / "absent.pth")
+    proc = in_process(capsys, tmp_path / "fresh", "--weights", tmp_path / "absent.pth")
     assert proc.returncode == 2 and last_error(proc).endswith("absent.pth: checkpoint not found")
     assert not (tmp_path / "fresh").exists()
 
 
-def test_weights_without_eval_only_start_the_training(finished, tmp_path):
+def test_weights_without_eval_only_start_the_training(finished, tmp_path, capsys):
     out = tmp_path / "tuned"
-    proc = train_net(out, "--weights", finished / "model_final.pth", "solver.max_iter=0")
+    proc = in_process(capsys, out, "--weights", finished / "model_final.pth", "solver.max_iter=0")
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"initialised from .*model_final\.pth: (\d+) of the model's \1 tensors loaded",
                      (out / "log.txt").read_text())
