@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ from lil_meta.engine.checkpoint import (
 from lil_meta.engine.errors import CheckpointError, UserInputError
 from lil_meta.engine.trainer import NumericalFault
 
-__all__ = ["check_folder_config", "resume_notes", "init_from_weights", "check_weights_finite"]
+__all__ = ["check_folder_config", "resume_notes", "init_from_weights", "check_weights_finite", "held_back_warnings"]
 
 
 def check_folder_config(out: Path, checkpointer: Checkpointer) -> None:
@@ -122,3 +124,21 @@ def init_from_weights(algorithm: torch.nn.Module, checkpointer: Checkpointer, pa
             f"schedule and RNG start fresh){kept_text}" + (f"; {ignored} tensors of the file not in this "
                                                              "model ignored" if ignored else ""))
 
+
+@contextmanager
+def held_back_warnings(notes: list[tuple[int, str]]):
+    """Hold back the checkpoint loader's warnings (a fallback to an older checkpoint) until the
+    run's log is set up, so that they reach ``log.txt`` too, once; on an error they are dropped:
+    the error says it all."""
+    source = logging.getLogger("lil_meta.engine.checkpoint")
+    held: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = held.append
+    propagate, source.propagate = source.propagate, False
+    source.addHandler(handler)
+    try:
+        yield
+    finally:
+        source.removeHandler(handler)
+        source.propagate = propagate
+    notes += [(r.levelno, r.getMessage()) for r in held]

@@ -66,6 +66,7 @@ from lil_meta.engine.launch import (
 from lil_meta.engine.resume import (
     check_folder_config,
     check_weights_finite,
+    held_back_warnings,
     init_from_weights,
     resume_notes,
 )
@@ -271,29 +272,14 @@ def _read_folder(built: Run) -> None:
     if args.resume:
         if built.world.is_main and not checkpointer.has_checkpoint():
             check_folder_config(built.output_dir, checkpointer)
-        with _held_back(built.notes):
+        with held_back_warnings(built.notes):
             built.resume_state = checkpointer.resume_or_load(resume=True, required=RESUMABLE)
+        if built.resume_state is None and (built.output_dir / "config.yaml").is_file():
+            built.notes.append((logging.WARNING, f"--resume: {built.output_dir} holds no checkpoint yet (its run "
+                                                 "stopped before the first one); starting from iteration 0"))
     if args.weights:
         built.notes.append((logging.INFO, init_from_weights(built.algorithm, checkpointer, Path(args.weights))))
 
-
-@contextmanager
-def _held_back(notes: list[tuple[int, str]]):
-    """Hold back the checkpoint loader's warnings (a fallback to an older checkpoint) until the
-    run's log is set up, so that they reach ``log.txt`` too, once; on an error they are dropped:
-    the error says it all."""
-    source = logging.getLogger("lil_meta.engine.checkpoint")
-    held: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = held.append
-    propagate, source.propagate = source.propagate, False
-    source.addHandler(handler)
-    try:
-        yield
-    finally:
-        source.removeHandler(handler)
-        source.propagate = propagate
-    notes += [(r.levelno, r.getMessage()) for r in held]
 
 
 def build_trainer(built: Run, extra_hooks=()) -> MetaTrainer:
