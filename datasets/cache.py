@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -157,7 +158,7 @@ class CachedDataset:
                 manifest = json.loads(path.read_text())
             except (OSError, ValueError):
                 manifest = None
-            if manifest is not None and all(manifest.get(k) == v for k, v in self._expected().items()):
+            if isinstance(manifest, dict) and all(manifest.get(k) == v for k, v in self._expected().items()):
                 bad = self._check(manifest) if self.verify else None
                 if bad is None:
                     return manifest
@@ -167,16 +168,30 @@ class CachedDataset:
 
     def _check(self, manifest: dict[str, Any]) -> str | None:
         """The first cache file that is missing or fails its checksum, else None."""
-        for info in manifest.get("splits", {}).values():
-            for fname in (info["images"], info["labels"]):
-                f = self.cache_path / fname
-                if not f.is_file() or _sha256(f) != info["sha256"].get(fname):
-                    return str(f)
+        splits = manifest.get("splits")
+        if not isinstance(splits, dict) or set(splits) != set(SPLITS):
+            return str(self.cache_path / "manifest.json")
+        for info in splits.values():
+            try:
+                names, sums = (info["images"], info["labels"]), info["sha256"]
+                for fname in names:
+                    f = self.cache_path / fname
+                    if not f.is_file() or _sha256(f) != sums.get(fname):
+                        return str(f)
+            except (TypeError, KeyError, AttributeError):
+                return str(self.cache_path / "manifest.json")
         return None
 
     def _build(self) -> dict[str, Any]:
         layout = self.detect_layout()
-        self.cache_path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.cache_path.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.cache_path):
+                pass
+        except OSError as exc:
+            raise DataError(f"{self.cache_path}: cannot write the {self.name} cache there "
+                            f"({exc.strerror or exc}); data.args.cache_dir (or --cache-dir) must be a "
+                            "writable folder (default: DATA_ROOT/.lil_cache)") from None
         print(f"{self.name}: preparing {self.image_size}px cache in {self.cache_path} from "
               f"{self.root} ({layout}; first run only)", flush=True)
         splits = {}

@@ -9,7 +9,10 @@ these nuisances and hard for raw-pixel matching, which is what a few-shot benchm
 Generation is vectorised: every template is rendered once as a distance field; each instance
 resamples that field through its warp (``affine_grid`` + ``grid_sample``) and maps distance to
 ink with ``sigmoid((width - distance) / softness)``. The result is cached under ``root`` in a
-file named by a hash of every generation parameter, so it is generated once per setting.
+file named by a hash of every generation parameter, so it is generated once per setting; a
+``.sha256`` file beside it holds the checksum of its bytes, checked the first time a process
+opens it (docs/performance.md gives the cost), and a cache that fails it, cannot be read or
+has no checksum is regenerated with a warning.
 Train, val and test classes are consecutive template ids from one seeded generator, hence
 disjoint, and the bytes depend only on the parameters.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,6 +38,25 @@ from lil_meta.engine.registry import DATASETS
 __all__ = ["Glyphs", "SPLITS"]
 
 _VERSION = 2
+_VERIFIED: dict[Path, tuple] = {}
+"""Cache files whose checksum this process has checked, with their (size, mtime, inode) then."""
+
+
+def _stat_key(path: Path) -> tuple:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def _checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 _STROKES, _SEGMENTS = 4, 16
 _CHUNK = 64
 _STROKE_UNIT = 2.0 / 28
@@ -200,20 +223,50 @@ class Glyphs:
     def _load_or_generate(self) -> np.ndarray:
         p = self.params
         shape = (sum(p["num_classes"]), p["per_class"], p["image_size"], p["image_size"])
+        if self.path.parent.exists() and not self.path.parent.is_dir():
+            raise DataError(f"{self.path.parent}: data.root is a file; glyphs keeps its cache in a folder there")
+        if self.path.is_dir():
+            raise DataError(f"{self.path}: the glyphs cache path is a folder; remove it or set another "
+                            "data.root (the cache folder)")
         if self.path.exists():
-            try:
-                data = np.load(self.path)
-                if data.shape == shape and data.dtype == np.uint8:
-                    return data
-            except (OSError, ValueError):
-                pass
-        print(f"generating glyphs cache {self.path} (first run only)", flush=True)
+            data, problem = self._read_cache(shape)
+            if data is not None:
+                return data
+            print(f"warning: glyphs cache {self.path} {problem}; regenerating it", file=sys.stderr, flush=True)
+        else:
+            print(f"generating glyphs cache {self.path} (first run only)", flush=True)
         self.generated = True
         data = generate(p["num_classes"], p["per_class"], p["image_size"], p["seed"],
                         p["distortion"], p["noise"])
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.path, lambda f: np.save(f, data))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.path, lambda f: np.save(f, data))
+            atomic_write(_checksum_path(self.path), _file_sha256(self.path) + "\n")
+        except OSError as exc:
+            raise DataError(f"{self.path.parent}: cannot write the glyphs cache there ({exc.strerror or exc}); "
+                            "data.root must be a writable folder") from None
+        _VERIFIED[self.path] = _stat_key(self.path)
         return data
+
+    def _read_cache(self, shape) -> tuple[np.ndarray | None, str]:
+        """The cached images, or ``None`` and what is wrong with the file. Its sha256 is checked
+        against the ``.sha256`` file beside it once per process (about 2 ms per MB)."""
+        key = _stat_key(self.path)
+        if _VERIFIED.get(self.path) != key:
+            try:
+                expected = _checksum_path(self.path).read_text().strip()
+            except (OSError, UnicodeDecodeError):
+                return None, "has no readable checksum file"
+            if _file_sha256(self.path) != expected:
+                return None, "fails its checksum (the file was changed)"
+        try:
+            data = np.load(self.path)
+        except Exception as exc:  # noqa: BLE001  (EOFError, ValueError, pickle errors ...: a bad file)
+            return None, f"cannot be read ({type(exc).__name__})"
+        if data.shape != shape or data.dtype != np.uint8:
+            return None, f"holds {data.dtype} {data.shape}, not uint8 {shape}"
+        _VERIFIED[self.path] = key
+        return data, ""
 
     def split(self, name: str) -> SplitData:
         if name not in self.splits:

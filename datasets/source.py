@@ -70,6 +70,9 @@ def open_image(source: Any, where: str) -> Image.Image:
         return img
     except FileNotFoundError:
         raise DataError(f"{where}: image file not found") from None
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{where}: image too large to decode ({exc}); expected a JPEG/PNG image of "
+                        "ordinary size") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{where}: cannot decode image ({type(exc).__name__}: {exc}); "
                         f"expected a readable JPEG/PNG image") from None

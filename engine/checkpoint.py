@@ -5,7 +5,14 @@ weights_only=True)`` can read back: tensors (all on CPU), numbers, strings, list
 It holds everything an exact resume needs (see :meth:`engine.trainer.MetaTrainer.state_dict`)
 plus ``fingerprint``/``config``: a sha256 of the resolved config without the keys that may
 legitimately change between a run and its resumption (:data:`VOLATILE_KEYS`), so weights from
-another experiment are refused with the differing keys named instead of silently loaded.
+another experiment are refused with the differing keys named instead of silently loaded, and
+``settings`` (:func:`run_settings`: the :data:`ROUNDING_KEYS`, the schedule's length and the
+intra-op thread count).
+
+The promise of a resume: with the same settings and thread count it continues bit for bit as
+the uninterrupted run would have; with another value of a :data:`ROUNDING_KEYS` key or another
+thread count (a requeue on another node) it continues equal to float rounding (about 1e-8 on
+the weights after a few iterations), and the resume says so in a warning.
 
 Files are written with :func:`engine.fileio.atomic_write` (a temporary file in the same
 folder moved into place with ``os.replace``), so a crash mid-save never leaves a truncated
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import logging
 import os
 import random
@@ -34,9 +42,11 @@ from lil_meta.engine.fileio import atomic_write  # re-exported: callers import i
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Checkpointer", "atomic_write", "config_fingerprint", "get_rng_state", "set_rng_state", "VOLATILE_KEYS"]
+__all__ = ["Checkpointer", "atomic_write", "config_fingerprint", "get_rng_state", "set_rng_state", "VOLATILE_KEYS",
+           "ROUNDING_KEYS", "run_settings"]
 
-#: Config keys left out of the fingerprint: changing them does not change what is trained.
+#: Config keys left out of the fingerprint: they may change between a run and its resumption.
+#: Most change nothing that is trained; :data:`ROUNDING_KEYS` change the summation order only.
 VOLATILE_KEYS = ("output_dir", "device", "test", "log", "solver.max_iter",
                  "solver.checkpoint_period", "solver.keep_checkpoints",
                  "algorithm.inner_steps_test", "algorithm.engine", "algorithm.channels_last",
@@ -65,6 +75,24 @@ def config_fingerprint(cfg: DictConfig | Mapping) -> tuple[str, str]:
     """(sha256 hex, YAML text) of ``cfg`` without :data:`VOLATILE_KEYS`."""
     text = OmegaConf.to_yaml(OmegaConf.create(_fingerprinted(cfg)), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest(), text
+
+
+#: Keys that may change on ``--resume`` (they are in :data:`VOLATILE_KEYS`) but change the
+#: floating-point summation order, so a run resumed with another value equals the uninterrupted
+#: one to float rounding, not bit for bit; a resume that changes one is warned about
+#: (:func:`engine.runner.train_and_test`), as is another intra-op thread count.
+ROUNDING_KEYS = ("solver.task_chunk", "algorithm.engine", "algorithm.checkpoint_inner_steps",
+                 "algorithm.channels_last", "pretrain.algorithm.engine",
+                 "pretrain.algorithm.checkpoint_inner_steps", "pretrain.algorithm.channels_last")
+
+
+def run_settings(cfg: DictConfig | Mapping) -> dict[str, Any]:
+    """The settings a checkpoint records besides its fingerprint: the :data:`ROUNDING_KEYS`,
+    ``solver.max_iter`` and ``solver.lr_schedule`` (compared on resume); ``num_threads`` is added
+    when it is saved."""
+    flat = _flatten(OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg))
+    keys = (*ROUNDING_KEYS, "solver.max_iter", "solver.lr_schedule", "solver.warmup_iters")
+    return {k: flat[k] for k in keys if k in flat and isinstance(flat[k], (int, float, str, bool))}
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -123,6 +151,12 @@ def _to_cpu(obj: Any) -> Any:
     return obj
 
 
+def _names_existing_file(exc: CheckpointError, candidates: list[Path]) -> bool:
+    """Whether ``exc`` is the failure of a candidate file that exists (the error worth showing
+    when none loads: why the newest checkpoint there is could not be used)."""
+    return any(str(exc).startswith(f"{p}:") and p.is_file() for p in candidates)
+
+
 class Checkpointer:
     """Saves and loads checkpoints in ``output_dir``.
 
@@ -141,6 +175,7 @@ class Checkpointer:
         self.keep = int(keep)
         self.writer = bool(writer)  # False on every process but rank 0: saving is a no-op
         self.fingerprint, self.config_yaml = config_fingerprint(cfg) if cfg is not None else (None, None)
+        self.settings = run_settings(cfg) if cfg is not None else None
 
     # ---- saving ---------------------------------------------------------------------------
     def save(self, name: str, *, tag_last: bool | None = None, **state: Any) -> Path:
@@ -158,7 +193,11 @@ class Checkpointer:
         payload = _to_cpu(dict(state))
         if self.fingerprint is not None:
             payload["fingerprint"], payload["config"] = self.fingerprint, self.config_yaml
-        atomic_write(path, lambda f: torch.save(payload, f))
+        if self.settings is not None:
+            payload["settings"] = {**self.settings, "num_threads": torch.get_num_threads()}
+        buffer = io.BytesIO()  # serialised first: a write error is then an OSError, not torch's RuntimeError
+        torch.save(payload, buffer)
+        atomic_write(path, buffer.getbuffer())
         periodic = _PERIODIC.match(filename) is not None
         if periodic if tag_last is None else tag_last:
             atomic_write(self.output_dir / "last_checkpoint", lambda f: f.write(filename.encode()))
@@ -170,22 +209,51 @@ class Checkpointer:
     def _prune(self) -> None:
         if self.keep <= 0:
             return
-        periodic = sorted(p for p in self.output_dir.iterdir() if _PERIODIC.match(p.name))
-        last = self.get_checkpoint_file()
+        periodic = self._periodic()
+        try:
+            last = self.get_checkpoint_file()
+        except CheckpointError:
+            last = None
         for old in periodic[: -self.keep]:
             if last is None or old.resolve() != last.resolve():
                 old.unlink(missing_ok=True)
 
     # ---- loading --------------------------------------------------------------------------
     def has_checkpoint(self) -> bool:
-        return (self.output_dir / "last_checkpoint").is_file()
+        """Whether the folder holds anything to resume: a ``last_checkpoint`` entry (even a broken
+        one) or a periodic checkpoint."""
+        tag = self.output_dir / "last_checkpoint"
+        return tag.exists() or tag.is_symlink() or bool(self._periodic())
+
+    def _periodic(self) -> list[Path]:
+        """The periodic checkpoints of the folder, oldest first."""
+        if not self.output_dir.is_dir():
+            return []
+        return sorted(p for p in self.output_dir.iterdir() if _PERIODIC.match(p.name) and p.is_file())
 
     def get_checkpoint_file(self) -> Path | None:
-        """The file ``last_checkpoint`` names, or ``None`` when there is no ``last_checkpoint``."""
+        """The file ``last_checkpoint`` names, or ``None`` when there is no ``last_checkpoint``.
+
+        A ``last_checkpoint`` that is a folder, unreadable, not UTF-8, empty or NUL-filled (a
+        crash of the filesystem), or that names anything but a file of this folder, is a
+        :class:`CheckpointError` whose message shows the bytes escaped, never raw.
+        """
         tag = self.output_dir / "last_checkpoint"
-        if not tag.is_file():
+        if not (tag.exists() or tag.is_symlink()):
             return None
-        name = tag.read_text().strip()
+        if not tag.is_file():
+            raise CheckpointError(f"{tag}: not a file; it should name the newest checkpoint file")
+        try:
+            raw = tag.read_bytes()
+        except OSError as exc:
+            raise CheckpointError(f"{tag}: cannot read it ({exc.strerror or exc})") from None
+        try:
+            name = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            name = None
+        if name is None or not name.isprintable() or "/" in name or name in (".", ".."):
+            shown = ascii(raw[:40])[1:] + ("…" if len(raw) > 40 else "")
+            raise CheckpointError(f"{tag}: holds {shown}, not the name of a checkpoint file in this folder")
         if not name:
             raise CheckpointError(f"{tag}: empty; it should name the newest checkpoint file")
         return self.output_dir / name
@@ -227,35 +295,56 @@ class Checkpointer:
             logger.info("%s: its config lacks keys added since; with their defaults it is this run's", path)
         return same
 
-    def _load_newest_readable(self) -> dict:
+    def _load_newest_readable(self, required: tuple[str, ...] = ("model",)) -> dict:
         """The checkpoint ``last_checkpoint`` names or, if that one cannot be loaded (truncated,
-        corrupt, another config), the newest older periodic one that can; the failures are then
-        logged as warnings. When none loads, the newest one's error alone is raised."""
-        last = self.get_checkpoint_file()
-        older = sorted((p for p in self.output_dir.iterdir() if _PERIODIC.match(p.name) and p.name < last.name),
-                       reverse=True) if self.output_dir.is_dir() else []
+        corrupt, another config, lacking one of ``required``) or ``last_checkpoint`` itself is
+        missing or broken, the newest periodic one (older than the named one) that can; the
+        failures are then logged as warnings. When none loads, the first error alone is raised."""
         failures: list[CheckpointError] = []
-        for path in [last, *older]:
+        tag = self.output_dir / "last_checkpoint"
+        if tag.is_dir():  # never replaced by a save: refused rather than resumed past
+            raise CheckpointError(f"{tag}: a folder, not a file; remove it (it should name the newest "
+                                  "checkpoint file) and resume again")
+        try:
+            last = self.get_checkpoint_file()
+        except CheckpointError as exc:
+            failures.append(exc)
+            last = None
+        periodic = self._periodic()
+        if last is None and not failures:
+            if not periodic:
+                raise CheckpointError(f"{self.output_dir}: no checkpoint to resume")
+            failures.append(CheckpointError(f"{self.output_dir / 'last_checkpoint'}: missing"))
+        candidates = [] if last is None else [last]
+        candidates += [p for p in reversed(periodic) if last is None or p.name < last.name]
+        for path in candidates:
             try:
                 state = self.load(path)
+                missing = [k for k in required if k not in state]
+                if missing:
+                    raise CheckpointError(f"{path}: not a training state to resume (no {', '.join(missing)})")
             except CheckpointError as exc:
                 failures.append(exc)
                 continue
             for exc in failures:  # reported only when a fallback is taken; else one error line
                 logger.warning("%s; using an older checkpoint", exc)
             if failures:
-                logger.warning("resuming from %s instead of %s", path.name, last.name)
+                logger.warning("resuming from %s instead of %s", path.name,
+                               last.name if last is not None else "the one last_checkpoint should name")
             return state
-        raise failures[0]
+        present = [exc for exc in failures if _names_existing_file(exc, candidates)]
+        raise present[0] if present else failures[0]
 
-    def resume_or_load(self, path: str | os.PathLike | None = None, *, resume: bool = True) -> dict | None:
-        """With ``resume``, load the file ``last_checkpoint`` names if there is one; else ``path``.
+    def resume_or_load(self, path: str | os.PathLike | None = None, *, resume: bool = True,
+                       required: tuple[str, ...] = ("model",)) -> dict | None:
+        """With ``resume``, load the file ``last_checkpoint`` names if the folder holds any
+        checkpoint (falling back as :meth:`_load_newest_readable` says); else ``path``.
 
         Returns ``None`` when there is nothing to load (a fresh run, even with ``--resume``:
         a requeued job that never reached its first checkpoint simply starts over).
         """
         if resume and self.has_checkpoint():
-            return self._load_newest_readable()
+            return self._load_newest_readable(required)
         if path is not None:
             return self.load(path)
         return None

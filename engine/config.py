@@ -35,10 +35,14 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lil_meta import models
+from lil_meta import datasets, models  # noqa: F401  (the built-in components register)
+from lil_meta.engine.config_values import check_values
 from lil_meta.engine.errors import ConfigError
 from lil_meta.engine.fileio import atomic_write
-from lil_meta.engine.registry import import_extra_modules  # noqa: F401  (part of this module's API)
+from lil_meta.engine.registry import (
+    DATASETS,
+    import_extra_modules,  # noqa: F401  (part of this module's API)
+)
 
 logger = logging.getLogger(__name__)
 
@@ -177,8 +181,16 @@ def _explain(exc: BaseException, where: str) -> ConfigError:
 
 def _component_arguments() -> dict[str, set[str]]:
     """Each component node's settable keys, from the registries (``models`` registers the
-    built-in components)."""
-    return {path: models.component_arguments(path) for path in models.COMPONENT_NODES}
+    built-in components, ``datasets`` the datasets)."""
+    arguments = {path: models.component_arguments(path) for path in models.COMPONENT_NODES}
+    arguments["data.args"] = _dataset_arguments()
+    return arguments
+
+
+def _dataset_arguments() -> set[str]:
+    """The keys ``data.args`` may set: every argument of a registered dataset (``cache_dir``,
+    ``rebuild``, ``verify``, … of docs/datasets.md) but those set as ``data.*`` themselves."""
+    return DATASETS.argument_names(("root", "image_size", "channels", "seed"))
 
 
 def _plain_component_overrides(overrides: Sequence[str]) -> list[str]:
@@ -321,6 +333,7 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictC
                           f"nested too deeply, e.g. a YAML alias that contains itself)") from None
     if cfg.output_dir is None:
         cfg.output_dir = str(Path("output") / file.stem)
+    check_values(cfg)
     OmegaConf.set_struct(cfg, True)
     return cfg
 

@@ -31,7 +31,7 @@ from lil_meta.engine.config import load_config, save_config
 from lil_meta.engine.errors import ConfigError, UserInputError
 from lil_meta.engine.launch import World
 
-__all__ = ["default_argument_parser", "load_run_config", "check_solver", "seed_all", "resolve_device", "check_output_dir", "default_setup", "setup_logging",
+__all__ = ["default_argument_parser", "load_run_config", "check_solver", "seed_all", "resolve_device", "check_output_dir", "default_setup", "setup_logging", "record_error",
            "build_optimizer", "build_lr_scheduler"]
 
 
@@ -50,7 +50,9 @@ def default_argument_parser(description: str | None = None) -> argparse.Argument
                         help="continue from the output folder's last checkpoint (all state)")
     parser.add_argument("--eval-only", action="store_true",
                         help="only test: model_final.pth, else the last checkpoint, else --weights")
-    parser.add_argument("--weights", metavar="PATH", help="checkpoint to evaluate with --eval-only")
+    parser.add_argument("--weights", metavar="PATH",
+                        help="checkpoint to evaluate with --eval-only; without it, the weights a new "
+                             "run starts training from (its model tensors of matching name and shape)")
     parser.add_argument("--output-dir", metavar="DIR", help="overrides the config's output_dir")
     slurm.add_arguments(parser)
     parser.add_argument("opts", nargs="*", metavar="key=value",
@@ -86,17 +88,34 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+_RUN_MARKERS = ("config.yaml", "last_checkpoint", "metrics.jsonl", "results.json", "model_final.pth")
+
+
+def _holds_run(out: Path) -> bool:
+    """Whether ``out`` holds (part of) a run: its config, checkpoints, metrics or results."""
+    if any((out / name).exists() for name in _RUN_MARKERS):
+        return True
+    return any(p.name.startswith("model_") and p.name.endswith(".pth") for p in out.iterdir())
+
+
 def check_output_dir(cfg: DictConfig, resume: bool = False, eval_only: bool = False) -> Path:
     """Refuse an output folder that cannot take this run; reads only, writes nothing.
 
-    A folder holding a run (a ``config.yaml``) is only reused with ``--resume`` (or for
-    ``--eval-only``); the message says whether that run's config differs from this one.
+    A folder holding a run (a ``config.yaml``, checkpoints, metrics or results) is only reused
+    with ``--resume`` (or for ``--eval-only``); the message says whether that run's config
+    differs from this one. A path the system refuses (a name too long, a file on the way) is
+    one line naming it.
     """
     out = Path(cfg.output_dir)
-    if out.exists() and not out.is_dir():
+    try:
+        is_dir, exists = out.is_dir(), out.exists()
+        held = is_dir and _holds_run(out)
+    except OSError as exc:
+        raise UserInputError(f"output_dir: cannot use {out} ({exc.strerror or exc})") from None
+    if exists and not is_dir:
         raise UserInputError(f"output_dir: {out} exists and is not a folder")
     saved = out / "config.yaml"
-    if saved.is_file() and not (resume or eval_only):
+    if held and not (resume or eval_only):
         try:
             previous = OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
             previous.pop("output_dir", None)
@@ -104,7 +123,7 @@ def check_output_dir(cfg: DictConfig, resume: bool = False, eval_only: bool = Fa
             previous = None
         current = OmegaConf.to_container(cfg, resolve=True)
         current.pop("output_dir", None)
-        if previous != current:
+        if saved.is_file() and previous != current:
             raise UserInputError(
                 f"output folder {out} already holds a run with a different config; "
                 "pass --resume to continue it or choose another --output-dir"
@@ -134,6 +153,14 @@ class _TqdmHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+class _FileHandler(logging.FileHandler):
+    """``log.txt``: a record that cannot be written (a full disk) is dropped, not reported with a
+    traceback per line; the run's own error says what failed."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
 def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO) -> None:
     """Root logger to the console (short lines) and, if given, ``log_file`` (timestamped)."""
     root = logging.getLogger()
@@ -145,12 +172,27 @@ def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO)
     console.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
     handlers: list[logging.Handler] = [console]
     if log_file is not None:
-        file = logging.FileHandler(log_file, mode="a")
+        file = _FileHandler(log_file, mode="a")
         file.setFormatter(logging.Formatter("[%(asctime)s %(name)s %(levelname)s] %(message)s"))
         handlers.append(file)
     for handler in handlers:
         handler._lil = True
         root.addHandler(handler)
+
+
+def record_error(exc: BaseException) -> None:
+    """Write the error that ends a run to its ``log.txt`` only (the console gets it from the
+    entry point, once): the one-line message, or the traceback of an unexpected exception."""
+    root = logging.getLogger()
+    files = [h for h in root.handlers if getattr(h, "_lil", False) and isinstance(h, logging.FileHandler)]
+    if not files or isinstance(exc, SystemExit):  # SystemExit: submitit's requeue, logged by the hook
+        return
+    expected = isinstance(exc, (UserInputError, FloatingPointError)) or type(exc).__name__ == "RunInterrupted"
+    record = root.makeRecord(__name__, logging.ERROR, __file__, 0, f"error: {exc}" if expected else
+                             f"run ended by {type(exc).__name__}: {exc}", None,
+                             None if expected else (type(exc), exc, exc.__traceback__))
+    for handler in files:
+        handler.handle(record)
 
 
 def default_setup(cfg: DictConfig, args, world: World | None = None) -> torch.device:

@@ -22,6 +22,10 @@ class CheckpointError(UserInputError):
     """A checkpoint is missing, unreadable or belongs to another run."""
 
 
+class OutputError(UserInputError):
+    """A file of the run cannot be written (a full disk, a name too long): the message names it."""
+
+
 def exit_with(main) -> None:
     """``sys.exit(main())`` for a command-line tool whose output may be cut short by its reader
     (``tool --dry-run | head``): a closed pipe ends the output quietly, as it does for Unix tools,

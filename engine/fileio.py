@@ -6,19 +6,72 @@ the same folder, flushed to disk and renamed over the target with ``os.replace``
 failure the temporary file is removed and the target is left as it was. The temporary file is
 opened normally (not with ``mkstemp``), so the result gets the usual umask permissions.
 
-This module depends on the standard library only, so any layer may import it.
+A process killed outright (SIGKILL, a power cut) cannot remove its temporary file;
+:func:`remove_stale_temps` does when the next run starts. A write that fails for want of space
+(``ENOSPC``, ``EDQUOT``) is an :class:`engine.errors.OutputError` naming the file.
+
+This module depends on the standard library (and the import-free :mod:`engine.errors`) only, so
+any layer may import it.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_write", "atomic_path"]
+from lil_meta.engine.errors import OutputError
+
+__all__ = ["atomic_write", "atomic_path", "remove_stale_temps", "disk_full_error", "NO_SPACE"]
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_TEMP = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")
+
+
+def disk_full_error(path: str | os.PathLike, exc: OSError) -> OutputError:
+    """The one-line error of a write to ``path`` that failed for want of space."""
+    return OutputError(f"{path}: cannot write it: {exc.strerror or 'no space left on device'}; the "
+                       "previous version of the file, if any, is kept; free some space and continue "
+                       "with --resume")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike, owned: bool = False) -> list[Path]:
+    """Remove the temporary files (``.NAME.PID.HEX.tmp``) an earlier process left in ``folder``
+    when it died mid-write; returns them. With ``owned`` (the caller holds the folder's run
+    lock, so no other process writes there) every one goes; otherwise only those whose process
+    is no longer alive on this machine."""
+    folder = Path(folder)
+    removed = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP.match(entry.name)
+        if match is None or int(match.group(1)) == os.getpid():
+            continue
+        if owned or not _alive(int(match.group(1))):
+            try:
+                entry.unlink()
+            except OSError:
+                continue
+            removed.append(entry)
+    return removed
 
 
 def _temp_name(path: Path) -> Path:
@@ -43,8 +96,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         _fsync(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            raise disk_full_error(path, exc) from None
         raise
 
 
@@ -57,7 +112,7 @@ def atomic_write(path: str | os.PathLike, content: bytes | str | Callable[[IO[by
     path = Path(path)
     if isinstance(content, str):
         content = content.encode()
-    write = (lambda f: f.write(content)) if isinstance(content, bytes | bytearray) else content
+    write = (lambda f: f.write(content)) if isinstance(content, bytes | bytearray | memoryview) else content
     tmp = _temp_name(path)
     try:
         with open(tmp, "xb") as f:
@@ -65,7 +120,9 @@ def atomic_write(path: str | os.PathLike, content: bytes | str | Callable[[IO[by
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            raise disk_full_error(path, exc) from None
         raise
     return path

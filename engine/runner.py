@@ -2,9 +2,10 @@
 
 :func:`run` is what ``tools/train_net.py`` and the SLURM jobs (:mod:`engine.slurm`) call, in
 order: :func:`build_run` loads the config and builds the dataset, samplers, task lists,
-algorithm, optimizer and (with ``--resume``) reads the checkpoint — any of which may fail on bad
-input, before anything is written — then :func:`engine.defaults.default_setup` (output folder,
-``config.yaml``, logging, seeds). :func:`train_and_test` runs :class:`engine.trainer.MetaTrainer`
+algorithm and optimizer — any of which may fail on bad input, before anything is written — then
+takes the run folder's lock (:mod:`engine.run_lock`), checks the folder and reads the checkpoint
+to resume or test under it, and only then calls :func:`engine.defaults.default_setup` (output
+folder, ``config.yaml``, logging, seeds). :func:`train_and_test` runs :class:`engine.trainer.MetaTrainer`
 with the standard hooks (:func:`build_trainer`), saves ``model_final.pth``, tests the final and
 the best-on-validation weights on the same fixed test tasks and writes ``results.json``;
 :func:`evaluate_only` (``--eval-only``) tests one checkpoint into ``eval_results.json``. Both print
@@ -18,8 +19,11 @@ import argparse
 import json
 import logging
 import math
+import signal
+import threading
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +40,13 @@ from lil_meta.engine.defaults import (
     check_solver,
     default_setup,
     load_run_config,
+    record_error,
     resolve_device,
     seed_all,
 )
-from lil_meta.engine.errors import CheckpointError
+from lil_meta.engine.errors import CheckpointError, ConfigError, OutputError
 from lil_meta.engine.evaluation import evaluate
+from lil_meta.engine.fileio import NO_SPACE, disk_full_error, remove_stale_temps
 from lil_meta.engine.hooks import (
     EvalHook,
     IterationTimer,
@@ -49,6 +55,7 @@ from lil_meta.engine.hooks import (
     PeriodicWriter,
     PhaseBoundary,
 )
+from lil_meta.engine.interrupt import RunInterrupted, signals_as_interrupt
 from lil_meta.engine.launch import (
     RankSlice,
     World,
@@ -56,6 +63,14 @@ from lil_meta.engine.launch import (
     close_distributed,
     init_distributed,
 )
+from lil_meta.engine.resume import (
+    check_folder_config,
+    check_weights_finite,
+    held_back_warnings,
+    init_from_weights,
+    resume_notes,
+)
+from lil_meta.engine.run_lock import RunLock, acquire
 from lil_meta.engine.trainer import MetaTrainer, NumericalFault
 from lil_meta.models import build_algorithm
 
@@ -85,6 +100,9 @@ class Run:
     resume_state: dict | None = None  # --resume: the checkpoint read
     eval_weights: Path | None = None  # --eval-only: the checkpoint tested, and its state
     eval_state: dict | None = None
+    lock: RunLock | None = None  # the run folder's, on the main process
+    trainer: MetaTrainer | None = None
+    notes: list[tuple[int, str]] = field(default_factory=list)  # (level, line), logged once log.txt is set up
 
     @property
     def output_dir(self) -> Path:
@@ -93,15 +111,67 @@ class Run:
 
 def run(args: argparse.Namespace, extra_hooks=()) -> dict:
     """The run ``args`` asks for (module doc); ``extra_hooks`` are appended to the trainer's
-    (the SLURM job adds its preemption hook, :mod:`engine.slurm`)."""
-    try:
-        built = build_run(args)
-        result = evaluate_only(built) if args.eval_only else train_and_test(built, extra_hooks)
-    except BaseException:
-        close_distributed(synchronize=False)
-        raise
-    close_distributed()
+    (the SLURM job adds its preemption hook, :mod:`engine.slurm`).
+
+    The run folder's lock (:mod:`engine.run_lock`) is held from before the folder is checked
+    until this returns. SIGINT/SIGTERM end it as :class:`engine.interrupt.RunInterrupted`; a
+    full disk as :class:`engine.errors.OutputError`; the error that ends a run that got as far
+    as its ``log.txt`` is recorded there too."""
+    built: Run | None = None
+    with signals_as_interrupt(), _disk_errors_reported_once():
+        try:
+            built = build_run(args)
+            result = evaluate_only(built) if args.eval_only else train_and_test(built, extra_hooks)
+        except BaseException as exc:
+            close_distributed(synchronize=False)
+            error = _run_error(exc, built)
+            if built is not None:
+                record_error(error or exc)
+            if built is not None and built.lock is not None:
+                built.lock.release()
+            if error is not None:
+                raise error from None
+            raise
+        close_distributed()
+        if built.lock is not None:
+            built.lock.release()
     return result
+
+
+def _run_error(exc: BaseException, built: Run | None) -> BaseException | None:
+    """The one-line error ``exc`` stands for (an interruption, a full disk), or ``None``."""
+    if isinstance(exc, KeyboardInterrupt):
+        signum = getattr(exc, "signum", signal.SIGINT)
+        if built is None:
+            return RunInterrupted(0, signum)
+        trainer = built.trainer
+        done = trainer.iter if trainer is not None else int((built.resume_state or {}).get("iteration", 0))
+        return RunInterrupted(done, signum)
+    if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+        if exc.filename:
+            return disk_full_error(exc.filename, exc)
+        where = built.output_dir if built else "output_dir"
+        return OutputError(f"{where}: cannot write to the run folder (metrics, log or TensorBoard events): "
+                           f"{exc.strerror or 'no space left on device'}; its checkpoints are complete; free some "
+                           "space and continue with --resume")
+    return None
+
+
+@contextmanager
+def _disk_errors_reported_once():
+    """A write thread's full disk (TensorBoard's event writer) is reported by the main thread,
+    which sees the same error next, as one line; the thread's own traceback is not printed."""
+    previous = threading.excepthook
+
+    def hook(args):
+        if not (isinstance(args.exc_value, OSError) and args.exc_value.errno in NO_SPACE):
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
 
 
 def _task_list(cfg: DictConfig, dataset, split: str, num_tasks: int) -> TaskList:
@@ -123,9 +193,13 @@ def _eval_weights(cfg: DictConfig, args: argparse.Namespace, checkpointer: Check
     return last
 
 
+RESUMABLE = ("iteration", "model", "optimizer", "sampler", "rng")
+
+
 def build_run(args: argparse.Namespace) -> Run:
-    """Everything that can fail on bad input, built before anything is written; then the output
-    folder, ``config.yaml``, logging and seeds (:func:`engine.defaults.default_setup`)."""
+    """Everything that can fail on bad input, built before anything is written; then, under the
+    run folder's lock, the folder's checks and the checkpoint to read; then the output folder,
+    ``config.yaml``, logging and seeds (:func:`engine.defaults.default_setup`)."""
     start_time = time.perf_counter()
     cfg = load_run_config(args)
     check_solver(cfg)
@@ -137,6 +211,11 @@ def build_run(args: argparse.Namespace) -> Run:
     check_meta_batch(cfg.solver.meta_batch, world)
     if world.is_main:
         check_output_dir(cfg, resume=args.resume, eval_only=args.eval_only)  # fail fast, reads only
+    if args.weights and not Path(args.weights).is_file():
+        raise CheckpointError(f"--weights {args.weights}: checkpoint not found")
+    if args.weights and args.resume and not args.eval_only:
+        raise ConfigError("--weights starts a new run from those weights; --resume continues the "
+                          "folder's own run: pass one of them")
     seed_all(int(cfg.seed))  # initial weights
 
     dataset = build_dataset(cfg.data)
@@ -144,23 +223,33 @@ def build_run(args: argparse.Namespace) -> Run:
     algorithm = build_algorithm(cfg).to(device)
     checkpointer = Checkpointer(cfg.output_dir, cfg.solver.keep_checkpoints, cfg, writer=world.is_main)
     built = Run(args, cfg, world, device, algorithm, test_tasks, checkpointer, start_time)
-    if args.eval_only:
-        built.eval_weights = _eval_weights(cfg, args, checkpointer)
-        built.eval_state = checkpointer.load(built.eval_weights)
+    if not args.eval_only:
+        d = cfg.data
+        # every process draws the whole meta-batch and keeps its share (engine/launch.py)
+        built.sampler = RankSlice(EpisodicSampler(dataset.split("train"), d.way, d.shot, d.query,
+                                                  cfg.solver.meta_batch, seed=cfg.seed), world)
+        built.val_tasks = _task_list(cfg, dataset, "val", cfg.test.val_tasks)
+        built.optimizer = build_optimizer(cfg, algorithm)
+        built.scheduler = build_lr_scheduler(cfg, built.optimizer)
+
+    built.lock = acquire(cfg.output_dir) if world.is_main else None
+    try:
+        _read_folder(built)
+        if built.lock is not None:
+            built.lock.mark_owner()
+            stale = remove_stale_temps(built.output_dir, owned=True)
+            built.notes += [(logging.WARNING, f"removed {p.name}, left by a process that died while writing it")
+                            for p in stale]
         default_setup(cfg, args, world)
-        return built
-
-    d = cfg.data
-    # every process draws the whole meta-batch and keeps its share (engine/launch.py)
-    built.sampler = RankSlice(EpisodicSampler(dataset.split("train"), d.way, d.shot, d.query,
-                                              cfg.solver.meta_batch, seed=cfg.seed), world)
-    built.val_tasks = _task_list(cfg, dataset, "val", cfg.test.val_tasks)
-    built.optimizer = build_optimizer(cfg, algorithm)
-    built.scheduler = build_lr_scheduler(cfg, built.optimizer)
-    built.resume_state = checkpointer.resume_or_load(resume=True) if args.resume else None
-
-    default_setup(cfg, args, world)
+    except BaseException:
+        if built.lock is not None:
+            built.lock.release(undo=True)
+        raise
     logger.info(malloc_note)
+    for level, note in built.notes:
+        logger.log(level, "%s", note)
+    if args.eval_only:
+        return built
     core = getattr(algorithm, "main", algorithm)
     logger.info("inner loop: %s engine (algorithm.engine=%s; auto = vmap over tasks on CUDA, the "
                 "per-task loop on CPU, where each measured faster)", core.resolved_engine(device), core.engine)
@@ -168,6 +257,29 @@ def build_run(args: argparse.Namespace) -> Run:
                 "support set too when no double backward runs through it)",
                 core.resolved_channels_last(device), core.channels_last)
     return built
+
+
+def _read_folder(built: Run) -> None:
+    """What the run reads from its folder, once its lock is held: the folder checks again (a run
+    that finished meanwhile), then the checkpoint to test, to resume or to start from."""
+    cfg, args, checkpointer = built.cfg, built.args, built.checkpointer
+    if built.world.is_main:
+        check_output_dir(cfg, resume=args.resume, eval_only=args.eval_only)
+    if args.eval_only:
+        built.eval_weights = _eval_weights(cfg, args, checkpointer)
+        built.eval_state = checkpointer.load(built.eval_weights)
+        return
+    if args.resume:
+        if built.world.is_main and not checkpointer.has_checkpoint():
+            check_folder_config(built.output_dir, checkpointer)
+        with held_back_warnings(built.notes):
+            built.resume_state = checkpointer.resume_or_load(resume=True, required=RESUMABLE)
+        if built.resume_state is None and (built.output_dir / "config.yaml").is_file():
+            built.notes.append((logging.WARNING, f"--resume: {built.output_dir} holds no checkpoint yet (its run "
+                                                 "stopped before the first one); starting from iteration 0"))
+    if args.weights:
+        built.notes.append((logging.INFO, init_from_weights(built.algorithm, checkpointer, Path(args.weights))))
+
 
 
 def build_trainer(built: Run, extra_hooks=()) -> MetaTrainer:
@@ -197,7 +309,7 @@ def train_and_test(built: Run, extra_hooks=()) -> dict:
     """Train from the start or the resumed iteration to ``solver.max_iter``, save
     ``model_final.pth``, test the final and the best-on-validation weights; ``results.json``."""
     cfg, checkpointer, out = built.cfg, built.checkpointer, built.output_dir
-    trainer = build_trainer(built, extra_hooks)
+    trainer = built.trainer = build_trainer(built, extra_hooks)
     timer, eval_hook = _hook(trainer, IterationTimer), _hook(trainer, EvalHook)
     start_iter = 0
     if built.resume_state is not None:
@@ -207,6 +319,8 @@ def train_and_test(built: Run, extra_hooks=()) -> dict:
             raise CheckpointError(f"{checkpointer.get_checkpoint_file()}: cannot restore the "
                                   f"training state ({str(exc).splitlines()[0]})") from None
         logger.info("resuming from iteration %d", start_iter)
+        for note in resume_notes(built.resume_state, cfg, start_iter):
+            logger.warning(note)
     max_iter = int(cfg.solver.max_iter)
     if start_iter > max_iter:
         logger.warning("checkpoint is at iteration %d, past solver.max_iter=%d; not training",
@@ -251,6 +365,7 @@ def train_and_test(built: Run, extra_hooks=()) -> dict:
 
 def evaluate_only(built: Run) -> dict:
     """``--eval-only``: test the checkpoint :func:`build_run` read; ``eval_results.json``."""
+    check_weights_finite(built.eval_state["model"], built.eval_weights)
     built.algorithm.load_state_dict(built.eval_state["model"])
     result = _test(built, "test")
     if built.world.is_main:

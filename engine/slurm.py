@@ -12,6 +12,11 @@ Each SLURM task is one training process (``tasks_per_node`` = GPUs per node, or 
 :mod:`engine.launch` turns the tasks into a torch.distributed group. The job always runs with
 ``--resume``, so a requeued job continues from its output folder's last checkpoint.
 
+The job's run takes its output folder's lock like any run (:mod:`engine.run_lock`): a job that
+starts while another process still writes that folder (a requeue overlapping a live job, a
+second submission) is refused with one line naming the holder, and changes nothing. SIGTERM is
+left to submitit's handler (:mod:`engine.interrupt` replaces only Python's defaults).
+
 Preemption and time limits: SLURM sends ``SIGUSR2`` (submitit asks for it ahead of the time
 limit). The handler only raises a flag; :class:`PreemptionHook` sees it after the running
 iteration ends (every process agrees through :func:`engine.launch.any_process`), saves a full

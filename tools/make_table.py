@@ -245,10 +245,18 @@ def main(argv=None) -> int:
     print(text, end="")
     for rec in unfinished:
         print(f"(unfinished, left out: {rec.folder})", file=sys.stderr)
-    for path, content in ((args.markdown, text), (args.csv, args.csv and csv_text(rows, columns, table))):
+    for flag, path, content in (("--markdown", args.markdown, text),
+                                ("--csv", args.csv, args.csv and csv_text(rows, columns, table))):
         if path:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(Path(path), lambda f, c=content: f.write(c.encode()))
+            try:
+                if Path(path).is_dir():
+                    raise IsADirectoryError(21, "is a folder; expected a file name")
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(Path(path), lambda f, c=content: f.write(c.encode()))
+            except (OSError, UserInputError) as exc:
+                print(f"error: {flag} {path}: cannot write it ({getattr(exc, 'strerror', None) or exc})",
+                      file=sys.stderr)
+                return 2
     return 0
 
 

@@ -57,10 +57,18 @@ def read_series(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
             record = json.loads(line)
         except json.JSONDecodeError:
             raise ValueError(f"{path}:{number}: not a JSON line") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
         for key, *_ in METRICS:
             if key in record:
-                series[key][0].append(int(record["iter"]))
-                series[key][1].append(float(record[key]))
+                try:
+                    series[key][0].append(int(record["iter"]))
+                    series[key][1].append(float(record[key]))
+                except KeyError:
+                    raise ValueError(f"{path}:{number}: a '{key}' value without its 'iter'") from None
+                except (TypeError, ValueError):
+                    raise ValueError(f"{path}:{number}: 'iter' {record['iter']!r} or '{key}' {record[key]!r} "
+                                     "is not a number") from None
     if not any(its for its, _ in series.values()):
         raise ValueError(f"{path}: no 'pc', 'ac' or 'hess_ratio' values logged")
     return series
@@ -153,12 +161,18 @@ def main(argv=None) -> int:
     if len(labels) != len(args.runs):
         print(f"error: --labels: expected {len(args.runs)} labels, got {len(labels)}", file=sys.stderr)
         return 2
+    if args.output.is_dir():
+        print(f"error: -o {args.output}: is a folder; expected the PNG file to write", file=sys.stderr)
+        return 2
     try:
         out = plot(args.runs, labels, args.output)
         if args.from_iter is not None:
             print(window_table(args.runs, labels, args.from_iter), end="")
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: -o {args.output}: cannot write it ({exc.strerror or exc})", file=sys.stderr)
         return 2
     print(f"wrote {out}")
     return 0

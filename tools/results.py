@@ -115,8 +115,30 @@ def find_runs(paths: list[str | Path], finished_only: bool = True) -> list[RunRe
             if finished_only and not results_file.is_file():
                 continue
             results = _read_json(results_file) if results_file.is_file() else {}
-            records.append(RunRecord(folder, OmegaConf.load(folder / "config.yaml"), results))
+            records.append(RunRecord(folder, _read_config(folder / "config.yaml"), results))
     return records
+
+
+def _read_config(path: Path) -> DictConfig:
+    """A run's saved config; a file that is not one (garbled YAML, another program's config) is
+    one :class:`UserInputError` naming it."""
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as exc:  # noqa: BLE001  (YAML, OmegaConf, OS and decoding errors alike)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserInputError(f"{path}: not a readable run config ({first})") from None
+    try:
+        ok = isinstance(cfg, DictConfig) and all(OmegaConf.select(cfg, k) is not None for k in _RUN_KEYS)
+    except Exception:  # noqa: BLE001
+        ok = False
+    if not ok:
+        raise UserInputError(f"{path}: not the config.yaml of a run of tools/train_net.py (it lacks one of "
+                             f"{', '.join(_RUN_KEYS)})")
+    return cfg
+
+
+_RUN_KEYS = ("seed", "data.name", "data.shot", "model.backbone.name", "algorithm.name", "solver.max_iter",
+             "losses")
 
 
 def row_label(cfg: DictConfig) -> Row:
@@ -203,6 +225,8 @@ def cells(records: list[RunRecord], metric: str = "test_acc", merge_reruns: bool
         if rec.seed in cell.seeds:
             raise UserInputError(f"{rec.folder}: a second run of '{row.label}' on {rec.column} with "
                                  f"seed {rec.seed}; pass each run folder once")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserInputError(f"{rec.folder / 'results.json'}: '{metric}' is {value!r}, not a number")
         cell.values.append(float(value))
         cell.seeds.append(rec.seed)
     columns = sorted({c for _, c in table}, key=lambda c: (c.count("→"), c))

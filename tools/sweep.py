@@ -120,12 +120,23 @@ def load_sweep(path: str | Path) -> dict:
             raise ConfigError(f"{path}: configs: expected a name or {{name: [overrides]}}, got {item!r}")
     return {
         "configs": entries,
-        "seeds": [int(s) for s in _strings(spec.seeds, f"{path}: seeds")],
+        "seeds": _seeds(spec.seeds, path),
         "overrides": _strings(spec.get("overrides") or [], f"{path}: overrides"),
         "columns": {str(k): _strings(v or [], f"{path}: columns.{k}") for k, v in columns.items()},
         "trainer": _trainer_path(str(spec.get("trainer") or "train_net"), path),
         "prefix": str(spec.get("prefix") or ""),
     }
+
+
+def _seeds(value, path) -> list[int]:
+    """The sweep file's ``seeds``: integers, each one a line naming the file otherwise."""
+    out = []
+    for item in _strings(value, f"{path}: seeds"):
+        try:
+            out.append(int(item))
+        except ValueError:
+            raise ConfigError(f"{path}: seeds: expected integers, got {item!r}") from None
+    return out
 
 
 def _trainer_path(name: str, where) -> Path:
@@ -270,6 +281,8 @@ def main(argv=None) -> int:
             raise ConfigError("sweep: give either sweep files or --configs (not both)")
         if args.jobs < 1:
             raise ConfigError(f"--jobs: must be >= 1, got {args.jobs}")
+        if Path(args.output_root).exists() and not Path(args.output_root).is_dir():
+            raise ConfigError(f"--output-root {args.output_root}: exists and is not a folder")
         runs = (expand_files(args.sweep_files, args.output_root, args.opts, args.data_root) if args.sweep_files
                 else expand(args.configs, args.seeds, args.output_root, args.opts, data_root=args.data_root))
         check_launcher(runs, args.launcher)

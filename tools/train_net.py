@@ -17,6 +17,7 @@ import sys
 from lil_meta.engine import runner, slurm
 from lil_meta.engine.defaults import default_argument_parser
 from lil_meta.engine.errors import UserInputError
+from lil_meta.engine.interrupt import RunInterrupted
 from lil_meta.engine.trainer import NumericalFault
 
 
@@ -34,6 +35,12 @@ def main(argv=None) -> int:
     except NumericalFault as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 3
+    except RunInterrupted as exc:
+        print(exc, file=sys.stderr, flush=True)
+        return exc.exit_code
+    except KeyboardInterrupt:  # before the run began
+        print("interrupted at iteration 0; continue with --resume", file=sys.stderr, flush=True)
+        return 130
     return 0
 
 

@@ -177,3 +177,49 @@ def test_volatile_keys_do_not_change_the_fingerprint():
                           "solver.checkpoint_period": 2, "device": "cpu"})
     assert config_fingerprint(changed)[0] == base
     assert config_fingerprint(make_cfg(seed=3))[0] != base
+
+
+@pytest.mark.parametrize("tag", ["missing", "folder", "nul", "latin-1", "a path", "gone", "weights only"])
+def test_a_broken_last_checkpoint_resumes_from_the_newest_intact_one(tmp_path, caplog, tag):
+    ck = Checkpointer(tmp_path, keep=0, cfg=make_cfg())
+    for it in (1, 3, 5):
+        ck.save(f"model_{it:07d}", model=model_state(), iteration=it + 1, optimizer={})
+    ck.save("model_best", model=model_state(), iteration=2)
+    last = tmp_path / "last_checkpoint"
+    last.unlink()
+    full = ("iteration", "model", "optimizer")
+    if tag == "folder":  # a save could never replace it: refused, not resumed past
+        last.mkdir()
+        with pytest.raises(CheckpointError, match=r"last_checkpoint: a folder, not a file"):
+            ck.resume_or_load(required=full)
+        return
+    content = {"nul": b"\0" * 17, "latin-1": b"model_\xe9.pth", "a path": b"../model_0000005.pth",
+               "gone": b"model_0000099.pth", "weights only": b"model_best.pth"}.get(tag)
+    if content is not None:
+        last.write_bytes(content)
+    with caplog.at_level("WARNING"):
+        assert ck.resume_or_load(required=full)["iteration"] == 6
+    assert "resuming from model_0000005.pth instead of" in caplog.text and "\0" not in caplog.text
+    for path in tmp_path.glob("model_0*.pth"):
+        path.write_bytes(b"junk")
+    expected = (r"model_best\.pth: not a training state to resume \(no optimizer\)" if tag == "weights only"
+                else r"model_0000005\.pth: cannot read checkpoint")
+    with pytest.raises(CheckpointError, match=expected):
+        ck.resume_or_load(required=full)  # none loads: the error of the newest file there is
+
+
+def test_a_checkpoint_records_the_settings_a_resume_compares(tmp_path):
+    from lil_meta.engine.resume import resume_notes
+
+    cfg = make_cfg(**{"solver.lr_schedule": "cosine", "solver.max_iter": 10})
+    Checkpointer(tmp_path, cfg=cfg).save("model_0000003", model=model_state())
+    state = torch.load(tmp_path / "model_0000003.pth", weights_only=True)
+    assert state["settings"]["num_threads"] == torch.get_num_threads()
+    assert resume_notes(state, cfg, 4) == []
+    notes = resume_notes(state, make_cfg(**{"solver.lr_schedule": "cosine", "solver.max_iter": 20,
+                                            "solver.task_chunk": 1}), 4)
+    assert len(notes) == 2
+    assert "solver.task_chunk 0 -> 1" in notes[0] and "up to float rounding" in notes[0]
+    assert "solver.max_iter 10 -> 20 under the cosine schedule" in notes[1]
+    state["settings"]["num_threads"] += 1
+    assert "intra-op threads" in resume_notes(state, cfg, 4)[0]
