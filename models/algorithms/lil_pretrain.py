@@ -45,6 +45,11 @@ class LILPretrain(GBML):
         self.momentum, self.weight = float(momentum), float(weight)
         self.losses = nn.ModuleList([LILPretrainLoss(model, self.inner_steps, self.momentum, self.weight)])
 
+    @property
+    def teacher(self) -> nn.Module:
+        """The EMA teacher network θₜ (held by the loss term)."""
+        return self.losses[0].teacher
+
     def inner_steps_now(self) -> int:
         """In training the student's one step (the teacher takes ``inner_steps``); in eval mode
         ``inner_steps_test``."""

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from lil_meta.datasets.task_batch import TaskBatch
+from lil_meta.engine.inner_loop import Trajectory
 from lil_meta.losses.cross_entropy import CrossEntropy
 from lil_meta.losses.phase import PhaseLoss
 from lil_meta.losses.pseudo_amplitude import PseudoAmplitudeLoss
@@ -90,11 +91,12 @@ def test_cross_entropy_inner_loop_is_not_linear():
 
 
 def test_straight_trajectory_gives_pc_one_and_bent_one_more():
-    straight = {"step_norms": torch.tensor([[1.0, 2.0, 3.0]]), "disp_norm": torch.tensor([6.0]),
-                "grad_norms": torch.tensor([[2.0, 2.0, 2.0, 2.0]])}
+    straight = Trajectory(step_norms=torch.tensor([[1.0, 2.0, 3.0]]), disp_norm=torch.tensor([6.0]),
+                          grad_norms=torch.tensor([[2.0, 2.0, 2.0]]), final_grad_norm=torch.tensor([2.0]))
     metrics = linearity_metrics(straight)
     assert metrics["pc"].item() == 1.0 and metrics["ac"].item() == 1.0 and metrics["traj_len"].item() == 6.0
-    bent = {**straight, "disp_norm": torch.tensor([3.0]), "grad_norms": torch.tensor([[2.0, 1.0, 1.0, 4.0]])}
+    bent = straight._replace(disp_norm=torch.tensor([3.0]), grad_norms=torch.tensor([[2.0, 1.0, 1.0]]),
+                             final_grad_norm=torch.tensor([4.0]))
     metrics = linearity_metrics(bent)
     assert metrics["pc"].item() == 2.0 and metrics["ac"].item() == pytest.approx(1.0)
 

@@ -56,6 +56,7 @@ def test_loss_and_gradient_match_the_naive_reference(engine, first_order):
     student_vec = torch.cat([p.flatten() for p in model.parameters()]).detach()
     batch = double_batch(tasks=3)
 
+    algo.begin_step(0)  # the step's once-per-step call: the EMA update
     out = algo(batch)
     out["loss"].backward()
     got = [p.grad.clone() for p in model.parameters()]
@@ -109,15 +110,17 @@ def test_chain_switches_phase_after_the_pretraining_forwards():
     main = GBML(model, inner_lr=LR, inner_steps=1, engine="loop", first_order=True, losses=[CrossEntropy()])
     chain = PretrainThen(pre, main, pretrain_iters=2).double()
     batch = double_batch()
-    phases = [chain(batch) for _ in range(3)]
+    phases = []
+    for step in range(3):
+        chain.begin_step(step)
+        phases.append(chain(batch, step=step))
     assert [float(o["phase"]) for o in phases] == [0.0, 0.0, 1.0]
     assert "loss_lil_pretrain" in phases[1] and "loss_ce" in phases[2]
-    assert int(chain.steps_done) == 3
-    # the state dict carries the counter and the teacher: a restored chain continues in phase 1
+    # the state dict carries the teacher; the phase is the trainer's step's
     net = network(seed=1)
     restored = PretrainThen(LILPretrain(net, inner_steps=1), GBML(net), 2).double()
     restored.load_state_dict(chain.state_dict())
-    assert not restored.pretraining
+    assert restored.phase(2)[0] == 1 and restored.phase(1)[0] == 0
     assert torch.equal(restored.pretrain.teacher.head.weight, chain.pretrain.teacher.head.weight)
     with pytest.raises(ValueError, match="share one network"):
         PretrainThen(LILPretrain(network()), GBML(network()), 1)

@@ -94,9 +94,10 @@ def hand_adapted_logits(model, batch, task, steps, rate):
     """Query logits after ``steps`` plain steps at ``rate`` from the model's own θ⁰, one task."""
     theta = {n: p.detach() for n, p in model.named_parameters()}
     for _ in range(steps):
+        theta = {n: p.requires_grad_() for n, p in theta.items()}
         logits = torch.func.functional_call(model, theta, (batch.support_x[task],))
         grads = torch.autograd.grad(F.cross_entropy(logits, batch.support_y[task]), list(theta.values()))
-        theta = {n: p - rate * g for (n, p), g in zip(theta.items(), grads, strict=True)}
+        theta = {n: (p - rate * g).detach() for (n, p), g in zip(theta.items(), grads, strict=True)}
     return torch.func.functional_call(model, theta, (batch.query_x[task],)).detach()
 
 
