@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -354,6 +355,7 @@ def train_and_test(built: Run, extra_hooks=()) -> dict:
         "iterations": iterations,
         # this process (build, train, test) plus the training time of the runs it resumed
         "wall_time_s": timer.resumed_s + time.perf_counter() - built.start_time,
+        "host": host_arithmetic(),
     }
     if built.world.is_main:
         _write_json(out / "results.json", results)
@@ -374,6 +376,15 @@ def evaluate_only(built: Run) -> dict:
             "test_tasks": result["n"]})
         print(_summary(result, built.cfg), flush=True)
     return result
+
+
+def host_arithmetic() -> dict:
+    """What sets a CPU run's floating-point rounding besides the code and the config: the same run
+    on hosts whose oneDNN picks other kernels (AVX2 against AVX-512) diverges after a few steps.
+    ``ONEDNN_MAX_CPU_ISA=AVX2`` in the environment makes x86-64 hosts from AVX2 up agree."""
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA")}
 
 
 def _test(built: Run, desc: str) -> dict:

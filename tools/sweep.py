@@ -18,8 +18,11 @@ is replaced by ``--data-root``. Each run is ``tools/train_net.py --config-file C
 with only a ``config.yaml`` was interrupted and is resumed (``--resume``), exactly. Optional
 ``trainer: reference_maml`` runs another script of ``tools/`` with the same command line (local
 launcher only), and ``prefix: reference_`` puts the file's runs in ``PREFIXCONFIG/seedS``.
+Optional ``env`` (a mapping) sets environment variables for every run of the file, e.g.
+``ONEDNN_MAX_CPU_ISA: AVX2`` so that CPU hosts with and without AVX-512 compute the same.
 Several sweep files in one command run as one grid (a study made of several files), as long as
-no two runs share a folder.
+no two runs share a folder. Runs start seed by seed (every config of seed 0, then of seed 1, …),
+so a study stopped part-way holds whole paired seeds.
 
 Launchers: ``local`` runs ``--jobs`` trainings at a time as ``tools/train_net.py`` subprocesses
 (the cores split among them through ``OMP_NUM_THREADS``), with a progress bar and each run's
@@ -51,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 TRAIN_NET = ROOT / "tools" / "train_net.py"
 CONFIGS = ROOT / "configs"
-SWEEP_KEYS = {"configs", "seeds", "overrides", "columns", "trainer", "prefix"}
+SWEEP_KEYS = {"configs", "seeds", "overrides", "columns", "trainer", "prefix", "env"}
 
 
 @dataclass
@@ -64,6 +67,7 @@ class Run:
     column: str | None = None
     overrides: list[str] = field(default_factory=list)
     trainer: Path = TRAIN_NET
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -91,7 +95,7 @@ def _strings(value, where: str) -> list[str]:
 
 
 def load_sweep(path: str | Path) -> dict:
-    """A sweep file as ``{"configs", "seeds", "overrides", "columns", "trainer", "prefix"}``
+    """A sweep file as ``{"configs", "seeds", "overrides", "columns", "trainer", "prefix", "env"}``
     (see the module doc)."""
     data = read_yaml_mapping(path, "sweep file")  # not found, unreadable, bad YAML, not a mapping: one line
     try:
@@ -104,6 +108,10 @@ def load_sweep(path: str | Path) -> dict:
     for key in ("configs", "seeds"):
         if key not in spec:
             raise ConfigError(f"{path}: missing '{key}'")
+    env = spec.get("env") or {}
+    if not isinstance(env, (dict, DictConfig)) or not all(
+            isinstance(v, (str, int)) and not isinstance(v, bool) for v in env.values()):
+        raise ConfigError(f"{path}: env: expected a mapping NAME -> string, got {env!r}")
     columns = spec.get("columns") or {}
     if not isinstance(columns, (dict, DictConfig)):
         raise ConfigError(f"{path}: columns: expected a mapping name -> list of overrides")
@@ -125,6 +133,7 @@ def load_sweep(path: str | Path) -> dict:
         "columns": {str(k): _strings(v or [], f"{path}: columns.{k}") for k, v in columns.items()},
         "trainer": _trainer_path(str(spec.get("trainer") or "train_net"), path),
         "prefix": str(spec.get("prefix") or ""),
+        "env": {str(k): str(v) for k, v in env.items()},
     }
 
 
@@ -154,7 +163,8 @@ def _config_path(name: str) -> Path:
 
 
 def expand(configs: list, seeds: list[int], output_root: str | Path, overrides=(), columns=None,
-           data_root: str | None = None, trainer: Path = TRAIN_NET, prefix: str = "") -> list[Run]:
+           data_root: str | None = None, trainer: Path = TRAIN_NET, prefix: str = "",
+           env: dict[str, str] | None = None) -> list[Run]:
     """Every (column, config, seed) of the grid as a :class:`Run`, in that nesting order.
 
     ``configs`` items are names or ``(name, overrides of that config)`` pairs."""
@@ -184,7 +194,7 @@ def expand(configs: list, seeds: list[int], output_root: str | Path, overrides=(
                 name = prefix + path.stem
                 out = root / column / name if column else root / name
                 runs.append(Run(path, seed, out / f"seed{seed}", column,
-                                fill([*overrides, *own, *column_overrides]), trainer))
+                                fill([*overrides, *own, *column_overrides]), trainer, dict(env or {})))
     return runs
 
 
@@ -194,7 +204,7 @@ def expand_files(paths: list[str], output_root: str | Path, opts=(), data_root: 
     for path in paths:
         spec = load_sweep(path)
         runs += expand(spec["configs"], spec["seeds"], output_root, [*spec["overrides"], *opts],
-                       spec["columns"], data_root, spec["trainer"], spec["prefix"])
+                       spec["columns"], data_root, spec["trainer"], spec["prefix"], spec["env"])
     folders = [run.out for run in runs]
     clash = sorted({str(f) for f in folders if folders.count(f) > 1})
     if clash:
@@ -212,7 +222,7 @@ def run_local(runs: list[Run], jobs: int, log_dir: Path) -> list[tuple[Run, int]
     def one(run: Run) -> int:
         log = log_dir / (run.name.replace("/", "__") + ".log")
         with open(log, "w") as f:
-            return subprocess.run([sys.executable, str(run.trainer), *run.argv()], cwd=ROOT, env=env,
+            return subprocess.run([sys.executable, str(run.trainer), *run.argv()], cwd=ROOT, env={**env, **run.env},
                                   stdout=f, stderr=subprocess.STDOUT).returncode
 
     codes: dict[int, int] = {}
@@ -234,6 +244,17 @@ def check_launcher(runs: list[Run], launcher: str) -> None:
     if launcher != "local" and other is not None:
         raise ConfigError(f"sweep: {other.name} is trained by tools/{other.trainer.name}, which runs "
                           f"with --launcher local only (a SLURM job runs the engine)")
+
+
+def shared_env(runs: list[Run]) -> dict[str, str]:
+    """The ``env`` of a job array's runs, which must agree: one array has one environment."""
+    merged: dict[str, str] = {}
+    for run in runs:
+        for key, value in run.env.items():
+            if merged.setdefault(key, value) != value:
+                raise ConfigError(f"sweep: env {key} is {merged[key]!r} for some runs and {value!r} for "
+                                  f"{run.name}; one SLURM submission has one environment")
+    return merged
 
 
 def submit(runs: list[Run], args, folder: Path) -> list:
@@ -289,6 +310,7 @@ def main(argv=None) -> int:
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    runs.sort(key=lambda run: run.seed)  # stable: seed by seed, the grid's order within a seed
     todo = [run for run in runs if run.status != "done"]
     print(f"{len(runs)} runs: {len(runs) - len(todo)} finished, "
           f"{sum(r.status == 'partial' for r in todo)} to resume, {sum(r.status == 'new' for r in todo)} new")
@@ -305,6 +327,7 @@ def main(argv=None) -> int:
             "; failed: " + ", ".join(r.name for r in failed) if failed else ""))
         return 1 if failed else 0
     try:
+        os.environ.update(shared_env(todo))  # sbatch and submitit's local executor pass it to the jobs
         jobs = submit(todo, args, root / "slurm")
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -124,6 +124,8 @@ def test_an_interrupted_run_is_resumed(tmp_path):
     ("configs: [maml_5shot]\nseeds: [0]\ntrainer: no_such_tool\n",
      r"sweep\.yaml: trainer: 'no_such_tool' is not a script of .*tools"),
     ("configs: [maml_5shot]\nseeds: [0]\ntrainer: ../tools/sweep\n", r"trainer: '\.\./tools/sweep' is not a script"),
+    ("configs: [maml_5shot]\nseeds: [0]\nenv: [ONEDNN_MAX_CPU_ISA]\n", r"env: expected a mapping NAME -> string"),
+    ("configs: [maml_5shot]\nseeds: [0]\nenv: {A: {b: 1}}\n", r"env: expected a mapping NAME -> string"),
 ])
 def test_bad_sweep_files_are_one_line_errors(tmp_path, capsys, text, pattern):
     spec = tmp_path / "sweep.yaml"
@@ -221,3 +223,29 @@ def test_the_slurm_local_launcher_runs_each_run_as_the_engines_job(tmp_path):
     for seed in (0, 1):
         assert results(tmp_path / "tiny" / f"seed{seed}")["iterations"] == 2
     assert len(list((tmp_path / "slurm").rglob("*_log.out"))) == 2
+
+
+def test_runs_start_seed_by_seed_and_carry_their_files_env(tmp_path, capsys):
+    """A study stopped part-way holds whole paired seeds; a file's ``env`` reaches its runs only."""
+    pinned = tmp_path / "pinned.yaml"
+    pinned.write_text("configs: [maml_5shot, maml_lil_5shot]\nseeds: [0, 1]\nenv: {LIL_SWEEP_PROBE: AVX2}\n")
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("configs: [maml_1shot]\nseeds: [0, 1]\n")
+    assert sweep.main([str(pinned), str(plain), "--output-root", str(tmp_path / "out"), "--dry-run"]) == 0
+    listed = [line.split()[1] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert listed == ["maml_5shot/seed0", "maml_lil_5shot/seed0", "maml_1shot/seed0",
+                      "maml_5shot/seed1", "maml_lil_5shot/seed1", "maml_1shot/seed1"]
+
+    probe = tmp_path / "probe.py"  # a trainer that records the variable where its run would write
+    probe.write_text("import os, sys\nout = sys.argv[sys.argv.index('--output-dir') + 1]\nos.makedirs(out)\n"
+                     "open(os.path.join(out, 'probe'), 'w').write(os.environ.get('LIL_SWEEP_PROBE', '-'))\n")
+    runs = [run for path in (pinned, plain) for run in sweep.expand_files([str(path)], tmp_path / "run")]
+    for run in runs:
+        run.trainer = probe
+    assert all(code == 0 for _, code in sweep.run_local(runs, 2, tmp_path / "logs"))
+    assert {run.out.parent.name: (run.out / "probe").read_text() for run in runs} == {
+        "maml_5shot": "AVX2", "maml_lil_5shot": "AVX2", "maml_1shot": "-"}
+    other = sweep.expand_files([str(plain)], tmp_path / "o")
+    other[0].env = {"LIL_SWEEP_PROBE": "AVX512"}
+    with pytest.raises(sweep.ConfigError, match="one SLURM submission has one environment"):
+        sweep.shared_env([*runs, other[0]])

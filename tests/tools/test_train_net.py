@@ -59,8 +59,9 @@ def test_full_run_writes_everything(full_run):
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"test_acc", "test_ci95", "test_tasks", "test_acc_init", "test_ci95_init", "test_lin_acc", "test_lin_agree", "test_lin_err",
                             "best_val_acc", "best_val_iter",
-                            "best_test_acc", "best_test_ci95", "iterations", "wall_time_s"}
+                            "best_test_acc", "best_test_ci95", "iterations", "wall_time_s", "host"}
     assert results["test_tasks"] == 10 and results["iterations"] == 6
+    assert results["host"]["threads"] >= 1 and results["host"]["torch"] == torch.__version__
     saved = OmegaConf.load(out / "config.yaml")  # every constructor argument, as built
     assert dict(saved.model.backbone) == {"name": "conv4", "hidden": 8, "num_classes": 3, "in_channels": 1,
                                           "image_size": 28}
