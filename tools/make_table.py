@@ -29,8 +29,7 @@ without a ``(shots)`` suffix a label names its row at every shot.
 ``--kernel`` adds the kernel-predictor metrics of ``results.json`` (docs/design.md §1) beside the
 network's own accuracy: per cell ``test_acc``, ``test_lin_acc``, ``test_lin_agree`` (percent) and
 ``test_lin_err``, each the mean ± std over the seeds that report it ("—" where none does; runs
-from before the metrics lack the keys). A ``kernel_`` rerun of a run (``tools/results.py``)
-supplies the keys its original lacks.
+from before the metrics lack the keys).
 
 ``--run-time`` adds what the finished runs cost: per cell the sum and mean of each run's
 ``wall_time_s`` (build, train and test; runs that resumed count their earlier time too), and
@@ -234,13 +233,13 @@ def main(argv=None) -> int:
     if args.paired or args.pair:
         text += "\n" + paired_markdown(paired_rows(rows, columns, table, args.pair))
     if args.kernel:
-        try:  # a rerun that disagrees with its original on these metrics
+        try:  # two runs of one seed that only these metrics see (one of them lacks test_acc)
             text += "\n" + kernel_markdown([r for r in records if r.results])
         except UserInputError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    if args.run_time:  # a rerun cost time of its own: its own row
-        timed = cells([_with_run_time(r) for r in records if r.results], "wall_time_s", merge_reruns=False)
+    if args.run_time:
+        timed = cells([_with_run_time(r) for r in records if r.results], "wall_time_s")
         text += "\n" + run_time_markdown(*timed)
     print(text, end="")
     for rec in unfinished:

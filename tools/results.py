@@ -7,13 +7,8 @@ finished, ``metrics.jsonl`` as it goes. Its *row* says what was trained — ``MA
 ``FOMAML + LIL (5)`` (LIL pretraining, then FOMAML), ``MAML + SHOT (5)`` and
 ``MAML + SHOT (one-step) (5)`` (the ``shot`` and ``shot_one_step`` terms), ``Random-init (1)``/``LIL-init (1)``
 (Table 1), ``ResNet-12 MAML (5)`` — and its *column* where: the dataset, or ``train→test`` for a cross-domain run.
-Runs that differ only in ``seed`` share a cell.
-
-A *rerun* is a sweep's second copy of a run under a prefix (``kernel_maml_5shot/seedS``:
-``configs/tables/builtin_kernel.yaml`` reran MAML ± LIL to log the kernel-predictor metrics).
-Its config is the original's, so it has the original's row, like ``reference_`` runs have the
-row their ``algorithm.name`` gives; :func:`cells` takes a rerun's value only for a seed whose
-original does not report that metric, and refuses a rerun that disagrees with its original.
+Runs that differ only in ``seed`` share a cell; a second run of the same row, column and seed is
+an error (two copies of a run made on different hosts need not agree: pass one study's folder).
 """
 
 from __future__ import annotations
@@ -28,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lil_meta.engine.errors import UserInputError
 
-__all__ = ["RunRecord", "Row", "Cell", "find_runs", "row_label", "column_label", "cells", "RERUN_PREFIXES"]
+__all__ = ["RunRecord", "Row", "Cell", "find_runs", "row_label", "column_label", "cells"]
 
 ALGORITHMS = {"maml": "MAML", "fomaml": "FOMAML", "anil": "ANIL", "boil": "BOIL",
               "reference_maml": "MAML (reference)", "reference_fomaml": "FOMAML (reference)"}  # tools/reference_maml.py
@@ -37,8 +32,6 @@ DATASETS = {"glyphs": "glyphs", "mini_imagenet": "miniImageNet", "tiered_imagene
 # row order within a shot: the Table 1 pair, then each algorithm's baseline and its variants
 FAMILY_ORDER = ["init", "MAML (reference)", "MAML", "FOMAML (reference)", "FOMAML", "ANIL", "BOIL"]
 VARIANT_ORDER = ["Random-init", "LIL-init", "", " + PC", " + AC", " + LIL", " + SHOT", " + SHOT (one-step)"]
-# folder prefixes of reruns that repeat a run with the same config (the module doc)
-RERUN_PREFIXES = ("kernel_",)
 BACKBONES = {"conv4": "", "resnet12": "ResNet-12 "}
 
 
@@ -69,11 +62,6 @@ class RunRecord:
     @property
     def column(self) -> str:
         return column_label(self.cfg)
-
-    @property
-    def rerun(self) -> bool:
-        """Whether this run is a prefixed rerun (``kernel_CONFIG/seedS`` or ``kernel_CONFIG``)."""
-        return any(name.startswith(RERUN_PREFIXES) for name in (self.folder.name, self.folder.parent.name))
 
     def metrics(self) -> list[dict]:
         """The lines of ``metrics.jsonl`` (blank or half-written lines skipped)."""
@@ -196,32 +184,17 @@ class Cell:
         return statistics.stdev(self.values) if len(self.values) > 1 else math.nan
 
 
-def cells(records: list[RunRecord], metric: str = "test_acc", merge_reruns: bool = True):
-    """``(rows, columns, {(row label, column): Cell})``, rows (:class:`Row`) in the paper's order.
-
-    With ``merge_reruns`` a rerun (module doc) fills in a seed its original does not report; where
-    both report ``metric`` they must agree (they ran the same arithmetic), else it is an error
-    naming both. Without it a rerun is a row of its own, ``LABEL [rerun]`` (what it cost, say).
-    """
+def cells(records: list[RunRecord], metric: str = "test_acc"):
+    """``(rows, columns, {(row label, column): Cell})``, rows (:class:`Row`) in the paper's order;
+    runs that do not report ``metric`` are left out."""
     table: dict[tuple[str, str], Cell] = {}
     rows: dict[str, Row] = {}
-    where: dict[tuple[str, str, int], RunRecord] = {}
-    for rec in sorted(records, key=lambda r: r.rerun):  # originals first (a stable sort)
+    for rec in records:
         value = rec.results.get(metric)
         if value is None:
             continue
-        row = rec.row
-        if rec.rerun and not merge_reruns:
-            row = Row(f"{row.label} [rerun]", row.family, (*row.order, 1))
-        row = rows.setdefault(row.label, row)
+        row = rows.setdefault(rec.row.label, rec.row)
         cell = table.setdefault((row.label, rec.column), Cell([], []))
-        first = where.setdefault((row.label, rec.column, rec.seed), rec)
-        if first is not rec and rec.rerun and not first.rerun and merge_reruns:
-            theirs = float(first.results[metric])
-            if not math.isclose(float(value), theirs, rel_tol=1e-9, abs_tol=1e-12):
-                raise UserInputError(f"{rec.folder}: a rerun of {first.folder} gives {metric} {float(value):.6g}, "
-                                     f"the original {theirs:.6g}; pass the folders of one of them")
-            continue
         if rec.seed in cell.seeds:
             raise UserInputError(f"{rec.folder}: a second run of '{row.label}' on {rec.column} with "
                                  f"seed {rec.seed}; pass each run folder once")

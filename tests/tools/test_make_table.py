@@ -1,5 +1,5 @@
 """tools/make_table.py on tiny fake run folders: SHOT rows paired by seed with MAML and with
-MAML + LIL, ``--pair``, the kernel-predictor table (``--kernel``) and ``kernel_`` reruns."""
+MAML + LIL, ``--pair``, the kernel-predictor table (``--kernel``) and the run-time table."""
 
 import json
 import math
@@ -68,33 +68,32 @@ def test_pair_option_pairs_any_two_rows_at_every_shot(study, capsys):
     assert capsys.readouterr().err.startswith("error: --pair: no row 'MAML + LIL (1)' (rows: MAML (5), ")
 
 
-def test_kernel_table_uses_reruns_and_says_dash_where_no_run_reports(study, capsys):
+def test_kernel_table_says_dash_and_n_where_runs_do_not_report(study, capsys):
     lin = {"test_lin_acc": 60.0, "test_lin_agree": 80.0, "test_lin_err": 0.5}
-    for seed, (acc, agree) in enumerate(zip(MAML, [80.0, 90.0, 85.0], strict=True)):  # reruns of seeds 0-2
-        write_run(study, "maml_5shot", seed, {"test_acc": acc, **lin, "test_lin_agree": agree},
-                  folder="kernel_maml_5shot")
+    for seed, agree in enumerate([80.0, 90.0, 85.0]):
+        (study / "maml_5shot" / f"seed{seed}" / "results.json").write_text(
+            json.dumps({"test_acc": MAML[seed], **lin, "test_lin_agree": agree}))
     for seed in (0, 1):  # SHOT's seed 2 is from before the metrics
         (study / "maml_shot_5shot" / f"seed{seed}" / "results.json").write_text(
             json.dumps({"test_acc": SHOT[seed], **lin, "test_lin_err": 0.25 + seed / 10}))
     assert make_table.main([str(study), "--kernel"]) == 0
     out = capsys.readouterr().out
-    assert "| MAML (5) | 71.00 ± 1.00 |" in out  # the reruns merge with their originals
     assert "| MAML (5) | glyphs | 3 | 71.00 ± 1.00 | 60.00 ± 0.00 | 85.00 ± 5.00 | 0.500 ± 0.000 |" in out
     assert "| MAML + LIL (5) | glyphs | 3 | 73.00 ± 1.73 | — | — | — |" in out
     assert ("| MAML + SHOT (5) | glyphs | 3 | 73.33 ± 1.53 | 60.00 ± 0.00 (n=2) | 80.00 ± 0.00 (n=2) | "
             "0.300 ± 0.071 (n=2) |") in out
 
 
-def test_a_rerun_that_disagrees_with_its_original_is_an_error(study, capsys):
-    write_run(study, "maml_5shot", 1, {"test_acc": MAML[1] + 0.01}, folder="kernel_maml_5shot")
+def test_two_runs_of_one_seed_are_an_error(study, capsys):
+    write_run(study, "maml_5shot", 1, {"test_acc": MAML[1]}, folder="maml_5shot_again")
     assert make_table.main([str(study)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "kernel_maml_5shot/seed1: a rerun of" in err and err.count("\n") == 1
+    assert err.startswith("error: ") and "maml_5shot_again/seed1: a second run of 'MAML (5)'" in err
+    assert err.count("\n") == 1
 
 
-def test_run_time_counts_a_rerun_as_its_own_row(study, capsys):
-    write_run(study, "maml_5shot", 0, {"test_acc": MAML[0], "wall_time_s": 120.0}, folder="kernel_maml_5shot")
+def test_run_time_sums_every_cell(study, capsys):
     assert make_table.main([str(study), "--run-time"]) == 0
     out = capsys.readouterr().out
-    assert "| MAML (5) [rerun] | glyphs | 1 | 2.0 | 2.0 |" in out
-    assert "| all | | 10 | 11.0 (0 h 11 min) | |" in out
+    assert "| MAML (5) | glyphs | 3 | 3.0 | 1.0 |" in out
+    assert "| all | | 9 | 9.0 (0 h 09 min) | |" in out
