@@ -108,11 +108,12 @@ def test_vmap_and_loop_agree_fp32():
     for engine in ("vmap", "loop"):
         algo = GBML(model, inner_lr=LR, inner_steps=STEPS, engine=engine)
         results[engine] = engine_meta_gradient(algo, batch)
-    # fp32 summation order differs between the paths and with the BLAS thread count (one element
-    # differs by 1.07e-5 with OMP_NUM_THREADS=1); the fp64 tests above are the exact references.
-    torch.testing.assert_close(results["vmap"][0], results["loop"][0], rtol=1e-5, atol=1e-5)
+    # fp32 summation order differs between the paths, with the thread count and with the host's
+    # instruction set (differences up to about 1e-5 seen); 1e-4 is ten times that, far below the
+    # size of a wrong term. The fp64 tests above are the exact references.
+    torch.testing.assert_close(results["vmap"][0], results["loop"][0], rtol=1e-4, atol=1e-4)
     for a, b in zip(results["vmap"][1], results["loop"][1], strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=5e-5)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 class TwoLayer(nn.Module):

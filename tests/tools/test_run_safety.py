@@ -150,17 +150,27 @@ def test_weights_without_eval_only_start_the_training(finished, tmp_path, capsys
     assert start.keys() == end.keys() and all(torch.equal(start[k], end[k]) for k in start)
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT as a terminal would deliver it. A shell that starts the
+    test suite in the background sets SIGINT to 'ignore', which a child inherits, and a run
+    rightly leaves an ignored SIGINT alone (``nohup`` semantics), so it would never stop."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupted_run_ends_with_one_line_and_no_temporary_file(tmp_path, signum):
     out = tmp_path / "long"
     proc = subprocess.Popen(command(out, "solver.max_iter=100000", "solver.checkpoint_period=1",
-                                    "test.eval_period=0"),
+                                    "test.eval_period=0"), preexec_fn=_default_sigint,
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    metrics = out / "metrics.jsonl"
-    while proc.poll() is None and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
-        time.sleep(0.02)  # polls for a state the run reaches; the run cannot end before it is signalled
-    proc.send_signal(signum)
-    err = proc.communicate(timeout=600)[1]
+    try:
+        metrics = out / "metrics.jsonl"
+        while proc.poll() is None and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+            time.sleep(0.02)  # polls for a state the run reaches; the run cannot end before it is signalled
+        proc.send_signal(signum)
+        err = proc.communicate(timeout=600)[1]
+    finally:
+        proc.kill()  # a run that missed the signal must not outlive the test
     assert proc.returncode == 128 + signum, err
     assert "Traceback" not in err
     line = err.strip().splitlines()[-1]
