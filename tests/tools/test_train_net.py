@@ -1,4 +1,7 @@
-"""End to end: tools/train_net.py as a user runs it, in subprocesses, on tests/configs/tiny.yaml."""
+"""End to end: tools/train_net.py as a user runs it, in subprocesses, on tests/configs/tiny.yaml.
+
+Refusals of bad input run train_net's ``main`` in this process instead: they end before any
+training, and a subprocess would spend its time starting Python and importing torch."""
 
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from lil_meta.tools.train_net import main as train_net_main
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "tools" / "train_net.py"
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
@@ -21,6 +26,14 @@ TINY = ROOT / "tests" / "configs" / "tiny.yaml"
 def train_net(*args: str, config: Path = TINY) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(SCRIPT), "--config-file", str(config), *map(str, args)]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def in_process(capsys, *args: str, config: Path = TINY) -> subprocess.CompletedProcess:
+    """train_net.py's ``main`` here: its exit status and output as a subprocess's would be."""
+    capsys.readouterr()
+    code = train_net_main(["--config-file", str(config), *map(str, args)])
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess([], code, captured.out, captured.err)
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -110,10 +123,10 @@ def refused(proc: subprocess.CompletedProcess, pattern: str) -> None:
     (["seed=4"], r"already holds a run with a different config; pass --resume"),
     ([], r"already holds a run; pass --resume or choose another --output-dir"),
 ])
-def test_bad_input_leaves_existing_run_untouched(full_run, overrides, pattern):
+def test_bad_input_leaves_existing_run_untouched(full_run, capsys, overrides, pattern):
     out, _ = full_run
     before = snapshot(out)
-    refused(train_net("--output-dir", out, *overrides), pattern)
+    refused(in_process(capsys, "--output-dir", out, *overrides), pattern)
     assert snapshot(out) == before
 
 
@@ -131,13 +144,13 @@ def test_bad_input_leaves_existing_run_untouched(full_run, overrides, pattern):
     (["solver.meta_batch=0"], r"solver\.meta_batch: must be >= 1, got 0"),
     (["solver.on_nonfinite=ignore"], r"solver\.on_nonfinite: expected stop or skip"),
 ])
-def test_bad_input_writes_nothing(tmp_path, overrides, pattern):
+def test_bad_input_writes_nothing(tmp_path, capsys, overrides, pattern):
     fresh, used = tmp_path / "fresh", tmp_path / "used"
     used.mkdir()
     (used / "notes.txt").write_text("mine")
     before = snapshot(used)
-    refused(train_net("--output-dir", fresh, *overrides), pattern)
-    refused(train_net("--output-dir", used, *overrides), pattern)
+    refused(in_process(capsys, "--output-dir", fresh, *overrides), pattern)
+    refused(in_process(capsys, "--output-dir", used, *overrides), pattern)
     assert not fresh.exists()
     assert snapshot(used) == before
 
@@ -163,23 +176,23 @@ BAD_FILES = {  # name: (how to make it, what the one line says)
 
 
 @pytest.mark.parametrize("case", list(BAD_FILES))
-def test_a_bad_config_file_is_one_line_and_writes_nothing(tmp_path, case):
+def test_a_bad_config_file_is_one_line_and_writes_nothing(tmp_path, capsys, case):
     make, pattern = BAD_FILES[case]
     bad, out = tmp_path / "bad.yaml", tmp_path / "out"
     make(bad)
     if case == "unreadable" and os.access(bad, os.R_OK):
         pytest.skip("this user reads files whatever their mode (root)")
-    proc = train_net("--output-dir", out, config=bad)
+    proc = in_process(capsys, "--output-dir", out, config=bad)
     refused(proc, pattern)
     assert not out.exists() and not (tmp_path / "PWNED").exists()
 
 
-def test_corrupt_checkpoint_is_one_line_error(full_run, tmp_path):
+def test_corrupt_checkpoint_is_one_line_error(full_run, capsys, tmp_path):
     out, _ = full_run
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
     before = snapshot(out)
-    refused(train_net("--output-dir", out, "--eval-only", "--weights", junk), r"junk\.pth: ")
+    refused(in_process(capsys, "--output-dir", out, "--eval-only", "--weights", junk), r"junk\.pth: ")
     assert snapshot(out) == before
 
 
