@@ -63,8 +63,8 @@ def linearized_logits(model, theta0: dict, delta: dict, frozen: dict, query_x: t
     f_lin = f⁰ + J·Δ, J·Δ the forward-mode derivative of θ ↦ f(xq|θ) at θ⁰ in the direction
     Δ = θˢ − θ⁰ over the adapted tensors (``torch.func.jvp``; the held-fixed tensors and
     BatchNorm's batch statistics as in the forward itself). No graph: a diagnostic (paper §4.3,
-    eq. 13–19). ``model`` must be forward-differentiable: the vmap form of the network
-    (elementary BatchNorm), which is exact outside vmap too."""
+    eq. 13–19). ``model`` must be forward-differentiable: PyTorch's layers are, and so are
+    this project's own (:mod:`models.backbones.layers`, by their ``jvp``)."""
     fixed = {name: t.detach() for name, t in frozen.items()}
     x = query_x.detach().contiguous()
 

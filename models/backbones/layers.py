@@ -41,24 +41,23 @@ class _BatchStatsNorm(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, tangent_x, tangent_weight, tangent_bias, _tangent_eps):
-        """The forward-mode derivative (the kernel metrics' ``torch.func.jvp``):
-        ``ẏ = ẇ·x̂ + ḃ + w·r·(ẋ − mean(ẋ) − x̂·mean(ẋ·x̂))``, computed in place so that it holds
-        about five activations at once (x, ẋ, y, x̂ and ẏ)."""
+        """The forward-mode derivative (the kernel metrics' ``torch.func.jvp``). With ``s = w·r``,
+        ``ẏ = s·(ẋ − mean(ẋ)) + x̂·(ẇ − s·mean(ẋ·x̂)) + ḃ``, rewritten as ``s·ẋ + k·x + k₀``
+        per channel (``x̂ = r·(x − μ)``) so that no normalised copy of ``x`` is made: about
+        four activations at once (``x``, ``ẋ``, ``y`` and ``ẏ``)."""
         x, weight, mean, rstd = ctx.saved_tensors
         dims = (0, 2, 3)
-        x_hat = (x - _per_channel(mean)).mul_(_per_channel(rstd))
-        scale = _per_channel(weight * rstd)
+        zero = torch.zeros_like(weight)
         if tangent_x is None:
-            tangent_y = torch.zeros_like(x)
+            mean_t = along = zero
         else:
-            along = (tangent_x * x_hat).mean(dims, keepdim=True)
-            tangent_y = (tangent_x - tangent_x.mean(dims, keepdim=True)).mul_(scale)
-            tangent_y.addcmul_(x_hat, along * scale, value=-1)
-        if tangent_weight is not None:
-            tangent_y.addcmul_(x_hat, _per_channel(tangent_weight))
-        if tangent_bias is not None:
-            tangent_y.add_(_per_channel(tangent_bias))
-        return tangent_y, None, None
+            mean_t = tangent_x.mean(dims)
+            along = rstd * ((tangent_x * x).mean(dims) - mean * mean_t)  # mean(ẋ·x̂)
+        scale = weight * rstd
+        coef = rstd * ((zero if tangent_weight is None else tangent_weight) - scale * along)  # of x
+        shift = (zero if tangent_bias is None else tangent_bias) - scale * mean_t - coef * mean
+        tangent_y = torch.zeros_like(x) if tangent_x is None else tangent_x * _per_channel(scale)
+        return tangent_y.addcmul_(x, _per_channel(coef)).add_(_per_channel(shift)), None, None
 
 
 def _per_channel(t: torch.Tensor) -> torch.Tensor:
