@@ -44,7 +44,9 @@ class MetaAlgorithm(Protocol):
     - ``begin_step(step)``: once per training step, before its forward passes;
     - ``algorithm(batch, step=step)``: the output dict of a batch (or of a chunk of one), with a
       0-dim ``loss`` to minimise; ``step`` is the trainer's iteration;
-    - ``diagnose(out, rank)``: where a non-finite loss in ``out`` came from, or ``None``.
+    - ``diagnose(out, rank)``: where a non-finite loss in ``out`` came from, or ``None``;
+    - optionally ``auto_task_chunk(device, step)``: the tasks per forward and backward that
+      ``task_chunk="auto"`` means at that step (0: the whole batch; absent: the whole batch).
     """
 
     training: bool
@@ -250,12 +252,15 @@ class MetaTrainer(TrainerBase):
             once). Each chunk's loss is weighted by its share of the tasks before its backward,
             so the accumulated gradient and the weighted means of the scalars equal those of one
             pass over the whole batch (every term is a mean over tasks) while only one chunk's
-            graph is alive at a time.
+            graph is alive at a time. ``"auto"``: what the algorithm's ``auto_task_chunk``
+            says (one task at a time on the per-task loop; the whole batch where tasks are
+            batched, or none said), and where the whole batch runs out of device memory, the
+            largest chunk that fits (:meth:`_fit_chunk`).
     """
 
     def __init__(self, algorithm: MetaAlgorithm, sampler, optimizer: torch.optim.Optimizer,
                  device: torch.device | str = "cpu", world: World | None = None, on_nonfinite: str = "stop",
-                 max_skips: int = 10, clip_grad_norm: float = 0.0, task_chunk: int = 0) -> None:
+                 max_skips: int = 10, clip_grad_norm: float = 0.0, task_chunk: int | str = "auto") -> None:
         super().__init__()
         if on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"solver.on_nonfinite: expected stop or skip, got '{on_nonfinite}'")
@@ -266,7 +271,9 @@ class MetaTrainer(TrainerBase):
         self.world = world or World()
         self.on_nonfinite, self.max_skips = on_nonfinite, int(max_skips)
         self.clip_grad_norm = float(clip_grad_norm)
-        self.task_chunk = int(task_chunk)
+        self.task_chunk = task_chunk if task_chunk == "auto" else int(task_chunk)
+        self._fitted_chunk: int | None = None  # auto: the largest chunk found to fit, after an OOM
+        self._auto_said: set[tuple[int, int]] = set()  # the (chunk, tasks) choices already logged
         self.skipped = 0  # batches skipped for non-finite values, over the whole run
         self.algorithm.train()
 
@@ -299,8 +306,72 @@ class MetaTrainer(TrainerBase):
 
     def _forward_backward(self, batch) -> dict[str, Any]:
         """The algorithm's output on ``batch`` after its backward, whole or chunk by chunk."""
+        if self.task_chunk != "auto":
+            return self._passes(batch, self.task_chunk)
+        chunk = self._auto_chunk(batch.num_tasks)
+        if chunk == 1:
+            return self._passes(batch, 1)
+        return self._fit_chunk(batch, chunk)
+
+    def _auto_chunk(self, total: int) -> int:
+        """``task_chunk: auto``'s chunk for this step: the algorithm's ``auto_task_chunk``
+        (0: whole; none said: whole), capped by a chunk found to fit after an OOM; logged once."""
+        ask = getattr(self.algorithm, "auto_task_chunk", None)
+        chunk = int(ask(self.device, self.iter)) if ask is not None else 0
+        chunk = total if chunk <= 0 or chunk > total else chunk
+        if self._fitted_chunk is not None:
+            chunk = min(chunk, self._fitted_chunk)
+        if (chunk, total) not in self._auto_said:
+            self._auto_said.add((chunk, total))
+            logger.info("solver.task_chunk=auto: forward and backward %d of the %d tasks at a time%s", chunk, total,
+                        " (the per-task loop: each task's graph is freed before the next one's is built)"
+                        if chunk == 1 and total > 1 else "")
+        return chunk
+
+    def _fit_chunk(self, batch, chunk: int) -> dict[str, Any]:
+        """The passes in chunks of ``chunk`` tasks; if they run out of device memory
+        (``torch.OutOfMemoryError``), the largest chunk that fits, by bisection, each try from
+        the same random state and with the gradients cleared, so the step computes what a
+        run with that ``task_chunk`` computes. The chunk found is kept for later steps."""
+        rng = get_rng_state()
+        fits, fails, out = 0, chunk + 1, None
+        size = chunk
+        while True:
+            try:
+                out = self._passes(batch, size)
+            except torch.OutOfMemoryError:
+                if size == 1:  # one task alone does not fit: nothing smaller to try
+                    raise
+                out = None
+            if out is not None:
+                fits = size
+            else:
+                fails = size
+                self._release_memory()
+            if fails - fits <= 1:
+                break
+            out = None
+            self._release_memory()
+            set_rng_state(rng)
+            size = (fits + fails) // 2
+        if fits != chunk:
+            logger.warning("solver.task_chunk=auto: %d tasks at a time do not fit in %s memory; %d at a time from "
+                           "now on (the largest chunk that fits: %d do not)", chunk, self.device, fits, fails)
+            self._fitted_chunk = fits
+        if out is None:  # the last try was one that did not fit: run the one that does
+            set_rng_state(rng)
+            out = self._passes(batch, fits)
+        return out
+
+    def _release_memory(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _passes(self, batch, chunk: int) -> dict[str, Any]:
+        """Forward and backward ``chunk`` tasks at a time (0 or more than the batch: all at once)."""
         total = batch.num_tasks
-        size = self.task_chunk if 0 < self.task_chunk < total else total
+        size = chunk if 0 < chunk < total else total
         if size == total:
             out = self.algorithm(batch, step=self.iter)
             _loss(out).backward()
@@ -318,6 +389,7 @@ class MetaTrainer(TrainerBase):
                                                                    else value)
                 elif isinstance(value, torch.Tensor) and value.dim() == 1 and len(value) == part.num_tasks:
                     per_task[key].append(value.detach())
+            del out  # the chunk's graph is gone with its backward; nothing of it outlives the chunk
         merged.update({key: torch.cat(values) for key, values in per_task.items()})
         return merged
 

@@ -224,6 +224,14 @@ class GBML(nn.Module):
             return self.engine
         return "vmap" if device.type == "cuda" and not self.checkpoint_inner_steps else "loop"
 
+    def auto_task_chunk(self, device: torch.device, step: int = 0) -> int:
+        """What ``solver.task_chunk: auto`` means for this algorithm (:class:`engine.trainer.MetaTrainer`):
+        1 on the per-task loop, where each task's forward and backward then runs on its own, so
+        only one task's graph is ever alive (the update is the same up to float rounding); 0,
+        the whole meta-batch, under vmap, which batches the tasks (the trainer shrinks it only
+        if it does not fit in the device's memory)."""
+        return 1 if self.resolved_engine(device) == "loop" else 0
+
     def resolved_channels_last(self, device: torch.device) -> str:
         """``none``, ``query`` or ``all``: the images laid out NHWC (``channels_last``)."""
         if self.channels_last != "auto":
