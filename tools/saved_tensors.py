@@ -27,7 +27,7 @@ import torch
 from lil_meta.engine.config import load_config
 from lil_meta.engine.errors import UserInputError
 from lil_meta.models import build_algorithm
-from lil_meta.tools.benchmark import synthetic_batch
+from lil_meta.tools.bench_rows import synthetic_batch
 from lil_meta.tools.higher_reference import HigherMAML, import_higher, task_loss
 
 

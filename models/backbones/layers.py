@@ -81,9 +81,10 @@ class _BatchNormBackward(torch.autograd.Function):
     - ``∂/∂x = p·r·h − w·r²·(x̂·η + m·(a − ā − x̂·α) + h·α)``
 
     Beyond what the batch-norm forward already keeps (``x``, ``weight``, ``mean``, ``rstd``),
-    it saves one tensor, ``grad_y``. When this backward itself needs a graph (a third
-    derivative, e.g. ``gradgradcheck``), μ and r are recomputed from ``x`` so that they carry
-    their dependence on it.
+    it saves one full-size tensor, ``grad_y``. The outer backward (no graph) evaluates these
+    with the sums expanded into per-channel coefficients, one fused pass per output; when this
+    backward itself needs a graph (a third derivative, e.g. ``gradgradcheck``), the plain form
+    runs, with μ and r recomputed from ``x`` so that they carry their dependence on it.
     """
 
     @staticmethod
@@ -94,18 +95,37 @@ class _BatchNormBackward(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         grad_y, x, weight, mean, rstd, eps = inputs
-        ctx.save_for_backward(grad_y, x, weight, mean, rstd)
+        _, grad_weight, grad_bias = output  # Σ g·x̂ and Σ g per channel: kept, they are small
+        ctx.save_for_backward(grad_y, x, weight, mean, rstd, grad_weight, grad_bias)
         ctx.eps = eps
 
     @staticmethod
     def backward(ctx, a, p, q):
-        g, x, weight, mean, rstd = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _BatchNormBackward._differentiable_backward(ctx, a, p, q)
+        g, x, weight, mean, rstd, sum_gx, sum_g = ctx.saved_tensors
         dims, count = (0, 2, 3), x.numel() // x.shape[1]
-        if torch.is_grad_enabled():  # the statistics as functions of x
-            centred = x - x.mean(dims, keepdim=True)
-            r = torch.rsqrt(centred.square().mean(dims, keepdim=True) + ctx.eps)
-        else:
-            centred, r = x - _per_channel(mean), _per_channel(rstd)
+        c = _per_channel
+        # the formulas of the class doc, each output one fused pass over per-channel coefficients
+        x_hat = torch.addcmul(c(-mean * rstd), x, c(rstd))
+        g_mean, m = sum_g / count, sum_gx / count
+        a_mean, alpha = a.sum(dims) / count, (a * x_hat).sum(dims) / count
+        eta = (a * g).sum(dims) / count - a_mean * g_mean - m * alpha  # mean(a·h)
+        wr = weight * rstd
+        grad_g = torch.addcmul(c(q - wr * a_mean), a, c(wr)).addcmul_(x_hat, c(p - wr * alpha))
+        k1, k2, k3 = p * rstd - wr * rstd * alpha, wr * rstd * eta, wr * rstd * m
+        grad_x = torch.addcmul(c(k3 * a_mean - k1 * g_mean), g, c(k1)).addcmul_(a, c(-k3))
+        grad_x.addcmul_(x_hat, c(k3 * alpha - m * k1 - k2))
+        return grad_g, grad_x, count * rstd * eta, None, None, None
+
+    @staticmethod
+    def _differentiable_backward(ctx, a, p, q):
+        """The same derivatives in the plain form of the class doc, with μ and r recomputed
+        from ``x``: the backward that a third derivative differentiates."""
+        g, x, weight, *_ = ctx.saved_tensors
+        dims, count = (0, 2, 3), x.numel() // x.shape[1]
+        centred = x - x.mean(dims, keepdim=True)
+        r = torch.rsqrt(centred.square().mean(dims, keepdim=True) + ctx.eps)
         x_hat = centred * r
         m = (g * x_hat).mean(dims, keepdim=True)
         h = g - g.mean(dims, keepdim=True) - x_hat * m
