@@ -32,6 +32,7 @@ import torch
 from lil_meta.engine.checkpoint import get_rng_state, set_rng_state
 from lil_meta.engine.launch import World, average_gradients, average_scalars
 from lil_meta.engine.prefetch import Prefetcher
+from lil_meta.engine.task_chunks import AutoTaskChunks, forward_backward, is_scalar, loss_of
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +63,6 @@ class MetaAlgorithm(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> Any: ...
-
-
-def is_scalar(value: Any) -> bool:
-    """A logged scalar: a 0-dim tensor or a Python number."""
-    return (isinstance(value, torch.Tensor) and value.dim() == 0) or isinstance(value, (int, float))
 
 
 class NumericalFault(FloatingPointError):
@@ -249,13 +245,11 @@ class MetaTrainer(TrainerBase):
             the processes after each backward.
         on_nonfinite, max_skips, clip_grad_norm: numerical faults (``solver.*``, docs/errors.md).
         task_chunk: forward and backward ``task_chunk`` tasks of a batch at a time (0: all at
-            once). Each chunk's loss is weighted by its share of the tasks before its backward,
-            so the accumulated gradient and the weighted means of the scalars equal those of one
-            pass over the whole batch (every term is a mean over tasks) while only one chunk's
-            graph is alive at a time. ``"auto"``: what the algorithm's ``auto_task_chunk``
+            once), the same update with one chunk's graph alive at a time
+            (:mod:`engine.task_chunks`). ``"auto"``: what the algorithm's ``auto_task_chunk``
             says (one task at a time on the per-task loop; the whole batch where tasks are
-            batched, or none said), and where the whole batch runs out of device memory, the
-            largest chunk that fits (:meth:`_fit_chunk`).
+            batched, or none said), and where that runs out of device memory, the largest
+            chunk that fits (:class:`~engine.task_chunks.AutoTaskChunks`).
     """
 
     def __init__(self, algorithm: MetaAlgorithm, sampler, optimizer: torch.optim.Optimizer,
@@ -272,8 +266,7 @@ class MetaTrainer(TrainerBase):
         self.on_nonfinite, self.max_skips = on_nonfinite, int(max_skips)
         self.clip_grad_norm = float(clip_grad_norm)
         self.task_chunk = task_chunk if task_chunk == "auto" else int(task_chunk)
-        self._fitted_chunk: int | None = None  # auto: the largest chunk found to fit, after an OOM
-        self._auto_said: set[tuple[int, int]] = set()  # the (chunk, tasks) choices already logged
+        self._auto_chunks = AutoTaskChunks(self.device)
         self.skipped = 0  # batches skipped for non-finite values, over the whole run
         self.algorithm.train()
 
@@ -306,92 +299,9 @@ class MetaTrainer(TrainerBase):
 
     def _forward_backward(self, batch) -> dict[str, Any]:
         """The algorithm's output on ``batch`` after its backward, whole or chunk by chunk."""
-        if self.task_chunk != "auto":
-            return self._passes(batch, self.task_chunk)
-        chunk = self._auto_chunk(batch.num_tasks)
-        if chunk == 1:
-            return self._passes(batch, 1)
-        return self._fit_chunk(batch, chunk)
-
-    def _auto_chunk(self, total: int) -> int:
-        """``task_chunk: auto``'s chunk for this step: the algorithm's ``auto_task_chunk``
-        (0: whole; none said: whole), capped by a chunk found to fit after an OOM; logged once."""
-        ask = getattr(self.algorithm, "auto_task_chunk", None)
-        chunk = int(ask(self.device, self.iter)) if ask is not None else 0
-        chunk = total if chunk <= 0 or chunk > total else chunk
-        if self._fitted_chunk is not None:
-            chunk = min(chunk, self._fitted_chunk)
-        if (chunk, total) not in self._auto_said:
-            self._auto_said.add((chunk, total))
-            logger.info("solver.task_chunk=auto: forward and backward %d of the %d tasks at a time%s", chunk, total,
-                        " (the per-task loop: each task's graph is freed before the next one's is built)"
-                        if chunk == 1 and total > 1 else "")
-        return chunk
-
-    def _fit_chunk(self, batch, chunk: int) -> dict[str, Any]:
-        """The passes in chunks of ``chunk`` tasks; if they run out of device memory
-        (``torch.OutOfMemoryError``), the largest chunk that fits, by bisection, each try from
-        the same random state and with the gradients cleared, so the step computes what a
-        run with that ``task_chunk`` computes. The chunk found is kept for later steps."""
-        rng = get_rng_state()
-        fits, fails, out = 0, chunk + 1, None
-        size = chunk
-        while True:
-            try:
-                out = self._passes(batch, size)
-            except torch.OutOfMemoryError:
-                if size == 1:  # one task alone does not fit: nothing smaller to try
-                    raise
-                out = None
-            if out is not None:
-                fits = size
-            else:
-                fails = size
-                self._release_memory()
-            if fails - fits <= 1:
-                break
-            out = None
-            self._release_memory()
-            set_rng_state(rng)
-            size = (fits + fails) // 2
-        if fits != chunk:
-            logger.warning("solver.task_chunk=auto: %d tasks at a time do not fit in %s memory; %d at a time from "
-                           "now on (the largest chunk that fits: %d do not)", chunk, self.device, fits, fails)
-            self._fitted_chunk = fits
-        if out is None:  # the last try was one that did not fit: run the one that does
-            set_rng_state(rng)
-            out = self._passes(batch, fits)
-        return out
-
-    def _release_memory(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-
-    def _passes(self, batch, chunk: int) -> dict[str, Any]:
-        """Forward and backward ``chunk`` tasks at a time (0 or more than the batch: all at once)."""
-        total = batch.num_tasks
-        size = chunk if 0 < chunk < total else total
-        if size == total:
-            out = self.algorithm(batch, step=self.iter)
-            _loss(out).backward()
-            return out
-        merged: dict[str, Any] = {}
-        per_task: dict[str, list[torch.Tensor]] = defaultdict(list)
-        for lo in range(0, total, size):
-            part = batch.tasks(lo, lo + size)
-            out = self.algorithm(part, step=self.iter)
-            weight = part.num_tasks / total
-            (_loss(out) * weight).backward()
-            for key, value in out.items():
-                if is_scalar(value):
-                    merged[key] = merged.get(key, 0.0) + weight * (value.detach() if isinstance(value, torch.Tensor)
-                                                                   else value)
-                elif isinstance(value, torch.Tensor) and value.dim() == 1 and len(value) == part.num_tasks:
-                    per_task[key].append(value.detach())
-            del out  # the chunk's graph is gone with its backward; nothing of it outlives the chunk
-        merged.update({key: torch.cat(values) for key, values in per_task.items()})
-        return merged
+        if self.task_chunk == "auto":
+            return self._auto_chunks.forward_backward(self.algorithm, batch, self.iter, self.optimizer)
+        return forward_backward(self.algorithm, batch, self.iter, self.task_chunk)
 
     # ---- numerical faults ---------------------------------------------------------------------
     def _clip_gradients(self, params: list[torch.Tensor]) -> torch.Tensor | None:
@@ -410,7 +320,7 @@ class MetaTrainer(TrainerBase):
             return "non-finite meta-gradient (the loss was finite)"
         terms = ", ".join(f"{k}={float(v)}" for k, v in scalars.items()
                           if k.startswith("loss") and not math.isfinite(float(v)))
-        if bool(torch.isfinite(_loss(out).detach())):
+        if bool(torch.isfinite(loss_of(out).detach())):
             return f"non-finite loss ({terms}) on another process"
         where = self.algorithm.diagnose(out, self.world.rank)
         return f"non-finite loss ({terms})" + (f": {where}" if where else "")
@@ -464,9 +374,3 @@ class MetaTrainer(TrainerBase):
         self.skipped = int(state.get("skipped", 0))
         self.iter = self.start_iter = int(state["iteration"])
         return self.start_iter
-
-
-def _loss(out: dict[str, Any]) -> torch.Tensor:
-    if "loss" not in out:
-        raise KeyError("algorithm output has no 0-dim 'loss' entry to minimise")
-    return out["loss"]

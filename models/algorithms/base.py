@@ -49,9 +49,9 @@ from lil_meta.models.algorithms.inner_lr import InnerLR
 from lil_meta.models.algorithms.metrics import (
     NONFINITE_FLAGS,
     describe_nonfinite,
+    diagnostic_logits,
     kernel_metrics,
     linearity_metrics,
-    linearized_logits,
 )
 from lil_meta.models.backbones.layers import for_vmapped_tasks
 
@@ -312,15 +312,13 @@ class GBML(nn.Module):
                      diagnostics: bool, vmapped: bool) -> dict:
         """One task: adapt on the support set (:func:`~engine.inner_loop.adapt`), then what the
         outputs and the loss terms need: ``logits`` (query, at θˢ), ``trajectory``, on logging
-        steps and in eval mode ``logits_init`` (at θ⁰, no graph) and the kernel predictor's
-        logits, and each asking term's ``per_task`` tensors under ``extras[key]``.
-        ``diagnostics`` (logging steps): also gˢ for AC and the Hessian ratios hₖ of eq. 5.
+        steps and in eval mode the diagnostics' logits (:func:`~models.algorithms.metrics.diagnostic_logits`),
+        and each asking term's ``per_task`` tensors under ``extras[key]``. ``diagnostics``
+        (logging steps): also gˢ for AC and the Hessian ratios hₖ of eq. 5.
 
-        The diagnostics carry no graph, and they run before the query pass that builds one, so
-        their temporaries never add to the memory the graph holds. Where the inner loop itself
-        keeps a graph (second order, in training) they come from a separate trajectory without
-        graph, run first: the same arithmetic, S more support passes on a logging step, and
-        the jvp of the kernel metrics never shares the memory with the inner loop's graph.
+        The diagnostics carry no graph and run before the query pass that builds one; where the
+        inner loop keeps a graph (second order, in training) they come from a trajectory without
+        graph run first (S more support passes), so their temporaries never add to the graph's.
         """
         net, frozen, support_x, query_x = self.task_network(adapted, frozen, support_x, query_x, vmapped)
         steps = self.inner_steps_now()
@@ -329,18 +327,20 @@ class GBML(nn.Module):
             first_order=self.first_order, inner_loss=self.inner_loss, checkpoint_steps=self.checkpoint_inner_steps,
             vmapped=vmapped, **diag)
         diag = {"final_grad": diagnostics, "hessian_ratios": diagnostics and self.hessian_ratio}
+        logged = lambda theta_s: diagnostic_logits(  # noqa: E731
+            net, adapted, theta_s, frozen, query_x, vmapped, self.linearized_metrics and steps > 0)
         out: dict = {}
         if diagnostics and steps > 0 and not self.first_order and torch.is_grad_enabled():
             with torch.no_grad():
                 probe = run(**diag)
-            self._diagnostics(out, net, adapted, probe.params, frozen, query_x, vmapped)
+            out.update(logged(probe.params))
             adaptation = run()
             adaptation = adaptation._replace(trajectory=adaptation.trajectory._replace(
                 final_grad_norm=probe.trajectory.final_grad_norm, hess_ratios=probe.trajectory.hess_ratios))
         else:
             adaptation = run(**diag)
             if diagnostics or not self.training:
-                self._diagnostics(out, net, adapted, adaptation.params, frozen, query_x, vmapped)
+                out.update(logged(adaptation.params))
         logits = logits_at(net, adaptation.params, frozen, query_x, vmapped=vmapped)
         task = AdaptedTask(net, frozen, support_x, support_y, query_x, adapted, adaptation, logits,
                            self.inner_update, self.inner_loss, self.first_order, self.checkpoint_inner_steps,
@@ -348,18 +348,6 @@ class GBML(nn.Module):
         out.update(logits=logits, trajectory=adaptation.trajectory,
                    extras={term.key: term.per_task(task) for term in self.losses if term.asks_per_task})
         return out
-
-    def _diagnostics(self, out: dict, net: nn.Module, theta0: Params, theta_s: Params, frozen: Params, query_x,
-                     vmapped: bool) -> None:
-        """``logits_init`` (the query logits at θ⁰) and, with ``linearized_metrics``, the kernel
-        predictor's (``lin_init_logits``, ``lin_logits``) into ``out``, without graph.  The
-        tangent pass runs through ``net`` itself: its layers are forward-differentiable, the
-        custom ones by their own ``jvp`` (:mod:`models.backbones.layers`)."""
-        with torch.no_grad():
-            out["logits_init"] = logits_at(net, theta0, frozen, query_x, vmapped=vmapped)
-        if self.linearized_metrics and self.inner_steps_now() > 0:
-            delta = {name: theta_s[name].detach() - t.detach() for name, t in theta0.items()}
-            out["lin_init_logits"], out["lin_logits"] = linearized_logits(net, theta0, delta, frozen, query_x)
 
     def begin_step(self, step: int) -> None:
         """Once per training step, before its forward passes: each term's ``begin_step``."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lil_meta.engine.inner_loop import Trajectory
+from lil_meta.engine.inner_loop import Trajectory, logits_at
 
 #: per-task boolean outputs that say where a non-finite loss came from, and what each means
 NONFINITE_FLAGS = (
@@ -75,6 +75,20 @@ def linearized_logits(model, theta0: dict, delta: dict, frozen: dict, query_x: t
     tangent = {name: delta[name].detach() for name in primal}
     f0, jvp = torch.func.jvp(logits, (primal,), (tangent,))
     return f0, f0 + jvp
+
+
+def diagnostic_logits(net, theta0: dict, theta_s: dict, frozen: dict, query_x: torch.Tensor, vmapped: bool,
+                      linearized: bool) -> dict[str, torch.Tensor]:
+    """One task's query logits for the diagnostics, without graph: ``logits_init`` at θ⁰ and,
+    with ``linearized``, the kernel predictor's ``lin_init_logits`` and ``lin_logits``
+    (:func:`linearized_logits` along θˢ − θ⁰). The tangent pass runs through ``net`` itself
+    (the engine's network; under vmap, its vmap form)."""
+    with torch.no_grad():
+        out = {"logits_init": logits_at(net, theta0, frozen, query_x, vmapped=vmapped)}
+    if linearized:
+        delta = {name: theta_s[name].detach() - t.detach() for name, t in theta0.items()}
+        out["lin_init_logits"], out["lin_logits"] = linearized_logits(net, theta0, delta, frozen, query_x)
+    return out
 
 
 def kernel_metrics(logits: torch.Tensor, init_logits: torch.Tensor, lin_logits: torch.Tensor,
