@@ -8,10 +8,11 @@
 #      malloc setting on (keep) and off (system): the defaults, checkpoint_inner_steps=true,
 #      the whole meta-batch at once (task_chunk=0, with the setting on) and higher;
 #   3. what one task's graph keeps for the outer backward, by node type, engine and higher.
-# Usage: bash bench_i23.sh [key=value ...]   (extra overrides, e.g. a small shape for a dry run)
+# Usage: bash tools/bench_higher.sh [key=value ...]   (extra overrides, e.g. a small shape for a dry run)
 set -u
-cd "$(dirname "$0")"
-PY="env PYTHONPATH=$PWD/src /work/main/.venv/bin/python"
+cd "$(dirname "$0")/.."
+# the project's interpreter (make install), or $PYTHON; needs the `higher` package (pip install higher)
+PY="${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}"
 SHAPE="data.image_size=84 data.channels=3 $*"
 BENCH="$PY tools/benchmark.py --no-baseline --higher --config-file configs/maml_5shot.yaml"
 date
