@@ -1,6 +1,6 @@
 #!/bin/bash
 # Second-order MAML beside the `higher` library, Conv4 84x84x3, 5-way, 15 queries, meta-batch 4,
-# 3 inner steps (docs/performance.md, "Second-order MAML's memory and speed beside higher"):
+# 3 inner steps (docs/performance.md, "Memory: second-order MAML beside `higher`"):
 #   1. speed at the defaults, 5-shot: the engine and higher in one process, interleaved rounds
 #      (both rows under the same malloc setting, the default: freed memory kept), with a row
 #      whose every step is a logging step (algorithm.metrics_period=1);
