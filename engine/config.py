@@ -80,7 +80,9 @@ class SolverConfig:
     on_nonfinite: str = "stop"  # a NaN/inf loss or meta-gradient: stop, or skip the batch
     max_skips: int = 10  # skipped batches allowed over the run before stopping anyway
     clip_grad_norm: float = 0.0  # clip the meta-gradient's global norm (0: off)
-    task_chunk: int = 0  # forward+backward this many tasks at a time (same update, less memory)
+    # forward+backward this many tasks at a time (same update, less memory); 0: the whole batch;
+    # auto: one at a time on the per-task loop, the whole batch under vmap (shrunk if it does not fit)
+    task_chunk: Any = "auto"
 
 
 @dataclass

@@ -53,7 +53,7 @@ def check_values(cfg: DictConfig) -> None:
     meta-batch that cannot fit in memory, a negative weight decay, a non-finite or non-positive
     learning rate, a non-finite inner learning rate, a seed the generators cannot take, an empty
     or unbounded test), a device string torch cannot train on, a module name that cannot be
-    imported as written."""
+    imported as written, a task chunk that is neither ``auto`` nor a count."""
     solver = cfg.solver
     if int(solver.meta_batch) < 1:
         raise ConfigError(f"solver.meta_batch: must be >= 1, got {solver.meta_batch}")
@@ -62,6 +62,10 @@ def check_values(cfg: DictConfig) -> None:
         raise ConfigError(f"solver.meta_batch: {solver.meta_batch} tasks do not fit in memory: the images of "
                           f"one meta-batch would take {int(solver.meta_batch) * (memory // bound) / 2**30:.3g} "
                           f"GiB (float32) and this machine has {memory / 2**30:.3g} GiB; at most {bound} here")
+    chunk = solver.task_chunk
+    if chunk != "auto" and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0):
+        raise ConfigError(f"solver.task_chunk: expected auto or an integer >= 0 (tasks per forward and backward; "
+                          f"0: the whole meta-batch), got {chunk!r}")
     lr = float(solver.lr)
     if not (math.isfinite(lr) and lr > 0):
         raise ConfigError(f"solver.lr: must be a finite number > 0, got {solver.lr}")

@@ -8,8 +8,8 @@ second-order MAML's step (``docs/performance.md``). PyTorch keeps a caching allo
 not on CPU; the usual CPU remedy is to preload jemalloc or tcmalloc. The same effect, without
 an extra library, is two ``mallopt`` settings made at start-up: serve every block from the heap
 (``M_MMAP_MAX = 0``) and never trim the heap back (``M_TRIM_THRESHOLD``), so that freed blocks
-are reused. The process then holds its peak RSS, as a caching allocator does (second-order
-MAML at 84×84, meta-batch 4: a steady 3.6 GB held, against a 3.3 GB peak with glibc's defaults).
+are reused. The process then holds its peak RSS, as a caching allocator does, and that peak is
+higher than with glibc's defaults (``docs/performance.md`` has both figures).
 
 ``LIL_CPU_MALLOC=system`` leaves glibc's defaults alone.
 """

@@ -232,7 +232,7 @@ def check_solver(cfg: DictConfig) -> None:
         raise ConfigError(f"solver.meta_batch: must be >= 1, got {solver.meta_batch}")
     if solver.on_nonfinite not in ("stop", "skip"):
         raise ConfigError(f"solver.on_nonfinite: expected stop or skip, got '{solver.on_nonfinite}'")
-    for key in ("max_skips", "clip_grad_norm", "checkpoint_period", "max_iter", "task_chunk"):
+    for key in ("max_skips", "clip_grad_norm", "checkpoint_period", "max_iter"):
         if solver[key] < 0:
             raise ConfigError(f"solver.{key}: must be >= 0, got {solver[key]}")
 

@@ -32,6 +32,7 @@ import torch
 from lil_meta.engine.checkpoint import get_rng_state, set_rng_state
 from lil_meta.engine.launch import World, average_gradients, average_scalars
 from lil_meta.engine.prefetch import Prefetcher
+from lil_meta.engine.task_chunks import AutoTaskChunks, forward_backward, is_scalar, loss_of
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,9 @@ class MetaAlgorithm(Protocol):
     - ``begin_step(step)``: once per training step, before its forward passes;
     - ``algorithm(batch, step=step)``: the output dict of a batch (or of a chunk of one), with a
       0-dim ``loss`` to minimise; ``step`` is the trainer's iteration;
-    - ``diagnose(out, rank)``: where a non-finite loss in ``out`` came from, or ``None``.
+    - ``diagnose(out, rank)``: where a non-finite loss in ``out`` came from, or ``None``;
+    - optionally ``auto_task_chunk(device, step)``: the tasks per forward and backward that
+      ``task_chunk="auto"`` means at that step (0: the whole batch; absent: the whole batch).
     """
 
     training: bool
@@ -60,11 +63,6 @@ class MetaAlgorithm(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> Any: ...
-
-
-def is_scalar(value: Any) -> bool:
-    """A logged scalar: a 0-dim tensor or a Python number."""
-    return (isinstance(value, torch.Tensor) and value.dim() == 0) or isinstance(value, (int, float))
 
 
 class NumericalFault(FloatingPointError):
@@ -247,15 +245,16 @@ class MetaTrainer(TrainerBase):
             the processes after each backward.
         on_nonfinite, max_skips, clip_grad_norm: numerical faults (``solver.*``, docs/errors.md).
         task_chunk: forward and backward ``task_chunk`` tasks of a batch at a time (0: all at
-            once). Each chunk's loss is weighted by its share of the tasks before its backward,
-            so the accumulated gradient and the weighted means of the scalars equal those of one
-            pass over the whole batch (every term is a mean over tasks) while only one chunk's
-            graph is alive at a time.
+            once), the same update with one chunk's graph alive at a time
+            (:mod:`engine.task_chunks`). ``"auto"``: what the algorithm's ``auto_task_chunk``
+            says (one task at a time on the per-task loop; the whole batch where tasks are
+            batched, or none said), and where that runs out of device memory, the largest
+            chunk that fits (:class:`~engine.task_chunks.AutoTaskChunks`).
     """
 
     def __init__(self, algorithm: MetaAlgorithm, sampler, optimizer: torch.optim.Optimizer,
                  device: torch.device | str = "cpu", world: World | None = None, on_nonfinite: str = "stop",
-                 max_skips: int = 10, clip_grad_norm: float = 0.0, task_chunk: int = 0) -> None:
+                 max_skips: int = 10, clip_grad_norm: float = 0.0, task_chunk: int | str = "auto") -> None:
         super().__init__()
         if on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"solver.on_nonfinite: expected stop or skip, got '{on_nonfinite}'")
@@ -266,7 +265,8 @@ class MetaTrainer(TrainerBase):
         self.world = world or World()
         self.on_nonfinite, self.max_skips = on_nonfinite, int(max_skips)
         self.clip_grad_norm = float(clip_grad_norm)
-        self.task_chunk = int(task_chunk)
+        self.task_chunk = task_chunk if task_chunk == "auto" else int(task_chunk)
+        self._auto_chunks = AutoTaskChunks(self.device)
         self.skipped = 0  # batches skipped for non-finite values, over the whole run
         self.algorithm.train()
 
@@ -299,27 +299,9 @@ class MetaTrainer(TrainerBase):
 
     def _forward_backward(self, batch) -> dict[str, Any]:
         """The algorithm's output on ``batch`` after its backward, whole or chunk by chunk."""
-        total = batch.num_tasks
-        size = self.task_chunk if 0 < self.task_chunk < total else total
-        if size == total:
-            out = self.algorithm(batch, step=self.iter)
-            _loss(out).backward()
-            return out
-        merged: dict[str, Any] = {}
-        per_task: dict[str, list[torch.Tensor]] = defaultdict(list)
-        for lo in range(0, total, size):
-            part = batch.tasks(lo, lo + size)
-            out = self.algorithm(part, step=self.iter)
-            weight = part.num_tasks / total
-            (_loss(out) * weight).backward()
-            for key, value in out.items():
-                if is_scalar(value):
-                    merged[key] = merged.get(key, 0.0) + weight * (value.detach() if isinstance(value, torch.Tensor)
-                                                                   else value)
-                elif isinstance(value, torch.Tensor) and value.dim() == 1 and len(value) == part.num_tasks:
-                    per_task[key].append(value.detach())
-        merged.update({key: torch.cat(values) for key, values in per_task.items()})
-        return merged
+        if self.task_chunk == "auto":
+            return self._auto_chunks.forward_backward(self.algorithm, batch, self.iter, self.optimizer)
+        return forward_backward(self.algorithm, batch, self.iter, self.task_chunk)
 
     # ---- numerical faults ---------------------------------------------------------------------
     def _clip_gradients(self, params: list[torch.Tensor]) -> torch.Tensor | None:
@@ -338,7 +320,7 @@ class MetaTrainer(TrainerBase):
             return "non-finite meta-gradient (the loss was finite)"
         terms = ", ".join(f"{k}={float(v)}" for k, v in scalars.items()
                           if k.startswith("loss") and not math.isfinite(float(v)))
-        if bool(torch.isfinite(_loss(out).detach())):
+        if bool(torch.isfinite(loss_of(out).detach())):
             return f"non-finite loss ({terms}) on another process"
         where = self.algorithm.diagnose(out, self.world.rank)
         return f"non-finite loss ({terms})" + (f": {where}" if where else "")
@@ -392,9 +374,3 @@ class MetaTrainer(TrainerBase):
         self.skipped = int(state.get("skipped", 0))
         self.iter = self.start_iter = int(state["iteration"])
         return self.start_iter
-
-
-def _loss(out: dict[str, Any]) -> torch.Tensor:
-    if "loss" not in out:
-        raise KeyError("algorithm output has no 0-dim 'loss' entry to minimise")
-    return out["loss"]

@@ -26,7 +26,7 @@ import time
 from lil_meta.engine.cpu_memory import keep_freed_memory
 from lil_meta.engine.errors import UserInputError
 from lil_meta.engine.inner_loop import AdaptedTask
-from lil_meta.tools.benchmark import Runner, _core
+from lil_meta.tools.bench_rows import Runner, core
 
 
 class _Clock:
@@ -74,7 +74,7 @@ class _Clock:
 def measure(runner: Runner, iters: int, warmup: int) -> list[dict]:
     """One row per term that asks for per-task work: median step, term and retrace seconds."""
     clock = _Clock()
-    terms = [t for t in _core(runner.algo).losses if t.asks_per_task]
+    terms = [t for t in core(runner.algo).losses if t.asks_per_task]
     for term in terms:
         clock.wrap_term(term)
     restore = clock.wrap_retrace()

@@ -31,7 +31,7 @@ from torch.func import functional_call
 from lil_meta.engine.config import load_config
 from lil_meta.engine.errors import UserInputError
 from lil_meta.models import build_backbone
-from lil_meta.tools.benchmark import synthetic_batch
+from lil_meta.tools.bench_rows import synthetic_batch
 
 
 def meta_loss_fn(model, task, steps: int, lr: float):

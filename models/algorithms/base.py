@@ -49,9 +49,9 @@ from lil_meta.models.algorithms.inner_lr import InnerLR
 from lil_meta.models.algorithms.metrics import (
     NONFINITE_FLAGS,
     describe_nonfinite,
+    diagnostic_logits,
     kernel_metrics,
     linearity_metrics,
-    linearized_logits,
 )
 from lil_meta.models.backbones.layers import for_vmapped_tasks
 
@@ -224,6 +224,14 @@ class GBML(nn.Module):
             return self.engine
         return "vmap" if device.type == "cuda" and not self.checkpoint_inner_steps else "loop"
 
+    def auto_task_chunk(self, device: torch.device, step: int = 0) -> int:
+        """What ``solver.task_chunk: auto`` means for this algorithm (:class:`engine.trainer.MetaTrainer`):
+        1 on the per-task loop, where each task's forward and backward then runs on its own, so
+        only one task's graph is ever alive (the update is the same up to float rounding); 0,
+        the whole meta-batch, under vmap, which batches the tasks (the trainer shrinks it only
+        if it does not fit in the device's memory)."""
+        return 1 if self.resolved_engine(device) == "loop" else 0
+
     def resolved_channels_last(self, device: torch.device) -> str:
         """``none``, ``query`` or ``all``: the images laid out NHWC (``channels_last``)."""
         if self.channels_last != "auto":
@@ -304,29 +312,41 @@ class GBML(nn.Module):
                      diagnostics: bool, vmapped: bool) -> dict:
         """One task: adapt on the support set (:func:`~engine.inner_loop.adapt`), then what the
         outputs and the loss terms need: ``logits`` (query, at θˢ), ``trajectory``, on logging
-        steps and in eval mode ``logits_init`` (at θ⁰, no graph), and each asking term's
-        ``per_task`` tensors under ``extras[key]``. ``diagnostics`` (logging steps): also gˢ
-        for AC and the Hessian ratios hₖ of eq. 5, both without graph."""
+        steps and in eval mode the diagnostics' logits (:func:`~models.algorithms.metrics.diagnostic_logits`),
+        and each asking term's ``per_task`` tensors under ``extras[key]``. ``diagnostics``
+        (logging steps): also gˢ for AC and the Hessian ratios hₖ of eq. 5.
+
+        The diagnostics carry no graph and run before the query pass that builds one; where the
+        inner loop keeps a graph (second order, in training) they come from a trajectory without
+        graph run first (S more support passes), so their temporaries never add to the graph's.
+        """
         net, frozen, support_x, query_x = self.task_network(adapted, frozen, support_x, query_x, vmapped)
-        adaptation = adapt(
-            net, adapted, frozen, support_x, support_y, steps=self.inner_steps_now(), update=self.inner_update,
-            first_order=self.first_order, inner_loss=self.inner_loss, final_grad=diagnostics,
-            hessian_ratios=diagnostics and self.hessian_ratio, checkpoint_steps=self.checkpoint_inner_steps,
-            vmapped=vmapped)
+        steps = self.inner_steps_now()
+        run = lambda **diag: adapt(  # noqa: E731
+            net, adapted, frozen, support_x, support_y, steps=steps, update=self.inner_update,
+            first_order=self.first_order, inner_loss=self.inner_loss, checkpoint_steps=self.checkpoint_inner_steps,
+            vmapped=vmapped, **diag)
+        diag = {"final_grad": diagnostics, "hessian_ratios": diagnostics and self.hessian_ratio}
+        logged = lambda theta_s: diagnostic_logits(  # noqa: E731
+            net, adapted, theta_s, frozen, query_x, vmapped, self.linearized_metrics and steps > 0)
+        out: dict = {}
+        if diagnostics and steps > 0 and not self.first_order and torch.is_grad_enabled():
+            with torch.no_grad():
+                probe = run(**diag)
+            out.update(logged(probe.params))
+            adaptation = run()
+            adaptation = adaptation._replace(trajectory=adaptation.trajectory._replace(
+                final_grad_norm=probe.trajectory.final_grad_norm, hess_ratios=probe.trajectory.hess_ratios))
+        else:
+            adaptation = run(**diag)
+            if diagnostics or not self.training:
+                out.update(logged(adaptation.params))
         logits = logits_at(net, adaptation.params, frozen, query_x, vmapped=vmapped)
         task = AdaptedTask(net, frozen, support_x, support_y, query_x, adapted, adaptation, logits,
                            self.inner_update, self.inner_loss, self.first_order, self.checkpoint_inner_steps,
                            vmapped)
-        out = {"logits": logits, "trajectory": adaptation.trajectory,
-               "extras": {term.key: term.per_task(task) for term in self.losses if term.asks_per_task}}
-        if diagnostics or not self.training:
-            with torch.no_grad():
-                out["logits_init"] = task.logits_at(adapted)
-            if self.linearized_metrics and self.inner_steps_now() > 0:
-                tangent_net = net if vmapped or self.head_only(adapted) else self.network(True)
-                delta = {name: adaptation.params[name] - t for name, t in adapted.items()}
-                out["lin_init_logits"], out["lin_logits"] = linearized_logits(tangent_net, adapted, delta, frozen,
-                                                                              query_x)
+        out.update(logits=logits, trajectory=adaptation.trajectory,
+                   extras={term.key: term.per_task(task) for term in self.losses if term.asks_per_task})
         return out
 
     def begin_step(self, step: int) -> None:

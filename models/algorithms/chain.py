@@ -56,6 +56,10 @@ class PretrainThen(nn.Module):
             return 0, self.pretrain, step
         return 1, self.main, step - self.pretrain_iters
 
+    def auto_task_chunk(self, device: torch.device, step: int = 0) -> int:
+        """The training phase's algorithm's (:meth:`GBML.auto_task_chunk`)."""
+        return self.phase(step)[1].auto_task_chunk(device, step)
+
     def begin_step(self, step: int) -> None:
         _, algorithm, local = self.phase(step)
         algorithm.begin_step(local)

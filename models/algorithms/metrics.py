@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lil_meta.engine.inner_loop import Trajectory
+from lil_meta.engine.inner_loop import Trajectory, logits_at
 
 #: per-task boolean outputs that say where a non-finite loss came from, and what each means
 NONFINITE_FLAGS = (
@@ -63,8 +63,8 @@ def linearized_logits(model, theta0: dict, delta: dict, frozen: dict, query_x: t
     f_lin = f⁰ + J·Δ, J·Δ the forward-mode derivative of θ ↦ f(xq|θ) at θ⁰ in the direction
     Δ = θˢ − θ⁰ over the adapted tensors (``torch.func.jvp``; the held-fixed tensors and
     BatchNorm's batch statistics as in the forward itself). No graph: a diagnostic (paper §4.3,
-    eq. 13–19). ``model`` must be forward-differentiable: the vmap form of the network
-    (elementary BatchNorm), which is exact outside vmap too."""
+    eq. 13–19). ``model`` must be forward-differentiable: PyTorch's layers are, and so are
+    this project's own (:mod:`models.backbones.layers`, by their ``jvp``)."""
     fixed = {name: t.detach() for name, t in frozen.items()}
     x = query_x.detach().contiguous()
 
@@ -75,6 +75,20 @@ def linearized_logits(model, theta0: dict, delta: dict, frozen: dict, query_x: t
     tangent = {name: delta[name].detach() for name in primal}
     f0, jvp = torch.func.jvp(logits, (primal,), (tangent,))
     return f0, f0 + jvp
+
+
+def diagnostic_logits(net, theta0: dict, theta_s: dict, frozen: dict, query_x: torch.Tensor, vmapped: bool,
+                      linearized: bool) -> dict[str, torch.Tensor]:
+    """One task's query logits for the diagnostics, without graph: ``logits_init`` at θ⁰ and,
+    with ``linearized``, the kernel predictor's ``lin_init_logits`` and ``lin_logits``
+    (:func:`linearized_logits` along θˢ − θ⁰). The tangent pass runs through ``net`` itself
+    (the engine's network; under vmap, its vmap form)."""
+    with torch.no_grad():
+        out = {"logits_init": logits_at(net, theta0, frozen, query_x, vmapped=vmapped)}
+    if linearized:
+        delta = {name: theta_s[name].detach() - t.detach() for name, t in theta0.items()}
+        out["lin_init_logits"], out["lin_logits"] = linearized_logits(net, theta0, delta, frozen, query_x)
+    return out
 
 
 def kernel_metrics(logits: torch.Tensor, init_logits: torch.Tensor, lin_logits: torch.Tensor,

@@ -7,7 +7,7 @@ from torch import nn
 
 from lil_meta.engine.errors import ConfigError
 from lil_meta.engine.registry import BACKBONES
-from lil_meta.models.backbones.layers import TaskBatchNorm2d
+from lil_meta.models.backbones.layers import TaskBatchNorm2d, TaskMaxPool2d
 
 
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -22,7 +22,7 @@ def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
         TaskBatchNorm2d(out_channels),
-        nn.MaxPool2d(2),
+        TaskMaxPool2d(2),
         nn.ReLU(inplace=False),
     )
 

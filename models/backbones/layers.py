@@ -5,19 +5,20 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
 class _BatchStatsNorm(torch.autograd.Function):
-    """Training-mode batch norm whose backward is differentiable in plain torch ops.
+    """Training-mode batch norm (fused kernel) whose backward is itself an autograd op with a
+    compact derivative, :class:`_BatchNormBackward`.
 
     Second-order MAML differentiates each BatchNorm's backward once more (the inner gradient is
     part of the outer graph). PyTorch's own double backward of the fused op builds about fifty
-    full-size tensors per layer; differentiating the compact backward below (Ioffe & Szegedy,
-    2015, §3) builds about twenty (``docs/performance.md`` has the end-to-end effect). When no
-    graph of the backward is needed (the outer backward, first-order steps) the fused
-    ``native_batch_norm_backward`` runs instead. Checked against ``F.batch_norm`` with
-    ``gradcheck``/``gradgradcheck`` in fp64 (``tests/models/backbones/test_conv4.py``).
+    full-size tensors per layer; the same backward written in elementary ops kept about five
+    for the outer backward, :class:`_BatchNormBackward` keeps one (``docs/performance.md`` has
+    the bytes). Checked against ``F.batch_norm`` with ``gradcheck``/``gradgradcheck`` in fp64
+    (``tests/models/backbones/test_conv4.py``, ``test_layers.py``).
     """
 
     @staticmethod
@@ -29,25 +30,162 @@ class _BatchStatsNorm(torch.autograd.Function):
         x, weight, _, eps = inputs
         _, mean, rstd = output
         ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.save_for_forward(x, weight, mean, rstd)
         ctx.eps = eps
         ctx.mark_non_differentiable(mean, rstd)
 
     @staticmethod
     def backward(ctx, grad_y, _grad_mean, _grad_rstd):
         x, weight, mean, rstd = ctx.saved_tensors
-        if not torch.is_grad_enabled():
-            return (*torch.ops.aten.native_batch_norm_backward(
-                grad_y, x, weight, None, None, mean, rstd, True, ctx.eps, [True, True, True]), None)
+        return (*_BatchNormBackward.apply(grad_y, x, weight, mean, rstd, ctx.eps), None)
+
+    @staticmethod
+    def jvp(ctx, tangent_x, tangent_weight, tangent_bias, _tangent_eps):
+        """The forward-mode derivative (the kernel metrics' ``torch.func.jvp``). With ``s = w·r``,
+        ``ẏ = s·(ẋ − mean(ẋ)) + x̂·(ẇ − s·mean(ẋ·x̂)) + ḃ``, rewritten as ``s·ẋ + k·x + k₀``
+        per channel (``x̂ = r·(x − μ)``) so that no normalised copy of ``x`` is made: about
+        four activations at once (``x``, ``ẋ``, ``y`` and ``ẏ``)."""
+        x, weight, mean, rstd = ctx.saved_tensors
+        dims = (0, 2, 3)
+        zero = torch.zeros_like(weight)
+        if tangent_x is None:
+            mean_t = along = zero
+        else:
+            mean_t = tangent_x.mean(dims)
+            along = rstd * ((tangent_x * x).mean(dims) - mean * mean_t)  # mean(ẋ·x̂)
+        scale = weight * rstd
+        coef = rstd * ((zero if tangent_weight is None else tangent_weight) - scale * along)  # of x
+        shift = (zero if tangent_bias is None else tangent_bias) - scale * mean_t - coef * mean
+        tangent_y = torch.zeros_like(x) if tangent_x is None else tangent_x * _per_channel(scale)
+        return tangent_y.addcmul_(x, _per_channel(coef)).add_(_per_channel(shift)), None, None
+
+
+def _per_channel(t: torch.Tensor) -> torch.Tensor:
+    return t.view(1, -1, 1, 1)
+
+
+class _BatchNormBackward(torch.autograd.Function):
+    """``(grad_y, x, weight) ↦ (grad_x, grad_weight, grad_bias)``, the backward of training-mode
+    batch norm over ``[N, C, H, W]`` (statistics over N, H, W), as a differentiable function.
+
+    The forward is PyTorch's fused ``native_batch_norm_backward`` (``mean``, ``rstd``: the
+    forward's batch statistics of ``x``, passed in to save recomputing them). The backward is
+    its derivative written out by hand. With ``x̂ = (x − μ)·r``, ``r = (σ² + ε)^-½`` and means
+    over the reduced dims: ``ḡ = mean(g)``, ``m = mean(g·x̂)``, ``h = g − ḡ − x̂·m``, and
+    ``grad_x = w·r·h``, ``grad_weight = N·m``, ``grad_bias = N·ḡ``. Given the upstream
+    gradients ``a``, ``p``, ``q`` of those three outputs, and ``ā = mean(a)``,
+    ``α = mean(a·x̂)``, ``η = mean(a·h)`` (using ``∂x̂ⱼ/∂xᵢ = r(δᵢⱼ − 1/N − x̂ᵢx̂ⱼ/N)``):
+
+    - ``∂/∂g = q + p·x̂ + w·r·(a − ā − x̂·α)``
+    - ``∂/∂w = N·r·η``
+    - ``∂/∂x = p·r·h − w·r²·(x̂·η + m·(a − ā − x̂·α) + h·α)``
+
+    Beyond what the batch-norm forward already keeps (``x``, ``weight``, ``mean``, ``rstd``),
+    it saves one full-size tensor, ``grad_y``. The outer backward (no graph) evaluates these
+    with the sums expanded into per-channel coefficients, one fused pass per output; when this
+    backward itself needs a graph (a third derivative, e.g. ``gradgradcheck``), the plain form
+    runs, with μ and r recomputed from ``x`` so that they carry their dependence on it.
+    """
+
+    @staticmethod
+    def forward(grad_y, x, weight, mean, rstd, eps):
+        return torch.ops.aten.native_batch_norm_backward(grad_y, x, weight, None, None, mean, rstd, True, eps,
+                                                         [True, True, True])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad_y, x, weight, mean, rstd, eps = inputs
+        _, grad_weight, grad_bias = output  # Σ g·x̂ and Σ g per channel: kept, they are small
+        ctx.save_for_backward(grad_y, x, weight, mean, rstd, grad_weight, grad_bias)
+        ctx.eps = eps
+
+    @staticmethod
+    def backward(ctx, a, p, q):
+        if torch.is_grad_enabled():
+            return _BatchNormBackward._differentiable_backward(ctx, a, p, q)
+        g, x, weight, mean, rstd, sum_gx, sum_g = ctx.saved_tensors
         dims, count = (0, 2, 3), x.numel() // x.shape[1]
-        centred = x - x.mean(dims, keepdim=True)  # recomputed: differentiable in x
-        rstd = torch.rsqrt(centred.square().mean(dims, keepdim=True) + ctx.eps)
-        x_hat = centred * rstd
-        grad_bias = grad_y.sum(dims)
-        grad_weight = (grad_y * x_hat).sum(dims)
-        per_channel = lambda t: t.view(1, -1, 1, 1)  # noqa: E731
-        grad_x = (per_channel(weight) * rstd) * (
-            grad_y - per_channel(grad_bias / count) - x_hat * per_channel(grad_weight / count))
-        return grad_x, grad_weight, grad_bias, None
+        c = _per_channel
+        # the formulas of the class doc, each output one fused pass over per-channel coefficients
+        x_hat = torch.addcmul(c(-mean * rstd), x, c(rstd))
+        g_mean, m = sum_g / count, sum_gx / count
+        a_mean, alpha = a.sum(dims) / count, (a * x_hat).sum(dims) / count
+        eta = (a * g).sum(dims) / count - a_mean * g_mean - m * alpha  # mean(a·h)
+        wr = weight * rstd
+        grad_g = torch.addcmul(c(q - wr * a_mean), a, c(wr)).addcmul_(x_hat, c(p - wr * alpha))
+        k1, k2, k3 = p * rstd - wr * rstd * alpha, wr * rstd * eta, wr * rstd * m
+        grad_x = torch.addcmul(c(k3 * a_mean - k1 * g_mean), g, c(k1)).addcmul_(a, c(-k3))
+        grad_x.addcmul_(x_hat, c(k3 * alpha - m * k1 - k2))
+        return grad_g, grad_x, count * rstd * eta, None, None, None
+
+    @staticmethod
+    def _differentiable_backward(ctx, a, p, q):
+        """The same derivatives in the plain form of the class doc, with μ and r recomputed
+        from ``x``: the backward that a third derivative differentiates."""
+        g, x, weight, *_ = ctx.saved_tensors
+        dims, count = (0, 2, 3), x.numel() // x.shape[1]
+        centred = x - x.mean(dims, keepdim=True)
+        r = torch.rsqrt(centred.square().mean(dims, keepdim=True) + ctx.eps)
+        x_hat = centred * r
+        m = (g * x_hat).mean(dims, keepdim=True)
+        h = g - g.mean(dims, keepdim=True) - x_hat * m
+        alpha = (a * x_hat).mean(dims, keepdim=True)
+        eta = (a * h).mean(dims, keepdim=True)
+        a_centred = a - a.mean(dims, keepdim=True) - x_hat * alpha
+        w = _per_channel(weight)
+        grad_g = _per_channel(q) + _per_channel(p) * x_hat + (w * r) * a_centred
+        grad_w = (count * r * eta).flatten()
+        grad_x = (_per_channel(p) * r) * h - (w * r.square()) * (x_hat * eta + m * a_centred + h * alpha)
+        return grad_g, grad_x, grad_w, None, None, None
+
+
+class _MaxPool2d(torch.autograd.Function):
+    """Max-pooling over non-overlapping ``k × k`` windows that keeps only the argmax indices
+    for its backward (PyTorch's op keeps its input as well, which its backward does not need).
+
+    The backward scatters each output gradient to its argmax (``max_unpool2d``); that op's own
+    derivative gathers at the same indices, so the second-order graph keeps nothing more.
+    Non-overlapping windows make every index unique, so scattering and summing agree.
+    """
+
+    @staticmethod
+    def forward(x, k):
+        return F.max_pool2d(x, k, k, return_indices=True)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, k = inputs
+        _, indices = output
+        ctx.mark_non_differentiable(indices)
+        ctx.save_for_backward(indices)
+        ctx.save_for_forward(indices)
+        ctx.k, ctx.size = k, x.shape[-2:]
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_indices):
+        (indices,) = ctx.saved_tensors
+        return F.max_unpool2d(grad_out, indices, ctx.k, ctx.k, output_size=ctx.size), None
+
+    @staticmethod
+    def jvp(ctx, tangent_x, _tangent_k):
+        """The input's tangent at each window's argmax."""
+        (indices,) = ctx.saved_tensors
+        picked = tangent_x.flatten(2).gather(2, indices.flatten(2)).view(indices.shape)
+        return picked, None
+
+
+class TaskMaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d(k)`` (stride k, no padding) whose saved state is the argmax indices alone
+    (:class:`_MaxPool2d`); under ``vmap`` over tasks (``vmapped``), PyTorch's own op."""
+
+    def __init__(self, kernel_size: int, vmapped: bool = False):
+        super().__init__(kernel_size)
+        self.vmapped = bool(vmapped)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.vmapped or x.dim() != 4:
+            return super().forward(x)
+        return _MaxPool2d.apply(x, int(self.kernel_size))[0]
 
 
 class TaskBatchNorm2d(nn.BatchNorm2d):

@@ -14,7 +14,7 @@ from torch import nn
 
 from lil_meta.engine.errors import ConfigError
 from lil_meta.engine.registry import BACKBONES
-from lil_meta.models.backbones.layers import TaskBatchNorm2d
+from lil_meta.models.backbones.layers import TaskBatchNorm2d, TaskMaxPool2d
 
 
 class DropBlock(nn.Module):
@@ -70,7 +70,7 @@ class ResidualBlock(nn.Module):
         )
         self.shortcut = nn.Sequential(*conv_bn(in_channels, out_channels, kernel_size=1))
         self.act = act()
-        self.pool = nn.MaxPool2d(2)
+        self.pool = TaskMaxPool2d(2)
         self.drop = DropBlock(drop_rate, block_size) if drop_rate > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

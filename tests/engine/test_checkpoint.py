@@ -219,7 +219,20 @@ def test_a_checkpoint_records_the_settings_a_resume_compares(tmp_path):
     notes = resume_notes(state, make_cfg(**{"solver.lr_schedule": "cosine", "solver.max_iter": 20,
                                             "solver.task_chunk": 1}), 4)
     assert len(notes) == 2
-    assert "solver.task_chunk 0 -> 1" in notes[0] and "up to float rounding" in notes[0]
+    assert "solver.task_chunk 'auto' -> 1" in notes[0] and "up to float rounding" in notes[0]
     assert "solver.max_iter 10 -> 20 under the cosine schedule" in notes[1]
     state["settings"]["num_threads"] += 1
     assert "intra-op threads" in resume_notes(state, cfg, 4)[0]
+
+
+def test_a_checkpoint_of_whole_batch_passes_resumes_under_auto_with_a_rounding_note(tmp_path):
+    """A run saved with ``solver.task_chunk: 0`` (the default before ``auto``) resumes under
+    ``auto``: the same config to the fingerprint, and a note that the sums are rounded otherwise."""
+    from lil_meta.engine.resume import resume_notes
+
+    Checkpointer(tmp_path, cfg=make_cfg(**{"solver.task_chunk": 0})).save("model_0000003", model=model_state())
+    now = make_cfg()
+    assert now.solver.task_chunk == "auto"
+    state = Checkpointer(tmp_path, cfg=now).load(tmp_path / "model_0000003.pth")
+    notes = resume_notes(state, now, 4)
+    assert len(notes) == 1 and "solver.task_chunk 0 -> 'auto'" in notes[0] and "up to float rounding" in notes[0]

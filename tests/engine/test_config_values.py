@@ -26,6 +26,10 @@ TINY = ROOT / "tests" / "configs" / "tiny.yaml"
     ("device=cuda:x", r"device: 'cuda:x' is not a device"),
     ("extra_modules=[.relative]", r"extra_modules: '\.relative' is not an importable module name"),
     ("extra_modules=[my/file.py]", r"extra_modules: 'my/file\.py' is not an importable module name"),
+    ("solver.task_chunk=-1", r"solver\.task_chunk: expected auto or an integer >= 0 \(tasks per forward and "
+                             r"backward; 0: the whole meta-batch\), got -1$"),
+    ("solver.task_chunk=half", r"solver\.task_chunk: expected auto or an integer >= 0 .*, got 'half'"),
+    ("solver.task_chunk=1.5", r"solver\.task_chunk: expected auto or an integer >= 0 .*, got 1\.5"),
 ])
 def test_a_bad_value_is_one_line_naming_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -36,6 +40,8 @@ def test_good_values_load():
     cfg = load_config(TINY, ["solver.meta_batch=64", "seed=9223372036854775807", "device=cuda:1",
                              "extra_modules=[os.path]", "algorithm.inner_lr=-0.1"])
     assert cfg.seed == 2**63 - 1 and cfg.device == "cuda:1"
+    assert load_config(TINY, []).solver.task_chunk == "auto"  # the default
+    assert load_config(TINY, ["solver.task_chunk=0"]).solver.task_chunk == 0
 
 
 def test_the_documented_dataset_arguments_are_config_keys():

@@ -294,16 +294,25 @@ def chunked_run(task_chunk: int, pretrain: bool):
     batches = [type(b)(*(t.double() if t.is_floating_point() else t for t in b)) for b in batches]
     trainer = MetaTrainer(algo, FixedBatches(batches), torch.optim.SGD(algo.parameters(), lr=0.1),
                           task_chunk=task_chunk)
+    sizes = []
+    algo.register_forward_pre_hook(lambda module, args, kwargs: sizes.append(args[0].num_tasks), with_kwargs=True)
     trainer.train(0, 4)
     history = {k: [v for _, v in trainer.storage.history(k)] for k in ("loss", "acc", "acc_init", "pc")}
+    history["chunk sizes"] = sizes
     return [p.detach() for p in net.parameters()], history
 
 
 @pytest.mark.parametrize("pretrain", [False, True])
 def test_task_chunks_give_the_same_training(pretrain):
+    """Chunks of 1 and 3 tasks and ``auto`` (on the per-task loop: one task at a time, in both
+    phases of a chain) train as the whole batch does, to fp64 rounding."""
     whole, whole_history = chunked_run(0, pretrain)
-    for chunk in (1, 3):  # even and uneven chunks
+    assert set(whole_history.pop("chunk sizes")) == {4}
+    by_chunk = {}
+    for chunk in (1, 3, "auto"):  # even and uneven chunks
         weights, history = chunked_run(chunk, pretrain)
+        assert set(history.pop("chunk sizes")) == ({1} if chunk == "auto" else {chunk, 4 % chunk} - {0})
+        by_chunk[chunk] = weights
         for a, b in zip(whole, weights, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
         assert history.keys() == whole_history.keys()
@@ -311,3 +320,50 @@ def test_task_chunks_give_the_same_training(pretrain):
             assert len(history[key]) == len(values), key  # same logging schedule
             tol = 1e-6 if key.startswith("acc") else 1e-10  # accuracies are float32 means
             torch.testing.assert_close(torch.tensor(history[key]), torch.tensor(values), rtol=tol, atol=tol)
+    for a, b in zip(by_chunk[1], by_chunk["auto"], strict=True):
+        assert torch.equal(a, b)
+
+
+class OutOfMemoryAbove(torch.nn.Module):
+    """A batched algorithm (``auto_task_chunk`` 0) that runs out of memory on chunks of more than
+    ``fit`` tasks: on more than ``fit + 1`` at once, and on ``fit + 1`` once an earlier chunk of
+    the step has left gradients (so a failure can come after part of the step's gradient)."""
+
+    def __init__(self, inner, fit):
+        super().__init__()
+        self.inner, self.fit, self.calls = inner, fit, []
+
+    def auto_task_chunk(self, device, step=0):
+        return 0
+
+    def begin_step(self, step):
+        self.inner.begin_step(step)
+
+    def diagnose(self, out, rank=0):
+        return None
+
+    def forward(self, batch, step=0):
+        self.calls.append(batch.num_tasks)
+        started = any(p.grad is not None for p in self.parameters())
+        if batch.num_tasks > self.fit + 1 or (batch.num_tasks > self.fit and started):
+            raise torch.OutOfMemoryError("out of memory (a test)")
+        return self.inner(batch, step)
+
+
+def test_auto_chunk_under_vmap_falls_back_to_the_largest_chunk_that_fits(tiny, caplog):
+    """8 tasks at once do not fit, nor 4 (the second chunk fails after the first has left its
+    gradient); 3 do. The step then computes exactly what ``task_chunk=3`` computes (the same
+    random state for each try: the algorithm draws noise), and later steps keep 3."""
+    runs = {}
+    for chunk in ("auto", 3):
+        torch.manual_seed(0)
+        algo = OutOfMemoryAbove(tiny.Algorithm(), fit=3)
+        trainer = MetaTrainer(algo, tiny.Sampler(meta_batch=8), torch.optim.SGD(algo.parameters(), lr=0.1),
+                              task_chunk=chunk)
+        with caplog.at_level("INFO"):
+            trainer.train(0, 3)
+        runs[chunk] = algo
+    assert runs["auto"].calls == [8, 4, 4, 2, 2, 2, 2, 3, 3, 2] + [3, 3, 2] * 2
+    assert "8 tasks at a time do not fit in cpu memory; 3 at a time from now on" in caplog.text
+    for a, b in zip(runs["auto"].parameters(), runs[3].parameters(), strict=True):
+        assert torch.equal(a, b)

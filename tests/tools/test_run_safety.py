@@ -106,7 +106,7 @@ def test_resume_without_last_checkpoint_continues_from_the_newest_one(finished, 
     assert proc.returncode == 0, proc.stderr
     log = (out / "log.txt").read_text()
     assert "resuming from model_0000005.pth instead of" in log and "resuming from iteration 6" in log
-    assert "solver.task_chunk 0 -> 1" in log and "up to float rounding" in log
+    assert "solver.task_chunk 'auto' -> 1" in log and "up to float rounding" in log
     assert f"removed {stale.name}" in log and not stale.exists()
     assert (out / "model_0000005.pth").read_bytes() == weights
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 6

@@ -72,7 +72,10 @@ def test_a_network_linear_in_its_adapted_parameters_is_its_own_kernel_predictor(
     assert float(out["lin_agree"]) == 1.0 and float(out["lin_acc"]) == pytest.approx(float(out["acc"]), abs=1e-6)
 
 
-def test_the_jacobian_vector_product_matches_finite_differences():
+@pytest.mark.parametrize("network", ["loop", "vmap"])
+def test_the_jacobian_vector_product_matches_finite_differences(network):
+    """Through the network each engine runs: the layers' own jvp (loop) and the elementary
+    ops of the vmap form."""
     from lil_meta.models.algorithms.metrics import linearized_logits
     from lil_meta.models.backbones.layers import for_vmapped_tasks
 
@@ -82,7 +85,8 @@ def test_the_jacobian_vector_product_matches_finite_differences():
     theta = dict(model.named_parameters())
     g = torch.Generator().manual_seed(3)
     delta = {n: torch.randn(p.shape, generator=g, dtype=p.dtype) for n, p in theta.items()}
-    f0, lin = linearized_logits(for_vmapped_tasks(model), theta, delta, {}, x)
+    net = model if network == "loop" else for_vmapped_tasks(model)
+    f0, lin = linearized_logits(net, theta, delta, {}, x)
     h = 1e-7  # fp64: O(h²) truncation and ~1e-16/h rounding, both far below the tolerance
     with torch.no_grad():
         plus = torch.func.functional_call(model, {n: p + h * delta[n] for n, p in theta.items()}, (x,))

@@ -4,7 +4,7 @@ from torch.func import functional_call
 
 from lil_meta.engine.inner_loop import map_tasks
 from lil_meta.models.backbones.conv4 import Conv4, conv_block
-from lil_meta.models.backbones.layers import TaskBatchNorm2d, for_vmapped_tasks
+from lil_meta.models.backbones.layers import TaskBatchNorm2d, TaskMaxPool2d, for_vmapped_tasks
 
 
 @pytest.mark.parametrize("image_size,channels,feat", [(84, 3, 64 * 5 * 5), (28, 1, 64), (32, 3, 64 * 2 * 2)])
@@ -81,7 +81,7 @@ def test_pool_before_activation_is_the_same_function_to_second_order(act):
     for a, b in zip(textbook, ours, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
     block = conv_block(4, 4)
-    assert [type(m) for m in block][2:] == [torch.nn.MaxPool2d, torch.nn.ReLU]
+    assert [type(m) for m in block][2:] == [TaskMaxPool2d, torch.nn.ReLU]
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

@@ -1,0 +1,120 @@
+"""The layers' own autograd Functions (models/backbones/layers.py) in fp64: each derivative
+against finite differences (gradcheck, gradgradcheck, forward mode), against PyTorch's own op,
+and what each keeps for the outer backward."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.autograd import gradcheck, gradgradcheck
+
+from lil_meta.models.backbones.conv4 import Conv4
+from lil_meta.models.backbones.layers import (
+    TaskBatchNorm2d,
+    TaskMaxPool2d,
+    _BatchNormBackward,
+    _MaxPool2d,
+)
+from lil_meta.tools.saved_tensors import graph_nodes, saved_by_op, saved_tensors_of
+
+DOUBLE = torch.float64
+
+
+def _bn_backward(grad_y, x, weight):
+    """The Function with the batch statistics of ``x`` (recomputed at every perturbed ``x``)."""
+    mean = x.mean((0, 2, 3)).detach()
+    rstd = torch.rsqrt(x.var((0, 2, 3), unbiased=False) + 1e-5).detach()
+    return _BatchNormBackward.apply(grad_y, x, weight, mean, rstd, 1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [True])  # strided: the layout the query pass runs in
+def test_batch_norm_backward_has_its_derivatives(channels_last):
+    """The hand-written derivative of the batch-norm backward (what second-order MAML's outer
+    backward runs) against finite differences, to the third order."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 2, 2, 3, dtype=DOUBLE)
+    grad_y = torch.randn_like(x)
+    if channels_last:
+        x, grad_y = (t.contiguous(memory_format=torch.channels_last) for t in (x, grad_y))
+    weight = torch.rand(2, dtype=DOUBLE) + 0.5
+    inputs = tuple(t.requires_grad_() for t in (grad_y, x, weight))
+    assert gradcheck(_bn_backward, inputs)
+    assert gradgradcheck(_bn_backward, inputs)
+
+
+def test_batch_norm_backward_equals_the_gradient_of_f_batch_norm():
+    torch.manual_seed(1)
+    x = torch.randn(4, 3, 3, 3, dtype=DOUBLE, requires_grad=True)
+    weight = (torch.rand(3, dtype=DOUBLE) + 0.5).requires_grad_()
+    bias = torch.rand(3, dtype=DOUBLE, requires_grad=True)
+    grad_y = torch.randn_like(x)
+    expected = torch.autograd.grad(F.batch_norm(x, None, None, weight, bias, training=True), (x, weight, bias),
+                                   grad_y)
+    for a, b in zip(_bn_backward(grad_y, x, weight), expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_task_batch_norm_forward_mode_matches_finite_differences():
+    torch.manual_seed(2)
+    bn = TaskBatchNorm2d(2).double()
+    x = torch.randn(3, 2, 3, 3, dtype=DOUBLE, requires_grad=True)
+    weight = (torch.rand(2, dtype=DOUBLE) + 0.5).requires_grad_()
+    bias = torch.rand(2, dtype=DOUBLE, requires_grad=True)
+    fn = lambda t, w, b: torch.func.functional_call(bn, {"weight": w, "bias": b}, (t,))  # noqa: E731
+    assert gradcheck(fn, (x, weight, bias), check_forward_ad=True)
+
+
+@pytest.mark.parametrize("size,channels_last", [(6, False), (5, True)])  # 5: a row and a column outside every window
+def test_max_pool_matches_pytorch_to_second_order(size, channels_last):
+    torch.manual_seed(3)
+    x = torch.randn(1, 2, size, size, dtype=DOUBLE)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    ours = lambda t: _MaxPool2d.apply(t, 2)[0]  # noqa: E731
+    assert gradcheck(ours, (x,), check_forward_ad=True)
+    assert gradgradcheck(ours, (x,))
+    v, w = torch.randn(1, 2, size // 2, size // 2, dtype=DOUBLE), torch.randn_like(x)
+    results = []
+    for pool in (ours, lambda t: F.max_pool2d(t, 2)):  # value, gradient and H·w through a curved input
+        out = pool(x.sin())
+        (g,) = torch.autograd.grad((out.square() * v).sum(), x, create_graph=True)
+        (hw,) = torch.autograd.grad((g * w).sum(), x)
+        results.append((out, g, hw))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_task_max_pool_is_pytorchs_under_vmap_and_outside():
+    x = torch.randn(2, 3, 4, 6, 6, dtype=DOUBLE)
+    pool, twin = TaskMaxPool2d(2), TaskMaxPool2d(2, vmapped=True)
+    expected = torch.stack([F.max_pool2d(t, 2) for t in x])
+    torch.testing.assert_close(torch.stack([pool(t) for t in x]), expected, rtol=0, atol=0)
+    torch.testing.assert_close(torch.func.vmap(twin)(x), expected, rtol=0, atol=0)
+
+
+def test_the_second_order_graph_keeps_no_pooling_input_and_one_tensor_per_batch_norm_backward():
+    """What a task's graph saves (tools/saved_tensors.py): the pooling layers their int64
+    indices only, and each batch-norm backward one tensor beyond its forward's."""
+    torch.manual_seed(0)
+    model = Conv4(num_classes=3, in_channels=1, image_size=16, hidden=4).double()
+    support, query = torch.rand(6, 1, 16, 16, dtype=DOUBLE), torch.rand(9, 1, 16, 16, dtype=DOUBLE)
+    params = dict(model.named_parameters())
+    fn = lambda p, x: torch.func.functional_call(model, p, (x,))  # noqa: E731
+    grads = torch.autograd.grad(F.cross_entropy(fn(params, support), torch.arange(3).repeat(2)),
+                                list(params.values()), create_graph=True)
+    adapted = {n: p - 0.1 * g for (n, p), g in zip(params.items(), grads, strict=True)}
+    loss = F.cross_entropy(fn(adapted, query), torch.arange(3).repeat(3))
+    table, _ = saved_by_op(loss)
+    assert "MaxPool2DWithIndicesBackward0" not in table and "PowBackward0" not in table
+    pool_saved = _saved_of(loss, "_MaxPool2dBackward") + _saved_of(loss, "MaxUnpool2DBackward0")
+    assert pool_saved and all(t.dtype == torch.int64 for t in pool_saved)
+    forward_saved = {t.untyped_storage().data_ptr() for t in _saved_of(loss, "_BatchStatsNormBackward")}
+    backward_nodes = [n for n in graph_nodes(loss) if type(n).__name__ == "_BatchNormBackwardBackward"]
+    assert len(backward_nodes) == 4  # one per layer of the one inner step
+    for node in backward_nodes:
+        own = [t for t in saved_tensors_of(node) if t.dim() == 4 and t.untyped_storage().data_ptr() not in forward_saved]
+        assert len(own) == 1  # grad_y; x, weight and the statistics are the forward's
+
+
+def _saved_of(loss, kind):
+    return [t for node in graph_nodes(loss) if type(node).__name__ == kind for t in saved_tensors_of(node)]
