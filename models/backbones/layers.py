@@ -146,10 +146,18 @@ class _MaxPool2d(torch.autograd.Function):
     The backward scatters each output gradient to its argmax (``max_unpool2d``); that op's own
     derivative gathers at the same indices, so the second-order graph keeps nothing more.
     Non-overlapping windows make every index unique, so scattering and summing agree.
+
+    On CPU a contiguous (NCHW) input is pooled channels-last and the result laid back out NCHW:
+    PyTorch's NCHW kernel takes several times as long as the copies and its channels-last
+    kernel together (docs/performance.md), and both pick the same maximum and index in every
+    window (the first maximum in row-major order), so values and gradients are unchanged.
     """
 
     @staticmethod
     def forward(x, k):
+        if x.device.type == "cpu" and x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last):
+            out, indices = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), k, k, return_indices=True)
+            return out.contiguous(), indices.contiguous()
         return F.max_pool2d(x, k, k, return_indices=True)
 
     @staticmethod

@@ -118,3 +118,19 @@ def test_the_second_order_graph_keeps_no_pooling_input_and_one_tensor_per_batch_
 
 def _saved_of(loss, kind):
     return [t for node in graph_nodes(loss) if type(node).__name__ == kind for t in saved_tensors_of(node)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, DOUBLE])
+@pytest.mark.parametrize("size", [8, 9])
+def test_max_pool_of_an_nchw_input_equals_pytorchs_values_and_indices_with_ties(dtype, size):
+    """The NCHW input is pooled channels-last: the same maxima, the same argmax in windows
+    whose maximum is tied (ReLU's zeros, repeated rows) and the result laid out NCHW."""
+    torch.manual_seed(0)
+    x = torch.relu(torch.randn(3, 5, size, size, dtype=dtype))
+    x[:, :, 1::3] = 0.5
+    x[:, :2, :, 0:size - 1:2] = x[:, :2, :, 1::2]  # whole windows tied in two channels
+    out, indices = _MaxPool2d.apply(x, 2)
+    expected, expected_indices = F.max_pool2d(x, 2, return_indices=True)
+    assert out.is_contiguous() and indices.is_contiguous()
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert torch.equal(indices, expected_indices)
