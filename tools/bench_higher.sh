@@ -1,9 +1,11 @@
 #!/bin/bash
 # Second-order MAML beside the `higher` library, Conv4 84x84x3, 5-way, 15 queries, meta-batch 4,
 # 3 inner steps (docs/performance.md, "Memory: second-order MAML beside `higher`"):
-#   1. speed at the defaults, 5-shot: the engine and higher in one process, interleaved rounds
-#      (both rows under the same malloc setting, the default: freed memory kept), with a row
-#      whose every step is a logging step (algorithm.metrics_period=1);
+#   1. speed at the defaults, 5-shot: the engine and higher in one process, interleaved rounds,
+#      both rows under one malloc setting: freed memory kept (the engine's default; with a row
+#      whose every step is a logging step, algorithm.metrics_period=1), then glibc's defaults
+#      (how higher runs in a process of its own); then the ratios, the engine at its defaults
+#      against higher under each setting;
 #   2. peak RSS, each row in a fresh process of its own (--isolate), 5- and 1-shot, with the
 #      malloc setting on (keep) and off (system): the defaults, checkpoint_inner_steps=true,
 #      the whole meta-batch at once (task_chunk=0, with the setting on) and higher;
@@ -19,8 +21,26 @@ date
 $PY -c "import torch, os; print('torch', torch.__version__, '|', torch.get_num_threads(), 'threads |', os.cpu_count(), 'cpus')"
 git log -1 --format='commit %h %s'
 
-echo "== 1. speed, 5-shot, defaults vs higher, one process (and every step a logging step)"
-$BENCH --iters 3 --warmup 1 $SHAPE --config-file "configs/maml_5shot.yaml algorithm.metrics_period=1"
+echo "== 1. speed, 5-shot, defaults vs higher, one process per malloc setting"
+speed=$(mktemp)
+trap 'rm -f "$speed"' EXIT
+for malloc in keep system; do
+  logging=()
+  [ "$malloc" = keep ] && logging=(--config-file "configs/maml_5shot.yaml algorithm.metrics_period=1")
+  $BENCH --json --malloc "$malloc" --iters 3 --warmup 1 $SHAPE "${logging[@]}" >> "$speed" || exit
+done
+"$PY" - "$speed" <<'EOF'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.startswith("{")]
+s = {(r["config"], "kept" not in r["cpu_malloc"]): r["s_per_iter"] for r in rows}
+for (config, system), seconds in s.items():
+    print(f"{'glibc defaults' if system else 'memory kept':<15} {config:<40} {seconds:7.3f} s/iter")
+engine = s[("maml_5shot", False)]
+for system, label in ((False, "freed memory kept"), (True, "glibc's defaults")):
+    higher = next(v for (c, on), v in s.items() if c.startswith("higher") and on == system)
+    print(f"engine at its defaults (freed memory kept) {engine:.3f} s; higher under {label} "
+          f"{higher:.3f} s: the engine {higher / engine:.2f}x as fast")
+EOF
 
 for shot in 5 1; do
   for malloc in keep system; do
