@@ -22,17 +22,18 @@ $PY -c "import torch, os; print('torch', torch.__version__, '|', torch.get_num_t
 git log -1 --format='commit %h %s'
 
 echo "== 1. speed, 5-shot, defaults vs higher, one process per malloc setting"
-speed=$(mktemp)
-trap 'rm -f "$speed"' EXIT
+speed=$(mktemp -d)
+trap 'rm -rf "$speed"' EXIT
 for malloc in keep system; do
   logging=()
   [ "$malloc" = keep ] && logging=(--config-file "configs/maml_5shot.yaml algorithm.metrics_period=1")
-  $BENCH --json --malloc "$malloc" --iters 3 --warmup 1 $SHAPE "${logging[@]}" >> "$speed" || exit
+  $BENCH --json --malloc "$malloc" --iters 3 --warmup 1 $SHAPE "${logging[@]}" > "$speed/$malloc" || exit
 done
 "$PY" - "$speed" <<'EOF'
-import json, sys
-rows = [json.loads(line) for line in open(sys.argv[1]) if line.startswith("{")]
-s = {(r["config"], "kept" not in r["cpu_malloc"]): r["s_per_iter"] for r in rows}
+import json, pathlib, sys
+rows = [(malloc == "system", json.loads(line)) for malloc in ("keep", "system")
+        for line in (pathlib.Path(sys.argv[1]) / malloc).open() if line.startswith("{")]
+s = {(row["config"], system): row["s_per_iter"] for system, row in rows}
 for (config, system), seconds in s.items():
     print(f"{'glibc defaults' if system else 'memory kept':<15} {config:<40} {seconds:7.3f} s/iter")
 engine = s[("maml_5shot", False)]
