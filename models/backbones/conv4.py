@@ -7,7 +7,7 @@ from torch import nn
 
 from lil_meta.engine.errors import ConfigError
 from lil_meta.engine.registry import BACKBONES
-from lil_meta.models.backbones.layers import TaskBatchNorm2d, TaskMaxPool2d
+from lil_meta.models.backbones.layers import TaskBatchNorm2d, TaskConv2d, TaskMaxPool2d
 
 
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -20,7 +20,7 @@ def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     conv → BN → ReLU → pool; the function is the same).
     """
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
+        TaskConv2d(in_channels, out_channels, kernel_size=3, padding=1),
         TaskBatchNorm2d(out_channels),
         TaskMaxPool2d(2),
         nn.ReLU(inplace=False),

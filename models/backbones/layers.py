@@ -182,6 +182,90 @@ class _MaxPool2d(torch.autograd.Function):
         return picked, None
 
 
+class _ConvOfConstantInput(torch.autograd.Function):
+    """``conv2d(x, weight)`` (no bias) for an input that needs no gradient, e.g. the images.
+
+    PyTorch's double backward of a convolution computes the input's gradient, ``convT(g, ġ_w)``,
+    even when the input needs none. In second-order MAML that is the first layer of every inner
+    step: a transposed convolution from ``C_out`` down to the image channels at full resolution,
+    on PyTorch's slow (non-oneDNN) path, whose result is thrown away. Here the backward is
+    :class:`_ConvWeightGrad`, whose own backward computes only the gradient of the output
+    gradient. Every value is computed by the same ATen calls as PyTorch's own path
+    (``convolution_backward`` for the weight's gradient, ``conv2d(x, ġ_w)`` for its derivative),
+    so results are bit-identical (``tests/models/backbones/test_layers.py``).
+    """
+
+    @staticmethod
+    def forward(x, weight, stride, padding, dilation, groups):
+        return F.conv2d(x, weight, None, stride, padding, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, *ctx.conv = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.save_for_forward(x, weight)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight = ctx.saved_tensors
+        return None, _ConvWeightGrad.apply(grad_y, x, weight, *ctx.conv), None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, tangent_x, tangent_weight, *_):
+        x, weight = ctx.saved_tensors
+        tangent_y = F.conv2d(x, tangent_weight, None, *ctx.conv) if tangent_weight is not None else None
+        if tangent_x is not None:
+            from_x = F.conv2d(tangent_x, weight, None, *ctx.conv)
+            tangent_y = from_x if tangent_y is None else tangent_y + from_x
+        return tangent_y
+
+
+class _ConvWeightGrad(torch.autograd.Function):
+    """``grad_y ↦ ∂⟨grad_y, conv2d(x, w)⟩/∂w`` for a constant ``x``, as a differentiable function.
+
+    Linear in ``grad_y`` and independent of ``w``: its derivative is ``conv2d(x, ·)`` for
+    ``grad_y`` and nothing for ``x`` or ``w``."""
+
+    @staticmethod
+    def forward(grad_y, x, weight, stride, padding, dilation, groups):
+        return torch.ops.aten.convolution_backward(grad_y, x, weight, None, stride, padding, dilation, False,
+                                                   [0] * len(stride), groups, [False, True, False])[1]
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, x, weight, *ctx.conv = inputs
+        ctx.save_for_backward(x, weight)
+        ctx.save_for_forward(x, weight)
+
+    @staticmethod
+    def backward(ctx, grad_grad_weight):
+        x, _ = ctx.saved_tensors
+        return F.conv2d(x, grad_grad_weight, None, *ctx.conv), None, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, tangent_grad_y, *_):
+        x, weight = ctx.saved_tensors
+        return _ConvWeightGrad.forward(tangent_grad_y, x, weight, *ctx.conv)
+
+
+class TaskConv2d(nn.Conv2d):
+    """``nn.Conv2d`` without bias whose input, when it needs no gradient (the images), is
+    differentiated twice without the input-gradient PyTorch's double backward would compute
+    (:class:`_ConvOfConstantInput`); otherwise, and under ``vmap`` over tasks
+    (``vmapped``), PyTorch's own op. Same parameters and state-dict keys as ``nn.Conv2d``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0,
+                 vmapped: bool = False):
+        super().__init__(in_channels, out_channels, kernel_size, padding=padding, bias=False)
+        self.vmapped = bool(vmapped)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.vmapped or x.requires_grad or not self.weight.requires_grad or not torch.is_grad_enabled()
+                or self.padding_mode != "zeros" or isinstance(self.padding, str)):
+            return super().forward(x)
+        return _ConvOfConstantInput.apply(x, self.weight, self.stride, self.padding, self.dilation, self.groups)
+
+
 class TaskMaxPool2d(nn.MaxPool2d):
     """``nn.MaxPool2d(k)`` (stride k, no padding) whose saved state is the argmax indices alone
     (:class:`_MaxPool2d`); under ``vmap`` over tasks (``vmapped``), PyTorch's own op."""

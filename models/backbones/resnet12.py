@@ -14,7 +14,7 @@ from torch import nn
 
 from lil_meta.engine.errors import ConfigError
 from lil_meta.engine.registry import BACKBONES
-from lil_meta.models.backbones.layers import TaskBatchNorm2d, TaskMaxPool2d
+from lil_meta.models.backbones.layers import TaskBatchNorm2d, TaskConv2d, TaskMaxPool2d
 
 
 class DropBlock(nn.Module):
@@ -49,7 +49,7 @@ class DropBlock(nn.Module):
 
 def conv_bn(in_channels: int, out_channels: int, kernel_size: int = 3) -> list[nn.Module]:
     """conv (no bias: the BatchNorm shift makes it redundant) → BatchNorm (batch statistics)."""
-    return [nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+    return [TaskConv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
             TaskBatchNorm2d(out_channels)]
 
 

@@ -2,16 +2,22 @@
 against finite differences (gradcheck, gradgradcheck, forward mode), against PyTorch's own op,
 and what each keeps for the outer backward."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.autograd import gradcheck, gradgradcheck
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lil_meta.models.backbones.conv4 import Conv4
 from lil_meta.models.backbones.layers import (
     TaskBatchNorm2d,
+    TaskConv2d,
     TaskMaxPool2d,
     _BatchNormBackward,
+    _ConvOfConstantInput,
+    _ConvWeightGrad,
     _MaxPool2d,
 )
 from lil_meta.tools.saved_tensors import graph_nodes, saved_by_op, saved_tensors_of
@@ -134,3 +140,79 @@ def test_max_pool_of_an_nchw_input_equals_pytorchs_values_and_indices_with_ties(
     assert out.is_contiguous() and indices.is_contiguous()
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
     assert torch.equal(indices, expected_indices)
+
+
+CONV = ((1, 1), (1, 1), (1, 1), 1)  # stride, padding, dilation, groups
+
+
+def test_conv_of_a_constant_input_has_its_derivatives():
+    """The convolution and its weight-gradient Function against finite differences, in reverse
+    and forward mode, to the third order."""
+    torch.manual_seed(4)
+    x = torch.randn(2, 3, 5, 5, dtype=DOUBLE)
+    weight = torch.randn(4, 3, 3, 3, dtype=DOUBLE, requires_grad=True)
+    grad_y = torch.randn(2, 4, 5, 5, dtype=DOUBLE, requires_grad=True)
+    conv = lambda w: _ConvOfConstantInput.apply(x, w, *CONV)  # noqa: E731
+    weight_grad = lambda g: _ConvWeightGrad.apply(g, x, weight, *CONV)  # noqa: E731
+    for fn, inputs in ((conv, (weight,)), (weight_grad, (grad_y,))):
+        assert gradcheck(fn, inputs, check_forward_ad=True)
+        assert gradgradcheck(fn, inputs)
+    (expected,) = torch.autograd.grad(F.conv2d(x, weight, padding=1), weight, grad_y)
+    torch.testing.assert_close(weight_grad(grad_y), expected, rtol=0, atol=0)
+
+
+class _CountTransposedConvs(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.convolution.default and args[6]:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _second_order_step(model, support, query):
+    """A second-order MAML step with one inner step: the query loss, its meta-gradient, and
+    how many transposed convolutions the outer backward ran."""
+    params = dict(model.named_parameters())
+    fn = lambda p, x: torch.func.functional_call(model, p, (x,))  # noqa: E731
+    grads = torch.autograd.grad(F.cross_entropy(fn(params, support), torch.arange(3).repeat(2)),
+                                list(params.values()), create_graph=True)
+    adapted = {n: p - 0.1 * g for (n, p), g in zip(params.items(), grads, strict=True)}
+    loss = F.cross_entropy(fn(adapted, query), torch.arange(3).repeat(3))
+    with _CountTransposedConvs() as counter:
+        meta_grads = torch.autograd.grad(loss, list(params.values()))
+    return loss, meta_grads, counter.count
+
+
+def test_second_order_step_is_bit_identical_to_pytorchs_conv_without_the_images_gradient():
+    """Conv4 with its first convolution as PyTorch's ``nn.Conv2d`` against the same weights
+    through :class:`TaskConv2d`: the same loss and meta-gradient to the bit (fp32), and one
+    transposed convolution fewer in the outer backward, the images' gradient that nobody uses."""
+    torch.manual_seed(5)
+    ours = Conv4(num_classes=3, in_channels=3, image_size=16, hidden=4)
+    pytorchs = copy.deepcopy(ours)
+    first = pytorchs.features[0][0]
+    plain = torch.nn.Conv2d(3, 4, 3, padding=1, bias=False)
+    plain.weight = first.weight
+    pytorchs.features[0][0] = plain
+    support, query = torch.rand(6, 3, 16, 16), torch.rand(9, 3, 16, 16)
+    loss, grads, transposed = _second_order_step(ours, support, query)
+    expected_loss, expected_grads, expected_transposed = _second_order_step(pytorchs, support, query)
+    assert torch.equal(loss, expected_loss)
+    for a, b in zip(grads, expected_grads, strict=True):
+        assert torch.equal(a, b)
+    assert transposed == expected_transposed - 1
+
+
+def test_task_conv_is_pytorchs_when_its_input_needs_a_gradient_or_under_vmap():
+    torch.manual_seed(6)
+    conv, twin = TaskConv2d(3, 4, 3, padding=1), TaskConv2d(3, 4, 3, padding=1, vmapped=True)
+    twin.weight = conv.weight
+    x = torch.randn(2, 5, 3, 6, 6)
+    expected = torch.stack([F.conv2d(t, conv.weight, padding=1) for t in x])
+    torch.testing.assert_close(torch.func.vmap(twin)(x), expected, rtol=0, atol=0)
+    y = conv(x[0].requires_grad_())
+    assert type(y.grad_fn).__name__ == "ConvolutionBackward0"
+    assert type(conv(x[1]).grad_fn).__name__ == "_ConvOfConstantInputBackward"
