@@ -53,17 +53,10 @@ from lil_meta.models.algorithms.metrics import (
     kernel_metrics,
     linearity_metrics,
 )
-from lil_meta.models.backbones.layers import for_vmapped_tasks
+from lil_meta.models.backbones.layers import TaskConv2d, for_vmapped_tasks, nhwc_per_task
 
 ADAPT = ("all", "head", "body")
 CHANNELS_LAST = ("auto", "none", "query", "all")
-
-
-def _nhwc_per_task(images: torch.Tensor) -> torch.Tensor:
-    """``[tasks, n, C, H, W]`` images with each task's ``[n, C, H, W]`` slice channels-last."""
-    if images.dim() != 5:
-        return images
-    return images.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
 
 
 class _Part(nn.Module):
@@ -109,9 +102,10 @@ class GBML(nn.Module):
             ``"query"``, ``"all"`` or ``"auto"``. Only the memory layout changes, not the
             arithmetic. ``auto`` on CPU: the query set, where a task's biggest forward and
             backward run (oneDNN's convolutions and pooling are faster in NHWC; docs/performance.md),
-            and the support set too when no double backward runs through the convolutions
-            (first-order, or ANIL's precomputed features) — second-order convolution backward
-            is slower in NHWC. On CUDA ``auto`` is ``none`` until a GPU measurement says otherwise.
+            and the support set too unless a double backward runs through a convolution that is
+            not a :class:`TaskConv2d` (PyTorch's own double backward of a convolution is slower
+            in NHWC, :class:`TaskConv2d`'s faster). On CUDA ``auto`` is ``none`` until a GPU
+            measurement says otherwise.
         hessian_ratio: on logging steps, also the Hessian ratios hₖ of eq. 5 (``hess_ratio``;
             one Hessian-vector product per inner step and task, no graph; ``docs/design.md``).
         checkpoint_inner_steps: recompute each second-order inner step in the backward pass
@@ -239,7 +233,8 @@ class GBML(nn.Module):
         if device.type != "cpu":
             return "none"
         no_double_backward = self.first_order or self.head_only(self.split_parameters()[0])
-        return "all" if no_double_backward else "query"
+        own_convs = all(isinstance(m, TaskConv2d) for m in self.model.modules() if isinstance(m, nn.Conv2d))
+        return "all" if no_double_backward or own_convs else "query"
 
     def prepared(self, batch: TaskBatch) -> TaskBatch:
         """The batch, checked against the head (a :class:`TaskBatch` is checked when it is
@@ -252,8 +247,8 @@ class GBML(nn.Module):
         layout = self.resolved_channels_last(batch.query_x.device)
         if layout == "none":
             return batch
-        support_x = _nhwc_per_task(batch.support_x) if layout == "all" else batch.support_x
-        return TaskBatch.trusted(support_x, batch.support_y, _nhwc_per_task(batch.query_x), batch.query_y,
+        support_x = nhwc_per_task(batch.support_x) if layout == "all" else batch.support_x
+        return TaskBatch.trusted(support_x, batch.support_y, nhwc_per_task(batch.query_x), batch.query_y,
                                  way=batch.way)
 
     def split_parameters(self, network: nn.Module | None = None) -> tuple[Params, Params]:

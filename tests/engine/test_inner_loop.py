@@ -78,13 +78,16 @@ def test_channels_last_layouts_give_the_reference_meta_gradient_fp64(engine, fir
         assert dict(seen) == {WAY * SHOT: layout == "all", WAY * QUERY: layout != "none"}
 
 
-def test_channels_last_auto_follows_the_device_and_the_double_backward():
+def test_channels_last_auto_follows_the_device_the_double_backward_and_the_convolutions():
     model = Conv4(num_classes=WAY, in_channels=3, image_size=16, hidden=6)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert GBML(model).resolved_channels_last(cpu) == "query"
-    assert GBML(model, first_order=True).resolved_channels_last(cpu) == "all"
-    assert GBML(model, adapt="head").resolved_channels_last(cpu) == "all"
-    assert GBML(model, adapt="head", precompute_features=False).resolved_channels_last(cpu) == "query"
+    assert GBML(model).resolved_channels_last(cpu) == "all"  # its convolutions are TaskConv2d
+    plain = Conv4(num_classes=WAY, in_channels=3, image_size=16, hidden=6)
+    plain.features[0][0] = torch.nn.Conv2d(3, 6, 3, padding=1, bias=False)  # PyTorch's double backward
+    assert GBML(plain).resolved_channels_last(cpu) == "query"
+    assert GBML(plain, first_order=True).resolved_channels_last(cpu) == "all"
+    assert GBML(plain, adapt="head").resolved_channels_last(cpu) == "all"
+    assert GBML(plain, adapt="head", precompute_features=False).resolved_channels_last(cpu) == "query"
     assert GBML(model).resolved_channels_last(cuda) == "none"
     with pytest.raises(ValueError, match="algorithm.channels_last: expected one of auto, none, query, all"):
         GBML(model, channels_last="yes")
