@@ -53,7 +53,8 @@ from lil_meta.models.algorithms.metrics import (
     kernel_metrics,
     linearity_metrics,
 )
-from lil_meta.models.backbones.layers import TaskConv2d, for_vmapped_tasks, nhwc_per_task
+from lil_meta.models.backbones.layers import for_vmapped_tasks, nhwc_per_task
+from lil_meta.models.backbones.task_conv import TaskConv2d
 
 ADAPT = ("all", "head", "body")
 CHANNELS_LAST = ("auto", "none", "query", "all")

@@ -7,7 +7,8 @@ from torch import nn
 
 from lil_meta.engine.errors import ConfigError
 from lil_meta.engine.registry import BACKBONES
-from lil_meta.models.backbones.layers import TaskBatchNorm2d, TaskConv2d, TaskMaxPool2d
+from lil_meta.models.backbones.layers import TaskBatchNorm2d, TaskMaxPool2d
+from lil_meta.models.backbones.task_conv import TaskConv2d
 
 
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
