@@ -1,13 +1,15 @@
 #!/bin/bash
 # Second-order MAML beside the `higher` library, Conv4 84x84x3, 5-way, 15 queries, meta-batch 4,
 # 3 inner steps (docs/performance.md, "Memory: second-order MAML beside `higher`"):
-#   1. speed at the defaults, 5-shot: the engine and higher in one process, interleaved rounds,
-#      both rows under one malloc setting: freed memory kept (the engine's default; with a row
+#   1. speed at the defaults, 5-shot: the engine and higher in one process, interleaved rounds
+#      after 4 warm-up steps per row (with the malloc setting on the heap grows over the first
+#      steps, page-faulting its new pages), both rows under one malloc setting: freed memory
+#      kept (the engine's default; with a row
 #      whose every step is a logging step, algorithm.metrics_period=1), then glibc's defaults
 #      (how higher runs in a process of its own); then the ratios, the engine at its defaults
 #      against higher under each setting;
-#   2. peak RSS, each row in a fresh process of its own (--isolate), 5- and 1-shot, with the
-#      malloc setting on (keep) and off (system): the defaults, checkpoint_inner_steps=true,
+#   2. peak RSS over 4 steps, each row in a fresh process of its own (--isolate), 5- and 1-shot,
+#      with the malloc setting on (keep) and off (system): the defaults, checkpoint_inner_steps=true,
 #      the whole meta-batch at once (task_chunk=0, with the setting on) and higher;
 #   3. what one task's graph keeps for the outer backward, by node type, engine and higher.
 # Usage: bash tools/bench_higher.sh [key=value ...]   (extra overrides, e.g. a small shape for a dry run)
@@ -27,7 +29,7 @@ trap 'rm -rf "$speed"' EXIT
 for malloc in keep system; do
   logging=()
   [ "$malloc" = keep ] && logging=(--config-file "configs/maml_5shot.yaml algorithm.metrics_period=1")
-  $BENCH --json --malloc "$malloc" --iters 3 --warmup 1 $SHAPE "${logging[@]}" > "$speed/$malloc" || exit
+  $BENCH --json --malloc "$malloc" --iters 5 --warmup 4 $SHAPE "${logging[@]}" > "$speed/$malloc" || exit
 done
 "$PY" - "$speed" <<'EOF'
 import json, pathlib, sys
@@ -48,7 +50,7 @@ for shot in 5 1; do
     echo "== 2. peak RSS, ${shot}-shot, --malloc $malloc, each row in its own process"
     whole=()
     [ "$malloc" = keep ] && whole=(--config-file "configs/maml_5shot.yaml solver.task_chunk=0")
-    $BENCH --isolate --malloc "$malloc" --iters 1 --warmup 1 $SHAPE data.shot=$shot \
+    $BENCH --isolate --malloc "$malloc" --iters 2 --warmup 2 $SHAPE data.shot=$shot \
       --config-file "configs/maml_5shot.yaml algorithm.checkpoint_inner_steps=true" "${whole[@]}"
   done
 done
