@@ -30,7 +30,7 @@ class Prefetcher:
     def _draw(self) -> tuple[dict[str, Any], Any]:
         state = self.sampler.state_dict()
         batch = self.sampler.next_batch()
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and batch.support_x.device.type == "cpu":  # not one sampled on the device
             batch = batch.pin_memory()
         return state, batch
 
