@@ -30,9 +30,9 @@ class _Conv2d(torch.autograd.Function):
     the input's gradient even when the input needs none — for the first layer a full-resolution
     transposed convolution down to the image channels, thrown away, in every inner step. Here
     the weight and input terms are ``convolution_backward``'s weight and input gradients, each
-    computed only when needed; with channels-last images that makes a 5-shot 84×84 step 8 %
-    faster (docs/performance.md). Checked against finite differences and against PyTorch's own
-    op to the third order in fp64 (``tests/models/backbones/test_layers.py``).
+    computed only when needed; with channels-last images a 5-shot 84×84 step on CPU takes
+    0.92× the time (docs/performance.md). Checked against finite differences to the third order
+    and against PyTorch's own op in fp64 (``tests/models/backbones/test_task_conv.py``).
     """
 
     @staticmethod
@@ -109,9 +109,11 @@ class _Conv2dBackward(torch.autograd.Function):
 
 
 class TaskConv2d(nn.Conv2d):
-    """``nn.Conv2d`` without bias, differentiated through :class:`_Conv2d`; under ``vmap`` over
-    tasks (``vmapped``), and with no gradient to compute, PyTorch's own op. Same parameters and
-    state-dict keys as ``nn.Conv2d``."""
+    """``nn.Conv2d`` without bias, differentiated through :class:`_Conv2d` on CPU; on other
+    devices, under ``vmap`` over tasks (``vmapped``) and with no gradient to compute, PyTorch's
+    own op. On an H200 the per-task loop's second-order step was 1.12× slower through
+    :class:`_Conv2d` (docs/performance.md). Same parameters and state-dict keys as
+    ``nn.Conv2d``."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0,
                  vmapped: bool = False):
@@ -119,7 +121,8 @@ class TaskConv2d(nn.Conv2d):
         self.vmapped = bool(vmapped)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (self.vmapped or not torch.is_grad_enabled() or not (x.requires_grad or self.weight.requires_grad)
+        if (self.vmapped or x.device.type != "cpu" or not torch.is_grad_enabled()
+                or not (x.requires_grad or self.weight.requires_grad)
                 or self.padding_mode != "zeros" or isinstance(self.padding, str)):
             return super().forward(x)
         return _Conv2d.apply(x, self.weight, self.stride, self.padding, self.dilation, self.groups)

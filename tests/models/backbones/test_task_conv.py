@@ -88,7 +88,7 @@ def test_second_order_step_equals_pytorchs_conv_without_the_images_gradient(chan
     assert images_grads == 0 and pytorchs_images_grads == 1
 
 
-def test_task_conv_is_pytorchs_under_vmap_and_without_gradients():
+def test_task_conv_is_pytorchs_under_vmap_off_the_cpu_and_without_gradients():
     torch.manual_seed(6)
     conv, twin = TaskConv2d(3, 4, 3, padding=1), TaskConv2d(3, 4, 3, padding=1, vmapped=True)
     twin.weight = conv.weight
@@ -98,3 +98,5 @@ def test_task_conv_is_pytorchs_under_vmap_and_without_gradients():
     assert type(conv(x[0]).grad_fn).__name__ == "_Conv2dBackward"
     with torch.no_grad():
         torch.testing.assert_close(conv(x[0]), expected[0], rtol=0, atol=0)
+    on_meta = TaskConv2d(3, 4, 3, padding=1).to("meta")  # stands in for CUDA: another device
+    assert type(on_meta(x[0].to("meta")).grad_fn).__name__ == "ConvolutionBackward0"
