@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from lil_meta.engine.errors import UserInputError
 from lil_meta.models.backbones.layers import TaskBatchNorm2d, TaskMaxPool2d
+from lil_meta.models.backbones.task_conv import TaskConv2d
 
 
 def import_higher():
@@ -33,8 +34,9 @@ def import_higher():
 
 def stock_layers(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` with PyTorch's own layers in place of this project's: ``BatchNorm2d`` (batch
-    statistics, same weights) for :class:`TaskBatchNorm2d` and ``MaxPool2d`` for
-    :class:`TaskMaxPool2d`, the layers most MAML code uses."""
+    statistics, same weights) for :class:`TaskBatchNorm2d`, ``MaxPool2d`` for
+    :class:`TaskMaxPool2d` and ``Conv2d`` (same weights) for :class:`TaskConv2d`, the layers
+    most MAML code uses."""
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if isinstance(child, TaskBatchNorm2d):
@@ -43,6 +45,11 @@ def stock_layers(model: torch.nn.Module) -> torch.nn.Module:
                 setattr(parent, name, stock.to(child.weight.device, child.weight.dtype))
             elif isinstance(child, TaskMaxPool2d):
                 setattr(parent, name, torch.nn.MaxPool2d(child.kernel_size))
+            elif isinstance(child, TaskConv2d):
+                stock = torch.nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
+                                        child.padding, child.dilation, child.groups, bias=False)
+                stock.load_state_dict(child.state_dict())
+                setattr(parent, name, stock.to(child.weight.device, child.weight.dtype))
     return model
 
 

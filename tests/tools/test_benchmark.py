@@ -14,6 +14,7 @@ from lil_meta.datasets.task_batch import TaskBatch
 from lil_meta.models.algorithms.base import GBML
 from lil_meta.models.backbones.conv4 import Conv4
 from lil_meta.models.backbones.layers import TaskBatchNorm2d, TaskMaxPool2d
+from lil_meta.models.backbones.task_conv import TaskConv2d
 from lil_meta.tools import benchmark
 from lil_meta.tools.bench_rows import NaiveMAML, QueryFloor
 from lil_meta.tools.higher_reference import HigherMAML
@@ -71,8 +72,8 @@ def test_json_output_has_the_documented_keys(capsys, monkeypatch):
         assert {"tasks_per_s", "s_per_iter", "peak_mem_mb", "path", "x_naive", "cpu_malloc"} <= row.keys()
         assert row["tasks_per_s"] == pytest.approx(2 / row["s_per_iter"])
         assert "system defaults" in row["cpu_malloc"]
-    assert [r["path"] for r in rows] == ["cpu/loop/nhwc=query", "cpu/loop/nhwc=none", "cpu/naive-loop",
-                                         "cpu/query-only/nhwc=query"]
+    assert [r["path"] for r in rows] == ["cpu/loop/nhwc=all", "cpu/loop/nhwc=none", "cpu/naive-loop",
+                                         "cpu/query-only/nhwc=all"]
 
 
 def test_higher_baseline_has_the_engines_meta_gradient():
@@ -83,7 +84,7 @@ def test_higher_baseline_has_the_engines_meta_gradient():
     batch = TaskBatch(*(t.double() if t.is_floating_point() else t for t in tiny_batch(tasks=2, size=16)))
     algo = GBML(model, inner_lr=0.4, inner_steps=2, engine="loop")
     ref = HigherMAML(FakeRunner(algo, batch))
-    assert not any(isinstance(m, (TaskBatchNorm2d, TaskMaxPool2d)) for m in ref.model.modules())
+    assert not any(isinstance(m, (TaskBatchNorm2d, TaskMaxPool2d, TaskConv2d)) for m in ref.model.modules())
     out = algo(batch, step=1)
     out["loss"].backward()
     torch.testing.assert_close(ref.accumulate(), out["loss"].detach(), rtol=1e-12, atol=0)
