@@ -255,7 +255,7 @@ def build_run(args: argparse.Namespace) -> Run:
     logger.info("inner loop: %s engine (algorithm.engine=%s; auto = vmap over tasks on CUDA, the "
                 "per-task loop on CPU, where each measured faster)", core.resolved_engine(device), core.engine)
     logger.info("channels-last images: %s (algorithm.channels_last=%s; auto on CPU = the query set, and the "
-                "support set too unless a double backward runs through a convolution other than TaskConv2d)",
+                "support set too unless a double backward runs through a convolution other than a per-task TaskConv2d)",
                 core.resolved_channels_last(device), core.channels_last)
     return built
 

@@ -104,9 +104,9 @@ class GBML(nn.Module):
             arithmetic. ``auto`` on CPU: the query set, where a task's biggest forward and
             backward run (oneDNN's convolutions and pooling are faster in NHWC; docs/performance.md),
             and the support set too unless a double backward runs through a convolution that is
-            not a :class:`TaskConv2d` (PyTorch's own double backward of a convolution is slower
-            in NHWC, :class:`TaskConv2d`'s faster). On CUDA ``auto`` is ``none`` until a GPU
-            measurement says otherwise.
+            not a :class:`TaskConv2d` on the per-task loop (PyTorch's own double backward of a
+            convolution, which vmap runs, is slower in NHWC, :class:`TaskConv2d`'s faster). On
+            CUDA ``auto`` is ``none`` until a GPU measurement says otherwise.
         hessian_ratio: on logging steps, also the Hessian ratios hₖ of eq. 5 (``hess_ratio``;
             one Hessian-vector product per inner step and task, no graph; ``docs/design.md``).
         checkpoint_inner_steps: recompute each second-order inner step in the backward pass
@@ -234,7 +234,8 @@ class GBML(nn.Module):
         if device.type != "cpu":
             return "none"
         no_double_backward = self.first_order or self.head_only(self.split_parameters()[0])
-        own_convs = all(isinstance(m, TaskConv2d) for m in self.model.modules() if isinstance(m, nn.Conv2d))
+        own_convs = self.resolved_engine(device) == "loop" and all(  # under vmap the convolutions are PyTorch's
+            isinstance(m, TaskConv2d) for m in self.model.modules() if isinstance(m, nn.Conv2d))
         return "all" if no_double_backward or own_convs else "query"
 
     def prepared(self, batch: TaskBatch) -> TaskBatch:

@@ -82,6 +82,7 @@ def test_channels_last_auto_follows_the_device_the_double_backward_and_the_convo
     model = Conv4(num_classes=WAY, in_channels=3, image_size=16, hidden=6)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert GBML(model).resolved_channels_last(cpu) == "all"  # its convolutions are TaskConv2d
+    assert GBML(model, engine="vmap").resolved_channels_last(cpu) == "query"  # vmap runs PyTorch's conv
     plain = Conv4(num_classes=WAY, in_channels=3, image_size=16, hidden=6)
     plain.features[0][0] = torch.nn.Conv2d(3, 6, 3, padding=1, bias=False)  # PyTorch's double backward
     assert GBML(plain).resolved_channels_last(cpu) == "query"
