@@ -11,6 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from lil_meta.models.backbones.conv4 import Conv4
 from lil_meta.models.backbones.task_conv import TaskConv2d, _Conv2d, _Conv2dBackward
+from tests_helpers import one_step_query_loss
 
 DOUBLE = torch.float64
 
@@ -54,12 +55,7 @@ class _ImagesGradients(TorchDispatchMode):
 def _second_order_step(model, support, query):
     """A second-order MAML step with one inner step: the query loss, its meta-gradient, and how
     many images-shaped gradients the outer backward's convolutions computed."""
-    params = dict(model.named_parameters())
-    fn = lambda p, x: torch.func.functional_call(model, p, (x,))  # noqa: E731
-    grads = torch.autograd.grad(F.cross_entropy(fn(params, support), torch.arange(3).repeat(2)),
-                                list(params.values()), create_graph=True)
-    adapted = {n: p - 0.1 * g for (n, p), g in zip(params.items(), grads, strict=True)}
-    loss = F.cross_entropy(fn(adapted, query), torch.arange(3).repeat(3))
+    params, loss = one_step_query_loss(model, support, query)
     with _ImagesGradients(support.shape) as counter:
         meta_grads = torch.autograd.grad(loss, list(params.values()))
     return loss, meta_grads, counter.count
