@@ -4,10 +4,9 @@
 #   1. speed at the defaults, 5-shot: the engine and higher in one process, interleaved rounds
 #      after 4 warm-up steps per row (with the malloc setting on the heap grows over the first
 #      steps, page-faulting its new pages), both rows under one malloc setting: freed memory
-#      kept (the engine's default; with a row
-#      whose every step is a logging step, algorithm.metrics_period=1), then glibc's defaults
-#      (how higher runs in a process of its own); then the ratios, the engine at its defaults
-#      against higher under each setting;
+#      kept (the engine's default; with a row whose every step is a logging step,
+#      algorithm.metrics_period=1), then glibc's defaults (how higher runs in a process of its
+#      own); then the ratios, the engine at its defaults against higher under each setting;
 #   2. peak RSS over 4 steps, each row in a fresh process of its own (--isolate), 5- and 1-shot,
 #      with the malloc setting on (keep) and off (system): the defaults, checkpoint_inner_steps=true,
 #      the whole meta-batch at once (task_chunk=0, with the setting on) and higher;
