@@ -19,6 +19,14 @@ class _BatchStatsNorm(torch.autograd.Function):
     for the outer backward, :class:`_BatchNormBackward` keeps one (``docs/performance.md`` has
     the bytes). Checked against ``F.batch_norm`` with ``gradcheck``/``gradgradcheck`` in fp64
     (``tests/models/backbones/test_conv4.py``, ``test_layers.py``).
+
+    Under ``torch.func.vmap`` over tasks (the vmap engine) the :meth:`vmap` rule folds the task
+    dimension into the channels: per-task, per-channel statistics of ``[tasks, n, C, H, W]``
+    are batch norm of ``[n, tasks·C, H, W]`` with the per-task γ, β as ``tasks·C`` channels
+    (:func:`_fold`), so a meta-batch is one fused call, and so is its backward
+    (:class:`_BatchNormBackward` folds the same way). PyTorch's own batching rule for the fused
+    kernel is never reached: with per-task γ, β its second-order gradient is wrong
+    (docs/design.md, "BatchNorm under vmap").
     """
 
     @staticmethod
@@ -57,11 +65,43 @@ class _BatchStatsNorm(torch.autograd.Function):
         coef = rstd * ((zero if tangent_weight is None else tangent_weight) - scale * along)  # of x
         shift = (zero if tangent_bias is None else tangent_bias) - scale * mean_t - coef * mean
         tangent_y = torch.zeros_like(x) if tangent_x is None else tangent_x * _per_channel(scale)
-        return tangent_y.addcmul_(x, _per_channel(coef)).add_(_per_channel(shift)), None, None
+        # out of place: in-place addcmul_ has no batching rule (vmap engine's kernel metrics)
+        return torch.addcmul(tangent_y, x, _per_channel(coef)) + _per_channel(shift), None, None
+
+    @staticmethod
+    def vmap(info, in_dims, x, weight, bias, eps):
+        """Tasks folded into channels (class doc): ``y`` comes back as ``[n, tasks, C, H, W]``
+        (task dim 1, which the next convolution's batching rule folds again without a copy)."""
+        tasks = info.batch_size
+        y, mean, rstd = _BatchStatsNorm.apply(_fold(x, in_dims[0], tasks), _fold_channels(weight, in_dims[1], tasks),
+                                              _fold_channels(bias, in_dims[2], tasks), eps)
+        return (_unfold(y, tasks), mean.view(tasks, -1), rstd.view(tasks, -1)), (1, 0, 0)
 
 
 def _per_channel(t: torch.Tensor) -> torch.Tensor:
     return t.view(1, -1, 1, 1)
+
+
+def _fold(t: torch.Tensor, task_dim: int | None, tasks: int) -> torch.Tensor:
+    """A batch of tasks' ``[n, C, H, W]`` tensors (task dim ``task_dim``, ``None``: shared by
+    all) as one ``[n, tasks·C, H, W]`` tensor: a view when the task dim is dim 1 already."""
+    t = t.unsqueeze(1).expand(t.shape[0], tasks, *t.shape[1:]) if task_dim is None else t.movedim(task_dim, 1)
+    return t.reshape(t.shape[0], tasks * t.shape[2], *t.shape[3:])
+
+
+def _fold_channels(t: torch.Tensor, task_dim: int | None, tasks: int) -> torch.Tensor:
+    """Per-task ``[C]`` vectors as one ``[tasks·C]`` vector, in :func:`_fold`'s channel order."""
+    t = t.expand(tasks, *t.shape) if task_dim is None else t.movedim(task_dim, 0)
+    return t.reshape(-1)
+
+
+def _unfold(t: torch.Tensor, tasks: int) -> torch.Tensor:
+    """:func:`_fold`'s inverse as a view, the task dim at 1: ``[n, tasks, C, H, W]``."""
+    return t.view(t.shape[0], tasks, -1, *t.shape[2:])
+
+
+def _is_wrapped(t: torch.Tensor) -> bool:
+    return torch._C._functorch.is_functorch_wrapped_tensor(t)
 
 
 class _BatchNormBackward(torch.autograd.Function):
@@ -100,8 +140,19 @@ class _BatchNormBackward(torch.autograd.Function):
         ctx.eps = eps
 
     @staticmethod
+    def vmap(info, in_dims, grad_y, x, weight, mean, rstd, eps):
+        """Tasks folded into channels, as :meth:`_BatchStatsNorm.vmap`."""
+        tasks, (g_dim, x_dim, w_dim, mean_dim, rstd_dim, _) = info.batch_size, in_dims
+        grad_x, grad_weight, grad_bias = _BatchNormBackward.apply(
+            _fold(grad_y, g_dim, tasks), _fold(x, x_dim, tasks), _fold_channels(weight, w_dim, tasks),
+            _fold_channels(mean, mean_dim, tasks), _fold_channels(rstd, rstd_dim, tasks), eps)
+        return (_unfold(grad_x, tasks), grad_weight.view(tasks, -1), grad_bias.view(tasks, -1)), (1, 0, 0)
+
+    @staticmethod
     def backward(ctx, a, p, q):
-        if torch.is_grad_enabled():
+        # the plain form also where a transform differentiates this backward (a Hessian-vector
+        # product under vmap): its in-place fused ops have no batching rule
+        if torch.is_grad_enabled() or _is_wrapped(a):
             return _BatchNormBackward._differentiable_backward(ctx, a, p, q)
         g, x, weight, mean, rstd, sum_gx, sum_g = ctx.saved_tensors
         dims, count = (0, 2, 3), x.numel() // x.shape[1]
@@ -239,27 +290,23 @@ class TaskBatchNorm2d(nn.BatchNorm2d):
     No running statistics are kept (``track_running_stats=False``): in the inner loop and the
     outer loop alike, a task's support or query set is normalised by its own mean and variance.
 
-    ``vmapped``: the layer runs inside ``torch.func.vmap`` over tasks, and computes the
-    statistics from elementary ops: there the fused batch-norm kernel's double backward (needed
-    by second-order MAML) returned wrong gradients for the layers before it, whereas the
-    elementary form matches the per-task reference to fp64 precision
-    (``tests/engine/test_inner_loop.py``). Otherwise the fused kernel runs, with a backward that
-    is cheap to differentiate again (:class:`_BatchStatsNorm`). The flag is fixed when the
-    network is built: the vmap engine runs a copy of the network made with
-    :func:`for_vmapped_tasks`, never a global switch.
+    The fused kernel runs, with a backward that is cheap to differentiate again
+    (:class:`_BatchStatsNorm`), on the per-task loop and under ``vmap`` over tasks alike (there
+    the tasks fold into the channels). An input of another dtype than the weights (a
+    ``bf16`` autocast forward) is normalised in the weights' dtype.
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, vmapped: bool = False):
+    def __init__(self, num_features: int, eps: float = 1e-5):
         super().__init__(num_features, eps=eps, affine=True, track_running_stats=False)
-        self.vmapped = bool(vmapped)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.vmapped:
-            return _BatchStatsNorm.apply(x, self.weight, self.bias, self.eps)[0]
-        mean = x.mean(dim=(0, 2, 3), keepdim=True)
-        var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
-        scale = self.weight[:, None, None] * torch.rsqrt(var + self.eps)
-        return (x - mean) * scale + self.bias[:, None, None]
+        return self._batch_stats(x, self.weight, self.bias, self.eps)
+
+    @staticmethod
+    def _batch_stats(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+        if x.dtype != weight.dtype:
+            x = x.to(weight.dtype)
+        return _BatchStatsNorm.apply(x, weight, bias, eps)[0]
 
 
 def nhwc_per_task(images: torch.Tensor) -> torch.Tensor:

@@ -74,8 +74,8 @@ def test_a_network_linear_in_its_adapted_parameters_is_its_own_kernel_predictor(
 
 @pytest.mark.parametrize("network", ["loop", "vmap"])
 def test_the_jacobian_vector_product_matches_finite_differences(network):
-    """Through the network each engine runs: the layers' own jvp (loop) and the elementary
-    ops of the vmap form."""
+    """Through the network each engine runs: the per-task network and the vmap engine's copy
+    (the layers' own forward-mode derivatives either way)."""
     from lil_meta.models.algorithms.metrics import linearized_logits
     from lil_meta.models.backbones.layers import for_vmapped_tasks
 
