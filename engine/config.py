@@ -83,6 +83,11 @@ class SolverConfig:
     # forward+backward this many tasks at a time (same update, less memory); 0: the whole batch;
     # auto: one at a time on the per-task loop, the whole batch under vmap (shrunk if it does not fit)
     task_chunk: Any = "auto"
+    # fp32 (IEEE, TF32 off), tf32 (GPU) or bf16 (autocast forward): engine/precision.py
+    precision: str = "fp32"
+    # the optimizer's fused kernel, which skips a non-finite update on the device, so that no
+    # step waits on the host (engine/step_check.py); auto: on CUDA
+    fused: Any = "auto"
 
 
 @dataclass

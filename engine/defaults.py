@@ -30,6 +30,7 @@ from lil_meta.engine import slurm
 from lil_meta.engine.config import load_config, save_config
 from lil_meta.engine.errors import ConfigError, UserInputError
 from lil_meta.engine.launch import World
+from lil_meta.engine.precision import PRECISIONS
 
 __all__ = ["default_argument_parser", "load_run_config", "check_solver", "seed_all", "resolve_device", "check_output_dir", "default_setup", "setup_logging", "record_error",
            "build_optimizer", "build_lr_scheduler"]
@@ -235,21 +236,30 @@ def check_solver(cfg: DictConfig) -> None:
     for key in ("max_skips", "clip_grad_norm", "checkpoint_period", "max_iter"):
         if solver[key] < 0:
             raise ConfigError(f"solver.{key}: must be >= 0, got {solver[key]}")
+    if solver.precision not in PRECISIONS:
+        raise ConfigError(f"solver.precision: expected one of {', '.join(PRECISIONS)}; got '{solver.precision}'")
+    if solver.fused not in ("auto", True, False):
+        raise ConfigError(f"solver.fused: expected auto, true or false; got {solver.fused!r}")
 
 
 def build_optimizer(cfg: DictConfig, algorithm: torch.nn.Module) -> torch.optim.Optimizer:
     """``solver.optimizer``: ``adam`` or ``sgd`` (plain, no momentum) with ``solver.lr`` and
-    ``solver.weight_decay``, over the algorithm's trainable parameters."""
+    ``solver.weight_decay``, over the algorithm's trainable parameters; PyTorch's fused kernel
+    with ``solver.fused`` (``auto``: where the parameters are on CUDA), whose update skips
+    itself on a device flag (engine/step_check.py). The CPU default is the unfused one, whose
+    rounding every committed CPU result was made with."""
     params = [p for p in algorithm.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("algorithm: has no trainable parameters to meta-optimise")
     name, lr, wd = str(cfg.solver.optimizer).lower(), float(cfg.solver.lr), float(cfg.solver.weight_decay)
     if not lr > 0:
         raise ConfigError(f"solver.lr: must be > 0, got {lr}")
+    fused = cfg.solver.get("fused", "auto")
+    fused = params[0].device.type == "cuda" if fused == "auto" else bool(fused)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, fused=fused or None)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=wd)
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd, fused=fused or None)
     raise ConfigError(f"solver.optimizer: unknown optimizer '{cfg.solver.optimizer}' (choose adam or sgd)")
 
 

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from lil_meta.engine.checkpoint import get_rng_state, set_rng_state
 from lil_meta.engine.launch import World, gather_lists
+from lil_meta.engine.precision import Precision
 
 __all__ = ["evaluate", "mean_ci95"]
 
@@ -33,7 +34,7 @@ def mean_ci95(values: Sequence[float] | torch.Tensor) -> tuple[float, float]:
 
 
 def evaluate(algorithm: torch.nn.Module, task_list, batch_size: int, device: torch.device | str,
-             desc: str = "eval", world: World | None = None) -> dict[str, float]:
+             desc: str = "eval", world: World | None = None, precision: Precision | None = None) -> dict[str, float]:
     """Accuracy of ``algorithm`` over every task of ``task_list``: ``{"acc", "ci95", "n"}``, and
     ``acc_init``/``ci95_init`` (θ⁰ without adaptation) when the algorithm reports ``task_acc_init``,
     likewise the kernel predictor's ``lin_acc``, ``lin_agree`` (percent) and ``lin_err``.
@@ -46,9 +47,10 @@ def evaluate(algorithm: torch.nn.Module, task_list, batch_size: int, device: tor
 
     With several processes (``world``), process r evaluates batches r, r + W, … and the per-task
     accuracies are gathered, in batch order, on every process: the result is the same as one
-    process's.
+    process's. The forward passes run in the run's ``precision`` (:mod:`engine.precision`).
     """
     world = world or World()
+    autocast = (precision or Precision()).autocast
     was_training = algorithm.training
     rng = get_rng_state()
     mine = []  # (batch index, {per-task key: values})
@@ -60,7 +62,8 @@ def evaluate(algorithm: torch.nn.Module, task_list, batch_size: int, device: tor
                                            dynamic_ncols=True, disable=None if world.is_main else True)):
                 if i % world.size != world.rank:
                     continue
-                out = algorithm(batch.to(device))
+                with autocast():
+                    out = algorithm(batch.to(device))
                 mine.append((i, {key: out[f"task_{key}"].detach().double().flatten().cpu().tolist()
                                  for key in PER_TASK if f"task_{key}" in out}))
     finally:

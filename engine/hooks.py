@@ -145,7 +145,8 @@ class EvalHook(HookBase):
         trainer = self.trainer
         done = trainer.iter + 1
         result = evaluate(trainer.algorithm, self.task_list, self.batch_size, self.device,
-                          desc=f"val @ {done}", world=getattr(trainer, "world", None))
+                          desc=f"val @ {done}", world=getattr(trainer, "world", None),
+                          precision=getattr(trainer, "precision", None))
         trainer.storage.put_scalars(**{"val/acc": result["acc"], "val/ci95": result["ci95"]})
         logger.info("iteration %d: val accuracy %.2f ± %.2f %% (%d tasks)", done,
                     result["acc"], result["ci95"], result["n"])

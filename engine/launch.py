@@ -116,25 +116,31 @@ def check_meta_batch(meta_batch: int, world: World) -> int:
     return meta_batch // world.size
 
 
-def average_gradients(params: list[torch.Tensor], world: World) -> None:
+def average_gradients(params: list[torch.Tensor], world: World) -> torch.Tensor | None:
     """Replace each ``.grad`` by its mean over the processes: one all-reduce of a flat buffer.
 
-    A parameter with no gradient on some process counts as zeros there; one with no gradient
-    on any process keeps ``grad = None``, so the optimizer skips it as it would in one process.
+    A parameter with no gradient here keeps ``grad = None``, so the optimizer skips it as it
+    would in one process. Which parameters the loss reaches is the same on every process (the
+    same algorithm on tasks of the same shape); the all-reduce also counts, per parameter, the
+    processes that had a gradient, and the returned 0-dim boolean says whether they all agreed
+    (``None`` for one process). It stays on the device: nothing here is read by the host.
     """
     if not world.distributed:
-        return
+        return None
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    present = torch.tensor([float(p.grad is not None) for p in params], dtype=grads[0].dtype,
-                           device=grads[0].device)
-    flat = torch.cat([g.reshape(-1) for g in grads] + [present])
+    device = grads[0].device
+    present = torch.tensor([float(p.grad is not None) for p in params], dtype=grads[0].dtype)
+    flat = torch.cat([g.reshape(-1) for g in grads] + [present.to(device, non_blocking=True)])
     dist.all_reduce(flat)
+    agreed = ((flat[-len(params):] == 0) | (flat[-len(params):] == world.size)).all()
     flat /= world.size
     offset = 0
-    for p, g, seen in zip(params, grads, flat[-len(params):].tolist(), strict=True):
+    for p, g in zip(params, grads, strict=True):
         n = g.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone() if seen > 0 else None
+        if p.grad is not None:
+            p.grad = flat[offset:offset + n].view_as(p).clone()
         offset += n
+    return agreed
 
 
 def average_scalars(scalars: dict[str, torch.Tensor], world: World) -> dict[str, torch.Tensor]:

@@ -64,6 +64,7 @@ from lil_meta.engine.launch import (
     close_distributed,
     init_distributed,
 )
+from lil_meta.engine.precision import Precision, apply_precision, precision_switches
 from lil_meta.engine.resume import (
     check_folder_config,
     check_weights_finite,
@@ -94,6 +95,7 @@ class Run:
     test_tasks: TaskList
     checkpointer: Checkpointer
     start_time: float  # when the run began (perf_counter), for results.json's wall time
+    precision: Precision
     sampler: RankSlice | None = None
     val_tasks: TaskList | None = None
     optimizer: torch.optim.Optimizer | None = None
@@ -205,6 +207,7 @@ def build_run(args: argparse.Namespace) -> Run:
     cfg = load_run_config(args)
     check_solver(cfg)
     device = resolve_device(cfg.device)
+    precision = apply_precision(cfg.solver.precision, device)  # PyTorch's switches, for this run
     malloc_note = keep_freed_memory()  # before the first large tensor (engine/cpu_memory.py)
     world = init_distributed(device)  # torchrun, a SLURM job step, or one process
     if world.distributed and device.type == "cuda":
@@ -223,7 +226,7 @@ def build_run(args: argparse.Namespace) -> Run:
     test_tasks = _task_list(cfg, dataset, "test", cfg.test.tasks)
     algorithm = build_algorithm(cfg).to(device)
     checkpointer = Checkpointer(cfg.output_dir, cfg.solver.keep_checkpoints, cfg, writer=world.is_main)
-    built = Run(args, cfg, world, device, algorithm, test_tasks, checkpointer, start_time)
+    built = Run(args, cfg, world, device, algorithm, test_tasks, checkpointer, start_time, precision)
     if not args.eval_only:
         d = cfg.data
         # every process draws the whole meta-batch and keeps its share (engine/launch.py)
@@ -247,6 +250,8 @@ def build_run(args: argparse.Namespace) -> Run:
             built.lock.release(undo=True)
         raise
     logger.info(malloc_note)
+    logger.info("precision: %s (solver.precision); %s", precision.name,
+                ", ".join(f"{k}={v}" for k, v in precision_switches().items()))
     for level, note in built.notes:
         logger.log(level, "%s", note)
     if args.eval_only:
@@ -288,7 +293,8 @@ def build_trainer(built: Run, extra_hooks=()) -> MetaTrainer:
     ``extra_hooks``."""
     cfg, solver = built.cfg, built.cfg.solver
     trainer = MetaTrainer(built.algorithm, built.sampler, built.optimizer, built.device, built.world,
-                          solver.on_nonfinite, solver.max_skips, solver.clip_grad_norm, solver.task_chunk)
+                          solver.on_nonfinite, solver.max_skips, solver.clip_grad_norm, solver.task_chunk,
+                          built.precision)
     trainer.register_hooks([
         IterationTimer(),
         LRScheduler(built.optimizer, built.scheduler),
@@ -356,6 +362,8 @@ def train_and_test(built: Run, extra_hooks=()) -> dict:
         # this process (build, train, test) plus the training time of the runs it resumed
         "wall_time_s": timer.resumed_s + time.perf_counter() - built.start_time,
         "host": host_arithmetic(),
+        "precision": built.precision.name,
+        "precision_switches": precision_switches(),
     }
     if built.world.is_main:
         _write_json(out / "results.json", results)
@@ -389,7 +397,7 @@ def host_arithmetic() -> dict:
 
 def _test(built: Run, desc: str) -> dict:
     return evaluate(built.algorithm, built.test_tasks, built.cfg.test.batch, built.device, desc=desc,
-                    world=built.world)
+                    world=built.world, precision=built.precision)
 
 
 def _summary(result: dict, cfg: DictConfig, label: str = "test accuracy") -> str:

@@ -10,8 +10,11 @@ batched chunk that does not fit in the device's memory.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import defaultdict
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -34,21 +37,28 @@ def loss_of(out: dict[str, Any]) -> torch.Tensor:
     return out["loss"]
 
 
-def forward_backward(algorithm, batch, step: int, chunk: int) -> dict[str, Any]:
+Autocast = Callable[[], AbstractContextManager]
+
+
+def forward_backward(algorithm, batch, step: int, chunk: int,
+                     autocast: Autocast = contextlib.nullcontext) -> dict[str, Any]:
     """``algorithm``'s output on ``batch`` at training step ``step`` after its backward, ``chunk``
     tasks at a time (0, or more than the batch: all at once); per-task outputs concatenated,
-    scalars as their task-weighted means."""
+    scalars as their task-weighted means. Each forward runs in ``autocast()`` (the run's
+    precision, :mod:`engine.precision`), each backward outside it."""
     total = batch.num_tasks
     size = chunk if 0 < chunk < total else total
     if size == total:
-        out = algorithm(batch, step=step)
+        with autocast():
+            out = algorithm(batch, step=step)
         loss_of(out).backward()
         return out
     merged: dict[str, Any] = {}
     per_task: dict[str, list[torch.Tensor]] = defaultdict(list)
     for lo in range(0, total, size):
         part = batch.tasks(lo, lo + size)
-        out = algorithm(part, step=step)
+        with autocast():
+            out = algorithm(part, step=step)
         weight = part.num_tasks / total
         (loss_of(out) * weight).backward()
         for key, value in out.items():
@@ -72,6 +82,7 @@ class AutoTaskChunks:
     def __init__(self, device: torch.device):
         self.device = torch.device(device)
         self.fitted: int | None = None  # the largest chunk found to fit, after an OOM
+        self.last: int | None = None  # the chunk of the last step
         self._said: set[tuple[int, int]] = set()
 
     def chunk(self, algorithm, total: int, step: int) -> int:
@@ -81,6 +92,7 @@ class AutoTaskChunks:
         chunk = total if chunk <= 0 or chunk > total else chunk
         if self.fitted is not None:
             chunk = min(chunk, self.fitted)
+        self.last = chunk
         if (chunk, total) not in self._said:
             self._said.add((chunk, total))
             logger.info("solver.task_chunk=auto: forward and backward %d of the %d tasks at a time%s", chunk, total,
@@ -88,13 +100,15 @@ class AutoTaskChunks:
                         if chunk == 1 and total > 1 else "")
         return chunk
 
-    def forward_backward(self, algorithm, batch, step: int, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    def forward_backward(self, algorithm, batch, step: int, optimizer: torch.optim.Optimizer,
+                         autocast: Autocast = contextlib.nullcontext) -> dict[str, Any]:
         chunk = self.chunk(algorithm, batch.num_tasks, step)
         if chunk == 1:
-            return forward_backward(algorithm, batch, step, 1)
-        return self.fit(algorithm, batch, step, chunk, optimizer)
+            return forward_backward(algorithm, batch, step, 1, autocast)
+        return self.fit(algorithm, batch, step, chunk, optimizer, autocast)
 
-    def fit(self, algorithm, batch, step: int, chunk: int, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    def fit(self, algorithm, batch, step: int, chunk: int, optimizer: torch.optim.Optimizer,
+            autocast: Autocast = contextlib.nullcontext) -> dict[str, Any]:
         """The passes in chunks of ``chunk`` tasks; if they run out of device memory, the largest
         chunk that fits, by bisection, each try from the same random state and with the
         gradients cleared (``optimizer``'s), so the step computes what a run with that
@@ -104,7 +118,7 @@ class AutoTaskChunks:
         size = chunk
         while True:
             try:
-                out = forward_backward(algorithm, batch, step, size)
+                out = forward_backward(algorithm, batch, step, size, autocast)
             except torch.OutOfMemoryError:
                 if size == 1:  # nothing smaller to try
                     raise
@@ -123,10 +137,10 @@ class AutoTaskChunks:
         if fits != chunk:
             logger.warning("solver.task_chunk=auto: %d tasks at a time do not fit in %s memory; %d at a time from "
                            "now on (the largest chunk that fits: %d do not)", chunk, self.device, fits, fails)
-            self.fitted = fits
+            self.fitted = self.last = fits
         if out is None:  # the last try was one that did not fit: run the one that does
             set_rng_state(rng)
-            out = forward_backward(algorithm, batch, step, fits)
+            out = forward_backward(algorithm, batch, step, fits, autocast)
         return out
 
     def _release(self, optimizer: torch.optim.Optimizer) -> None:

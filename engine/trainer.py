@@ -13,8 +13,11 @@ loop itself stays readable. ``MetaTrainer.run_step`` is the whole update::
 
 The trainer knows nothing about meta-learning: the algorithm is a :class:`MetaAlgorithm`
 whose call returns a dict with a 0-dim ``loss``; every 0-dim entry is a scalar metric recorded
-in an :class:`EventStorage` for the writers. The step reads one value back from the device,
-whether the loss and the meta-gradient are finite; the metrics stay tensors until a writer asks.
+in an :class:`EventStorage` for the writers. Whether the loss and the meta-gradient are finite
+is one device flag. With a fused optimizer (``solver.fused``, the default on CUDA) the update
+skips itself on that flag and the host reads it one step later (:mod:`engine.step_check`): a
+non-logging step waits on nothing. With another optimizer the step reads the flag before
+updating (on the CPU that read costs nothing). The metrics stay tensors until a writer asks.
 """
 
 from __future__ import annotations
@@ -23,15 +26,17 @@ import logging
 import math
 import time
 import weakref
-from collections import defaultdict, deque
 from collections.abc import Iterable
 from typing import Any, Protocol
 
 import torch
 
 from lil_meta.engine.checkpoint import get_rng_state, set_rng_state
+from lil_meta.engine.events import EventStorage
 from lil_meta.engine.launch import World, average_gradients, average_scalars
+from lil_meta.engine.precision import Precision
 from lil_meta.engine.prefetch import Prefetcher
+from lil_meta.engine.step_check import FiniteFlag, NumericalFault, PendingStep, supports_found_inf
 from lil_meta.engine.task_chunks import AutoTaskChunks, forward_backward, is_scalar, loss_of
 
 logger = logging.getLogger(__name__)
@@ -63,79 +68,6 @@ class MetaAlgorithm(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> Any: ...
-
-
-class NumericalFault(FloatingPointError):
-    """A NaN/inf in the loss or the meta-gradient that the ``on_nonfinite`` policy does not
-    absorb. ``state`` is the trainer's state from before the failing iteration (a checkpoint of
-    the last good state: resuming from it repeats that iteration)."""
-
-    def __init__(self, message: str, state: dict[str, Any]):
-        super().__init__(message)
-        self.state = state
-
-
-class EventStorage:
-    """Scalar metrics by name, each a bounded history of ``(iteration, value)`` pairs.
-
-    Hooks put values at ``storage.iter`` (the current iteration, 0-based); writers read the
-    mean over a window of iterations. A value may be a 0-dim tensor: it is kept as it is (no
-    device synchronisation) until a reader asks, then all pending tensors are read in one
-    transfer and stored as Python floats (also once ``max_pending`` of them wait).
-    """
-
-    def __init__(self, start_iter: int = 0, max_history: int = 20_000, max_pending: int = 4096) -> None:
-        self.iter = start_iter
-        self._history: dict[str, deque] = defaultdict(lambda: deque(maxlen=max_history))
-        self._pending: list[tuple[str, int, torch.Tensor]] = []
-        self.max_pending = int(max_pending)
-
-    def put_scalar(self, name: str, value: float | torch.Tensor) -> None:
-        if isinstance(value, torch.Tensor):
-            self._pending.append((name, self.iter, value.detach()))
-            if len(self._pending) >= self.max_pending:
-                self._materialize()
-        else:
-            self._history[name].append((self.iter, float(value)))
-
-    def put_scalars(self, **scalars: float | torch.Tensor) -> None:
-        for name, value in scalars.items():
-            self.put_scalar(name, value)
-
-    def _materialize(self) -> None:
-        """Move the pending tensor values into the history, read in one transfer per device."""
-        if not self._pending:
-            return
-        pending, self._pending = self._pending, []
-        by_device: dict[torch.device, list[int]] = defaultdict(list)
-        for i, (_, _, value) in enumerate(pending):
-            by_device[value.device].append(i)
-        values: list[float] = [0.0] * len(pending)
-        for indices in by_device.values():
-            read = torch.stack([pending[i][2].double() for i in indices]).tolist()
-            for i, v in zip(indices, read, strict=True):
-                values[i] = v
-        for (name, it, _), value in zip(pending, values, strict=True):
-            self._history[name].append((it, value))
-
-    def history(self, name: str) -> list[tuple[int, float]]:
-        self._materialize()
-        return sorted(self._history.get(name, ()), key=lambda entry: entry[0])
-
-    def latest(self) -> dict[str, tuple[int, float]]:
-        """The last ``(iteration, value)`` of every metric."""
-        self._materialize()
-        return {name: max(values, key=lambda entry: entry[0]) for name, values in self._history.items() if values}
-
-    def window_means(self, first_iter: int) -> dict[str, float]:
-        """Mean of each metric over the entries put at iterations ``>= first_iter``."""
-        self._materialize()
-        means = {}
-        for name, values in self._history.items():
-            window = [v for it, v in values if it >= first_iter]
-            if window:
-                means[name] = sum(window) / len(window)
-        return means
 
 
 class HookBase:
@@ -203,6 +135,7 @@ class TrainerBase:
                 self.before_step()
                 self.run_step()
                 self.after_step()
+            self.end_steps()
             # After a full run iter == max_iter (range leaves it at max_iter - 1).
             self.iter = max(start_iter, max_iter)
         finally:
@@ -228,6 +161,9 @@ class TrainerBase:
     def run_step(self) -> None:
         raise NotImplementedError
 
+    def end_steps(self) -> None:
+        """After the last step's hooks, before ``after_train``: work a step left pending."""
+
 
 class MetaTrainer(TrainerBase):
     """One optimizer update per iteration on a batch from ``sampler``.
@@ -250,11 +186,17 @@ class MetaTrainer(TrainerBase):
             says (one task at a time on the per-task loop; the whole batch where tasks are
             batched, or none said), and where that runs out of device memory, the largest
             chunk that fits (:class:`~engine.task_chunks.AutoTaskChunks`).
+        precision: the forward passes run in its ``autocast`` (:mod:`engine.precision`).
+
+    With an optimizer that skips its update on a device flag (:func:`~engine.step_check.supports_found_inf`)
+    the finiteness check is read one step late (:mod:`engine.step_check`); the skip or stop it
+    leads to keeps its meaning, named for the iteration that was not finite.
     """
 
     def __init__(self, algorithm: MetaAlgorithm, sampler, optimizer: torch.optim.Optimizer,
                  device: torch.device | str = "cpu", world: World | None = None, on_nonfinite: str = "stop",
-                 max_skips: int = 10, clip_grad_norm: float = 0.0, task_chunk: int | str = "auto") -> None:
+                 max_skips: int = 10, clip_grad_norm: float = 0.0, task_chunk: int | str = "auto",
+                 precision: Precision | None = None) -> None:
         super().__init__()
         if on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"solver.on_nonfinite: expected stop or skip, got '{on_nonfinite}'")
@@ -267,6 +209,9 @@ class MetaTrainer(TrainerBase):
         self.clip_grad_norm = float(clip_grad_norm)
         self.task_chunk = task_chunk if task_chunk == "auto" else int(task_chunk)
         self._auto_chunks = AutoTaskChunks(self.device)
+        self.precision = precision or Precision("fp32", self.device.type)
+        self.checks_on_device = supports_found_inf(optimizer)
+        self._pending: PendingStep | None = None  # the last step, its verdict not read yet
         self.skipped = 0  # batches skipped for non-finite values, over the whole run
         self.algorithm.train()
 
@@ -279,29 +224,59 @@ class MetaTrainer(TrainerBase):
         self.optimizer.zero_grad(set_to_none=True)
         self.algorithm.begin_step(self.iter)
         out = self._forward_backward(batch)
-        scalars = average_scalars({k: v.detach() for k, v in out.items() if is_scalar(v)}, self.world)
+        scalars = {k: v for k, v in out.items() if is_scalar(v)}
+        scalars.update(average_scalars({k: v.detach() for k, v in scalars.items() if isinstance(v, torch.Tensor)},
+                                       self.world))
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        average_gradients(params, self.world)
+        agreed = average_gradients(params, self.world)
         grad_norm = self._clip_gradients(params)
         finite = torch.isfinite(scalars["loss"])
         if grad_norm is not None:
             finite = finite & torch.isfinite(grad_norm)
             scalars["grad_norm"] = grad_norm
-        if not bool(finite):  # the step's one read from the device
-            self._handle_fault(self._describe_fault(scalars, out), before)
+        if agreed is not None:  # several processes: the same parameters had gradients on each
+            finite = finite & agreed
+            out = {**out, "grads_agreed": agreed}
+        if self.checks_on_device:
+            self._settle_pending()  # the previous step's verdict, before this step's update
+            self._update_unless(finite)
+            self._pending = PendingStep(self.iter, FiniteFlag(finite), scalars, _detached(out), before)
+        elif not bool(finite):  # the step's one read from the device
+            self._handle_fault(self._describe_fault(scalars, out), before, self.iter)
             return
-        self.optimizer.step()
+        else:
+            self.optimizer.step()
 
         step_time = time.perf_counter() - start
         rates = {f"{unit}_per_s": n * self.world.size / max(step_time, 1e-9)
                  for unit, n in getattr(batch, "counts", {}).items()}
-        self.storage.put_scalars(**scalars, time=step_time, data_time=data_time, **rates)
+        self.storage.put_scalars(valid=finite if self.checks_on_device else None, **scalars, time=step_time,
+                                 data_time=data_time, **rates)
 
     def _forward_backward(self, batch) -> dict[str, Any]:
         """The algorithm's output on ``batch`` after its backward, whole or chunk by chunk."""
         if self.task_chunk == "auto":
-            return self._auto_chunks.forward_backward(self.algorithm, batch, self.iter, self.optimizer)
-        return forward_backward(self.algorithm, batch, self.iter, self.task_chunk)
+            return self._auto_chunks.forward_backward(self.algorithm, batch, self.iter, self.optimizer,
+                                                      self.precision.autocast)
+        return forward_backward(self.algorithm, batch, self.iter, self.task_chunk, self.precision.autocast)
+
+    def _update_unless(self, finite: torch.Tensor) -> None:
+        """The optimizer's update, which leaves every parameter and moment as it was where
+        ``finite`` is false (its ``found_inf``); nothing is read from the device."""
+        self.optimizer.found_inf = (~finite).to(torch.float32)  # type: ignore[attr-defined]
+        try:
+            self.optimizer.step()
+        finally:
+            del self.optimizer.found_inf  # type: ignore[attr-defined]
+
+    def _settle_pending(self) -> None:
+        """Act on the verdict of the step before, if it was not finite (:meth:`_handle_fault`)."""
+        pending, self._pending = self._pending, None
+        if pending is not None and not pending.finite.value():
+            self._handle_fault(self._describe_fault(pending.scalars, pending.out), pending.before, pending.iteration)
+
+    def end_steps(self) -> None:
+        self._settle_pending()
 
     # ---- numerical faults ---------------------------------------------------------------------
     def _clip_gradients(self, params: list[torch.Tensor]) -> torch.Tensor | None:
@@ -316,6 +291,9 @@ class MetaTrainer(TrainerBase):
     def _describe_fault(self, scalars: dict[str, torch.Tensor], out: dict[str, Any]) -> str:
         """Which terms are non-finite, and where the algorithm says they came from (when this
         process's own loss was not finite); else a non-finite meta-gradient."""
+        if "grads_agreed" in out and not bool(out["grads_agreed"]):
+            return ("the processes disagree on which parameters have a gradient (the loss reaches "
+                    "different parameters on different processes); no update")
         if bool(torch.isfinite(scalars["loss"])):
             return "non-finite meta-gradient (the loss was finite)"
         terms = ", ".join(f"{k}={float(v)}" for k, v in scalars.items()
@@ -325,11 +303,15 @@ class MetaTrainer(TrainerBase):
         where = self.algorithm.diagnose(out, self.world.rank)
         return f"non-finite loss ({terms})" + (f": {where}" if where else "")
 
-    def _handle_fault(self, fault: str, before: dict[str, Any]) -> None:
-        """``skip``: drop this batch (up to ``max_skips`` in the run); ``stop`` or past the limit:
-        raise :class:`NumericalFault` carrying the state from before this iteration."""
-        self.optimizer.zero_grad(set_to_none=True)
-        message = f"iteration {self.iter}: {fault}"
+    def _handle_fault(self, fault: str, before: dict[str, Any], iteration: int) -> None:
+        """``skip``: drop the batch of ``iteration`` (up to ``max_skips`` in the run); ``stop``
+        or past the limit: raise :class:`NumericalFault` carrying the state from before it.
+        Read one step late, ``iteration`` is the step before this one: its update changed
+        nothing, and this step's has not run, so the parameters and moments are those from
+        before it."""
+        if iteration == self.iter:
+            self.optimizer.zero_grad(set_to_none=True)
+        message = f"iteration {iteration}: {fault}"
         if self.on_nonfinite == "skip" and self.skipped < self.max_skips:
             self.skipped += 1
             logger.warning("%s; batch skipped (%d of at most %d, solver.max_skips)", message, self.skipped,
@@ -337,7 +319,7 @@ class MetaTrainer(TrainerBase):
             self.storage.put_scalar("skipped", self.skipped)
             return
         state = self.state_dict()
-        state.update(iteration=self.iter, sampler=before["sampler"], rng=before["rng"])
+        state.update(iteration=iteration, sampler=before["sampler"], rng=before["rng"])
         limit = f" after {self.skipped} skipped batches (solver.max_skips)" if self.on_nonfinite == "skip" else ""
         raise NumericalFault(f"{message}{limit}; training stopped", state)
 
@@ -374,3 +356,8 @@ class MetaTrainer(TrainerBase):
         self.skipped = int(state.get("skipped", 0))
         self.iter = self.start_iter = int(state["iteration"])
         return self.start_iter
+
+
+def _detached(out: dict[str, Any]) -> dict[str, Any]:
+    """``out``'s tensors without their graphs (what a fault's description reads later)."""
+    return {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in out.items()}

@@ -2,9 +2,11 @@
 
 Layout (multi-tensor, no concatenation): every tensor is viewed as ``[B, n_t]`` (``B`` = the
 product of the leading vmap dims, ``n_t`` its per-task size; a stride-0 batch dim is kept, so
-meta-parameters broadcast over tasks are never copied). A small int64 table holds, per tensor,
-the data pointers, ``n_t``, the batch strides and the group; a cached block table lists every
-``CHUNK``-element chunk of every tensor. One launch, grid ``(chunks, B)``, sums the squares of
+meta-parameters broadcast over tasks are never copied). Two small int64 tables describe the
+tensors: one per shape, built once and kept on the device (per tensor ``n_t``, the batch
+strides and the group, and the block table listing every ``CHUNK``-element chunk of every
+tensor), and one per call with the data pointers and alignment flags, copied from pinned memory
+without waiting (on CUDA), so a launch never waits on the host. One launch, grid ``(chunks, B)``, sums the squares of
 each chunk in fp32 (fp64 for fp64 inputs) and ``tl.atomic_add``s them into ``out[b, g]``; the
 sqrt is one small torch op on ``[B, groups]``. The backward is one launch over the same tables,
 writing ``grad_x = (x - y) * grad_out / norm`` and, in the same pass, ``grad_y = -grad_x``.
@@ -41,9 +43,10 @@ ITERS = 4
 CHUNK = BLOCK * ITERS
 _TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64,
               torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
-# meta rows, one column per tensor: x ptr, y ptr, numel, x batch stride, y batch stride, group,
-# grad_x ptr, grad_y ptr, "vector-aligned" flag (every address the tensor's chunks touch is
-# 16-byte aligned, so full chunks take the unmasked, vectorized path).
+# shape rows (per shape, cached on the device), one column per tensor: numel, x batch stride,
+# y batch stride, group. pointer rows (per call): x ptr, y ptr, grad_x ptr, grad_y ptr,
+# "vector-aligned" flag (every address the tensor's chunks touch is 16-byte aligned, so full
+# chunks take the unmasked, vectorized path).
 _ALIGN = 16
 
 
@@ -93,38 +96,38 @@ def _chunk_scale(x_ptr, y_ptr, gx_ptr, gy_ptr, c, start, n, HAS_Y: tl.constexpr,
 
 
 @triton.jit
-def _sumsq_kernel(meta, blocks, out, n_blocks, n_tensors, n_groups, HAS_Y: tl.constexpr,
+def _sumsq_kernel(shape, ptrs, blocks, out, n_blocks, n_tensors, n_groups, HAS_Y: tl.constexpr,
                   DT: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr):
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     t = tl.load(blocks + pid)
     start = tl.load(blocks + n_blocks + pid)
-    n = tl.load(meta + 2 * n_tensors + t)
-    x_ptr = tl.load(meta + t).to(tl.pointer_type(DT)) + b * tl.load(meta + 3 * n_tensors + t)
-    y_ptr = tl.load(meta + n_tensors + t).to(tl.pointer_type(DT)) + b * tl.load(meta + 4 * n_tensors + t)
-    if (start + BLOCK * ITERS <= n) & (tl.load(meta + 8 * n_tensors + t) != 0):
+    n = tl.load(shape + t)
+    x_ptr = tl.load(ptrs + t).to(tl.pointer_type(DT)) + b * tl.load(shape + n_tensors + t)
+    y_ptr = tl.load(ptrs + n_tensors + t).to(tl.pointer_type(DT)) + b * tl.load(shape + 2 * n_tensors + t)
+    if (start + BLOCK * ITERS <= n) & (tl.load(ptrs + 4 * n_tensors + t) != 0):
         s = _chunk_sumsq(tl.multiple_of(x_ptr, 16), tl.multiple_of(y_ptr, 16),
                          tl.multiple_of(start, 16), n, HAS_Y, False, ACC, BLOCK, ITERS)
     else:
         s = _chunk_sumsq(x_ptr, y_ptr, start, n, HAS_Y, True, ACC, BLOCK, ITERS)
-    tl.atomic_add(out + b * n_groups + tl.load(meta + 5 * n_tensors + t), s)
+    tl.atomic_add(out + b * n_groups + tl.load(shape + 3 * n_tensors + t), s)
 
 
 @triton.jit
-def _scale_kernel(meta, blocks, coef, n_blocks, n_tensors, n_groups, HAS_Y: tl.constexpr,
+def _scale_kernel(shape, ptrs, blocks, coef, n_blocks, n_tensors, n_groups, HAS_Y: tl.constexpr,
                   WRITE_GY: tl.constexpr, DT: tl.constexpr, ACC: tl.constexpr,
                   BLOCK: tl.constexpr, ITERS: tl.constexpr):
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     t = tl.load(blocks + pid)
     start = tl.load(blocks + n_blocks + pid)
-    n = tl.load(meta + 2 * n_tensors + t)
-    x_ptr = tl.load(meta + t).to(tl.pointer_type(DT)) + b * tl.load(meta + 3 * n_tensors + t)
-    y_ptr = tl.load(meta + n_tensors + t).to(tl.pointer_type(DT)) + b * tl.load(meta + 4 * n_tensors + t)
-    gx_ptr = tl.load(meta + 6 * n_tensors + t).to(tl.pointer_type(DT)) + b * n
-    gy_ptr = tl.load(meta + 7 * n_tensors + t).to(tl.pointer_type(DT)) + b * n
-    c = tl.load(coef + b * n_groups + tl.load(meta + 5 * n_tensors + t))
-    if (start + BLOCK * ITERS <= n) & (tl.load(meta + 8 * n_tensors + t) != 0):
+    n = tl.load(shape + t)
+    x_ptr = tl.load(ptrs + t).to(tl.pointer_type(DT)) + b * tl.load(shape + n_tensors + t)
+    y_ptr = tl.load(ptrs + n_tensors + t).to(tl.pointer_type(DT)) + b * tl.load(shape + 2 * n_tensors + t)
+    gx_ptr = tl.load(ptrs + 2 * n_tensors + t).to(tl.pointer_type(DT)) + b * n
+    gy_ptr = tl.load(ptrs + 3 * n_tensors + t).to(tl.pointer_type(DT)) + b * n
+    c = tl.load(coef + b * n_groups + tl.load(shape + 3 * n_tensors + t))
+    if (start + BLOCK * ITERS <= n) & (tl.load(ptrs + 4 * n_tensors + t) != 0):
         _chunk_scale(tl.multiple_of(x_ptr, 16), tl.multiple_of(y_ptr, 16),
                      tl.multiple_of(gx_ptr, 16), tl.multiple_of(gy_ptr, 16), c,
                      tl.multiple_of(start, 16), n, HAS_Y, WRITE_GY, False, DT, ACC, BLOCK, ITERS)
@@ -144,22 +147,32 @@ def _as_rows(t: Tensor, lead: int) -> Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _block_table(numels: tuple[int, ...], device: torch.device) -> Tensor:
-    """``[2, chunks]`` int64: the tensor index and the first element of every chunk."""
-    counts = torch.tensor([math.ceil(n / CHUNK) for n in numels], dtype=torch.int64)
-    owner = torch.repeat_interleave(torch.arange(len(numels)), counts)
+def _shape_tables(shape_rows: tuple[tuple[int, ...], ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """The per-shape tables on ``device``, built once: ``shape_rows`` (numel, x and y batch
+    strides, group per tensor) as ``[4, tensors]`` int64, and the block table ``[2, chunks]``:
+    the tensor index and the first element of every chunk."""
+    counts = torch.tensor([math.ceil(n / CHUNK) for n in shape_rows[0]], dtype=torch.int64)
+    owner = torch.repeat_interleave(torch.arange(len(shape_rows[0])), counts)
     first = torch.cumsum(counts, 0) - counts
     start = (torch.arange(owner.numel()) - first[owner]) * CHUNK
-    return torch.stack([owner, start]).to(device)
+    return torch.tensor(shape_rows, dtype=torch.int64).to(device), torch.stack([owner, start]).to(device)
 
 
-def _aligned(rows: list[list[int]], batch: int, size: int) -> list[int]:
+def _aligned(ptr_rows: list[list[int]], shape_rows: list[list[int]], batch: int, size: int) -> list[int]:
     """Per tensor, 1 if all its pointers (and, for ``batch > 1``, batch strides, the gradients'
     being ``n``) are ``_ALIGN``-byte aligned: the kernels' ``tl.multiple_of`` hints rely on it."""
-    ptrs, strides = (rows[0], rows[1], rows[6], rows[7]), (rows[3], rows[4], rows[2])
-    return [int(all(p[t] % _ALIGN == 0 for p in ptrs)
+    strides = (shape_rows[1], shape_rows[2], shape_rows[0])
+    return [int(all(p[t] % _ALIGN == 0 for p in ptr_rows)
                 and (batch == 1 or all(s[t] * size % _ALIGN == 0 for s in strides)))
-            for t in range(len(rows[0]))]
+            for t in range(len(ptr_rows[0]))]
+
+
+def _to_device(rows: list[list[int]], device: torch.device) -> Tensor:
+    """An int64 table on ``device``; on CUDA through pinned memory, so the copy waits on nothing."""
+    table = torch.tensor(rows, dtype=torch.int64)
+    if device.type != "cuda":
+        return table
+    return table.pin_memory().to(device, non_blocking=True)
 
 
 def _launch(kernel, xs: list[Tensor], ys: list[Tensor], groups: int, lead: int,
@@ -176,20 +189,20 @@ def _launch(kernel, xs: list[Tensor], ys: list[Tensor], groups: int, lead: int,
     n_tensors, per_group = len(xs), len(xs) // groups
     zeros = [0] * n_tensors
     gx, gy = grads if grads is not None else (zeros, zeros)
-    rows = [[v.data_ptr() for v in xv], [v.data_ptr() for v in yv], [v.shape[1] for v in xv],
-            [v.stride(0) for v in xv], [v.stride(0) for v in yv],
-            [t // per_group for t in range(n_tensors)],
-            [g.data_ptr() if isinstance(g, Tensor) else 0 for g in gx],
-            [g.data_ptr() if isinstance(g, Tensor) else 0 for g in gy]]
-    rows.append(_aligned(rows, batch, xs[0].element_size()))
-    meta = torch.tensor(rows, dtype=torch.int64).to(xs[0].device, non_blocking=True)
-    blocks = _block_table(tuple(rows[2]), xs[0].device)
+    shape_rows = [[v.shape[1] for v in xv], [v.stride(0) for v in xv], [v.stride(0) for v in yv],
+                  [t // per_group for t in range(n_tensors)]]
+    ptr_rows = [[v.data_ptr() for v in xv], [v.data_ptr() for v in yv],
+                [g.data_ptr() if isinstance(g, Tensor) else 0 for g in gx],
+                [g.data_ptr() if isinstance(g, Tensor) else 0 for g in gy]]
+    ptr_rows.append(_aligned(ptr_rows[:4], shape_rows, batch, xs[0].element_size()))
+    dtype, device = xs[0].dtype, xs[0].device
+    shape, blocks = _shape_tables(tuple(map(tuple, shape_rows)), device)
     n_blocks = blocks.shape[1]
     if n_blocks == 0:
         return
-    dtype, device = xs[0].dtype, xs[0].device
+    ptrs = _to_device(ptr_rows, device)
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-        kernel[(n_blocks, batch)](meta, blocks, extra, n_blocks, n_tensors, groups,
+        kernel[(n_blocks, batch)](shape, ptrs, blocks, extra, n_blocks, n_tensors, groups,
                                   HAS_Y=bool(ys), DT=_TL_DTYPES[dtype],
                                   ACC=_TL_DTYPES[_acc_dtype(dtype)], BLOCK=BLOCK, ITERS=ITERS,
                                   **flags)

@@ -69,7 +69,7 @@ class PretrainThen(nn.Module):
             return self.main(batch)
         phase, algorithm, local = self.phase(step)
         out = algorithm(batch, step=local)
-        out["phase"] = torch.tensor(float(phase), device=out["loss"].device)
+        out["phase"] = float(phase)  # a host number: no tensor to make on the device each step
         return out
 
     def diagnose(self, out: dict[str, torch.Tensor], rank: int = 0) -> str | None:

@@ -110,8 +110,8 @@ class _Conv2dBackward(torch.autograd.Function):
 
 class TaskConv2d(nn.Conv2d):
     """``nn.Conv2d`` without bias, differentiated through :class:`_Conv2d` on CPU; on other
-    devices, under ``vmap`` over tasks (``vmapped``) and with no gradient to compute, PyTorch's
-    own op. On an H200 the per-task loop's second-order step was 1.12× slower through
+    devices, under ``vmap`` over tasks (``vmapped``), under autocast (``solver.precision=bf16``)
+    and with no gradient to compute, PyTorch's own op. On an H200 the per-task loop's second-order step was 1.12× slower through
     :class:`_Conv2d` (docs/performance.md). Same parameters and state-dict keys as
     ``nn.Conv2d``."""
 
@@ -122,6 +122,7 @@ class TaskConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (self.vmapped or x.device.type != "cpu" or not torch.is_grad_enabled()
+                or torch.is_autocast_enabled(x.device.type)
                 or not (x.requires_grad or self.weight.requires_grad)
                 or self.padding_mode != "zeros" or isinstance(self.padding, str)):
             return super().forward(x)

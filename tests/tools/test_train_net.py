@@ -72,13 +72,17 @@ def test_full_run_writes_everything(full_run):
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"test_acc", "test_ci95", "test_tasks", "test_acc_init", "test_ci95_init", "test_lin_acc", "test_lin_agree", "test_lin_err",
                             "best_val_acc", "best_val_iter",
-                            "best_test_acc", "best_test_ci95", "iterations", "wall_time_s", "host"}
+                            "best_test_acc", "best_test_ci95", "iterations", "wall_time_s", "host",
+                            "precision", "precision_switches"}
     assert results["test_tasks"] == 10 and results["iterations"] == 6
+    assert results["precision"] == "fp32" and results["precision_switches"]["cudnn_conv_fp32_precision"] == "ieee"
+    assert "precision: fp32 (solver.precision)" in (out / "log.txt").read_text()
     assert results["host"]["threads"] >= 1 and results["host"]["torch"] == torch.__version__
     saved = OmegaConf.load(out / "config.yaml")  # every constructor argument, as built
     assert dict(saved.model.backbone) == {"name": "conv4", "hidden": 8, "num_classes": 3, "in_channels": 1,
                                           "image_size": 28}
     assert saved.algorithm.metrics_period == 1 and saved.algorithm.first_order is False
+    assert saved.solver.precision == "fp32" and saved.solver.fused == "auto"
     assert results["best_val_iter"] in (3, 6) and 0 <= results["test_acc"] <= 100
     last = proc.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"test accuracy: \d+\.\d\d ± \d+\.\d\d % \(10 tasks, 3-way 2-shot\)", last), last
@@ -143,6 +147,8 @@ def test_bad_input_leaves_existing_run_untouched(full_run, capsys, overrides, pa
     (["algorithm.inner_steps=-1"], r"algorithm\.inner_steps / inner_steps_test: must be >= 0"),
     (["solver.meta_batch=0"], r"solver\.meta_batch: must be >= 1, got 0"),
     (["solver.on_nonfinite=ignore"], r"solver\.on_nonfinite: expected stop or skip"),
+    (["solver.precision=fp16"], r"solver\.precision: expected one of fp32, tf32, bf16; got 'fp16'"),
+    (["solver.precision=tf32"], r"solver\.precision=tf32: TF32 is an NVIDIA GPU format .* this run is on cpu"),
 ])
 def test_bad_input_writes_nothing(tmp_path, capsys, overrides, pattern):
     fresh, used = tmp_path / "fresh", tmp_path / "used"
@@ -233,9 +239,10 @@ def test_the_job_command_line_drops_only_the_slurm_flags():
     assert job_argv(argv) == ["--config-file", "c.yaml", "--output-dir", "out", "solver.lr=0.1", "--resume"]
 
 
-def test_a_diverging_run_stops_with_one_line_and_the_last_good_state(tmp_path):
+@pytest.mark.parametrize("fused", [False, True])  # the check read before the update, and one step late
+def test_a_diverging_run_stops_with_one_line_and_the_last_good_state(tmp_path, fused):
     out = tmp_path / "nan"
-    diverge = ["algorithm.inner_lr=1e20", "algorithm.inner_steps=3"]
+    diverge = ["algorithm.inner_lr=1e20", "algorithm.inner_steps=3", f"solver.fused={str(fused).lower()}"]
     proc = train_net("--output-dir", out, *diverge)
     assert proc.returncode == 3, proc.stderr
     errors = [line for line in proc.stderr.strip().splitlines() if line.startswith("error: ")]
@@ -255,3 +262,12 @@ def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path):
     blocker.write_text("not a folder")
     refused(train_net("--output-dir", blocker / "run"), r"output_dir: cannot write to .*a_file/run \(Not a directory\)")
     assert blocker.read_text() == "not a folder"
+
+
+def test_a_bf16_run_trains_and_says_so(tmp_path):
+    """``solver.precision=bf16`` on the CPU: the forward under autocast, the rest fp32."""
+    out = tmp_path / "bf16"
+    ok(train_net("--output-dir", out, "solver.precision=bf16", "solver.max_iter=2"))
+    results = json.loads((out / "results.json").read_text())
+    assert results["precision"] == "bf16" and 0 <= results["test_acc"] <= 100
+    assert weights(out / "model_final.pth")["model.head.weight"].dtype == torch.float32

@@ -156,7 +156,7 @@ def test_kernels_compile_for_sm90_with_vector_loads(kernel):
               "BLOCK": tgn.BLOCK, "ITERS": tgn.ITERS}
     names = fn.arg_names
     sig = {k: "constexpr" if k in consts else ("i32" if k.startswith("n_") else
-           ("*i64" if k in ("meta", "blocks") else "*fp32")) for k in names}
+           ("*i64" if k in ("shape", "ptrs", "blocks") else "*fp32")) for k in names}
     src = ASTSource(fn=fn, signature=sig,
                     constexprs={(i,): consts[k] for i, k in enumerate(names) if k in consts})
     ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
