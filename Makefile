@@ -13,7 +13,11 @@ CONFIG ?= configs/maml_lil_5shot.yaml
 BUDGET ?= model.backbone.hidden=32 solver.max_iter=500
 OPTS ?=
 
-.PHONY: install train test lint clean
+# The wheels a GPU machine's image lacks (docs/performance.md, "The GPU session"): pure-Python
+# packages of this project's dependencies, for its Python 3.12, in .whl/ (ignored by git).
+GPU_WHEELS := hydra-core==1.3.8 omegaconf==2.3.1 pooch==1.9.0 platformdirs==4.14.9 submitit==1.5.4 higher==0.2.1
+
+.PHONY: install train test lint clean gpu-wheels
 
 # `pip install -e` (setuptools' default mode) writes a static .pth line to src/, which holds only
 # lil_meta: static checkers and editors resolve it, and no other folder becomes importable.
@@ -35,6 +39,13 @@ test: install
 
 lint: install
 	$(PY) -m ruff check .
+
+gpu-wheels:
+	mkdir -p .whl
+	$(PYTHON_SYS) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
+	$(PYTHON_SYS) -m pip wheel --quiet --no-deps -w .whl antlr4-python3-runtime==4.9.3
+	grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
 
 clean:
 	rm -rf output .pytest_cache

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from lil_meta.datasets.task_batch import TaskBatch
 from lil_meta.engine.config import load_config
-from lil_meta.engine.defaults import resolve_device
+from lil_meta.engine.defaults import build_optimizer, resolve_device
+from lil_meta.engine.precision import apply_precision
 from lil_meta.engine.trainer import MetaTrainer
 from lil_meta.models import build_algorithm
 from lil_meta.tools.higher_reference import stock_layers
@@ -61,24 +62,33 @@ class _SameBatch:
 
 class Runner:
     """One config's algorithm, optimizer and batch, stepping as the trainer does (its own
-    ``MetaTrainer``: ``solver.task_chunk``, fault checks, the logging schedule from iteration 0)."""
+    ``MetaTrainer``: the config's optimizer and precision, ``solver.task_chunk``, fault checks,
+    the logging schedule from iteration 0). Each step first sets its precision's switches, so
+    rows of different precisions can be interleaved in one process."""
 
     def __init__(self, path: str, overrides: list[str], own: tuple[str, ...] = ()):
         self.cfg = load_config(path, [*overrides, *own])
         self.name = " ".join([Path(path).stem, *own])
         self.device = resolve_device(self.cfg.device)
+        self.precision = apply_precision(self.cfg.solver.precision, self.device)
         torch.manual_seed(self.cfg.seed)
         self.algo = build_algorithm(self.cfg).to(self.device)
-        self.optimizer = torch.optim.Adam(self.algo.parameters(), lr=self.cfg.solver.lr)
+        self.optimizer = build_optimizer(self.cfg, self.algo)
         self.batch = synthetic_batch(self.cfg, self.device)
         self.trainer = MetaTrainer(self.algo, _SameBatch(self.batch), self.optimizer, self.device,
-                                   task_chunk=self.cfg.solver.task_chunk)
+                                   task_chunk=self.cfg.solver.task_chunk, precision=self.precision)
         self.meta_batch = self.cfg.solver.meta_batch
         self.path = _path(self.algo, self.device)
         self.times: list[float] = []
 
+    @property
+    def chunk(self) -> int | None:
+        """The tasks per forward and backward ``task_chunk: auto`` settled on (``None``: not auto)."""
+        return self.trainer._auto_chunks.last if self.trainer.task_chunk == "auto" else None
+
     def step(self) -> float:
         start = time.perf_counter()
+        apply_precision(self.precision.name, self.device)
         self.trainer.run_step()
         self.trainer.iter += 1  # the next step (the algorithm's logging schedule follows it)
         if self.device.type == "cuda":
