@@ -55,7 +55,7 @@ VOLATILE_KEYS = ("output_dir", "device", "test", "log", "solver.max_iter",
                  "pretrain.algorithm.channels_last", "pretrain.algorithm.checkpoint_inner_steps",
                  "pretrain.algorithm.metrics_period",
                  "solver.on_nonfinite",
-                 "solver.max_skips", "solver.task_chunk")
+                 "solver.max_skips", "solver.task_chunk", "solver.fused", "launch")
 _PERIODIC = re.compile(r"^model_(\d{7})\.pth$")
 
 
@@ -81,7 +81,7 @@ def config_fingerprint(cfg: DictConfig | Mapping) -> tuple[str, str]:
 #: floating-point summation order, so a run resumed with another value equals the uninterrupted
 #: one to float rounding, not bit for bit; a resume that changes one is warned about
 #: (:func:`engine.runner.train_and_test`), as is another intra-op thread count.
-ROUNDING_KEYS = ("solver.task_chunk", "algorithm.engine", "algorithm.checkpoint_inner_steps",
+ROUNDING_KEYS = ("solver.task_chunk", "solver.fused", "algorithm.engine", "algorithm.checkpoint_inner_steps",
                  "algorithm.channels_last", "pretrain.algorithm.engine",
                  "pretrain.algorithm.checkpoint_inner_steps", "pretrain.algorithm.channels_last")
 

@@ -106,6 +106,14 @@ class LogConfig:
 
 
 @dataclass
+class LaunchConfig:
+    """Several processes (torchrun, SLURM): how long a collective waits for a process that does
+    not answer before every other process stops (docs/cluster.md)."""
+
+    timeout_s: int = 600
+
+
+@dataclass
 class PretrainConfig:
     """A pretraining phase before ``algorithm`` (see :mod:`models.algorithms.chain`): the first
     ``iters`` of ``solver.max_iter`` train with ``algorithm`` here; 0 turns it off."""
@@ -136,6 +144,7 @@ class Config:
     solver: SolverConfig = field(default_factory=SolverConfig)
     test: TestConfig = field(default_factory=TestConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
     seed: int = 0
     device: str = "auto"
     output_dir: str | None = None

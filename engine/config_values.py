@@ -87,6 +87,9 @@ def check_values(cfg: DictConfig) -> None:
         value = int(OmegaConf.select(cfg, key))
         if not 1 <= value <= MAX_TEST_TASKS:
             raise ConfigError(f"{key}: must be between 1 and {MAX_TEST_TASKS}, got {value}")
+    if not float(cfg.launch.timeout_s) > 0:
+        raise ConfigError(f"launch.timeout_s: must be > 0 (seconds a collective waits for a process), "
+                          f"got {cfg.launch.timeout_s}")
     device = str(cfg.device)
     if not _DEVICE.match(device):
         raise ConfigError(f"device: '{device}' is not a device to train on (use auto, cpu, cuda, cuda:N or mps)")

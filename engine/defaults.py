@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from lil_meta.engine import slurm
 from lil_meta.engine.config import load_config, save_config
-from lil_meta.engine.errors import ConfigError, UserInputError
+from lil_meta.engine.errors import ConfigError, ProcessGroupError, UserInputError
 from lil_meta.engine.launch import World
 from lil_meta.engine.precision import PRECISIONS
 
@@ -188,7 +188,8 @@ def record_error(exc: BaseException) -> None:
     files = [h for h in root.handlers if getattr(h, "_lil", False) and isinstance(h, logging.FileHandler)]
     if not files or isinstance(exc, SystemExit):  # SystemExit: submitit's requeue, logged by the hook
         return
-    expected = isinstance(exc, (UserInputError, FloatingPointError)) or type(exc).__name__ == "RunInterrupted"
+    expected = isinstance(exc, (UserInputError, FloatingPointError, ProcessGroupError)) \
+        or type(exc).__name__ == "RunInterrupted"
     record = root.makeRecord(__name__, logging.ERROR, __file__, 0, f"error: {exc}" if expected else
                              f"run ended by {type(exc).__name__}: {exc}", None,
                              None if expected else (type(exc), exc, exc.__traceback__))

@@ -26,6 +26,13 @@ class OutputError(UserInputError):
     """A file of the run cannot be written (a full disk, a name too long): the message names it."""
 
 
+class ProcessGroupError(RuntimeError):
+    """Another process of a multi-process run was lost or stopped answering: the message names the
+    iteration, the collective that waited and, where known, the process; exit status 4."""
+
+    exit_code = 4
+
+
 def exit_with(main) -> None:
     """``sys.exit(main())`` for a command-line tool whose output may be cut short by its reader
     (``tool --dry-run | head``): a closed pipe ends the output quietly, as it does for Unix tools,

@@ -45,7 +45,7 @@ from lil_meta.engine.defaults import (
     resolve_device,
     seed_all,
 )
-from lil_meta.engine.errors import CheckpointError, ConfigError, OutputError
+from lil_meta.engine.errors import CheckpointError, ConfigError, OutputError, ProcessGroupError
 from lil_meta.engine.evaluation import evaluate
 from lil_meta.engine.fileio import NO_SPACE, disk_full_error, remove_stale_temps
 from lil_meta.engine.hooks import (
@@ -58,6 +58,7 @@ from lil_meta.engine.hooks import (
 )
 from lil_meta.engine.interrupt import RunInterrupted, signals_as_interrupt
 from lil_meta.engine.launch import (
+    CollectiveFailed,
     RankSlice,
     World,
     check_meta_batch,
@@ -126,7 +127,8 @@ def run(args: argparse.Namespace, extra_hooks=()) -> dict:
             built = build_run(args)
             result = evaluate_only(built) if args.eval_only else train_and_test(built, extra_hooks)
         except BaseException as exc:
-            close_distributed(synchronize=False)
+            if not isinstance(exc, CollectiveFailed):  # a broken group is left as it is: the process ends
+                close_distributed(synchronize=False)
             error = _run_error(exc, built)
             if built is not None:
                 record_error(error or exc)
@@ -135,9 +137,13 @@ def run(args: argparse.Namespace, extra_hooks=()) -> dict:
             if error is not None:
                 raise error from None
             raise
-        close_distributed()
-        if built.lock is not None:
-            built.lock.release()
+        try:
+            close_distributed(world=built.world)
+        except CollectiveFailed as exc:
+            raise _run_error(exc, built) from None
+        finally:
+            if built.lock is not None:
+                built.lock.release()
     return result
 
 
@@ -150,6 +156,13 @@ def _run_error(exc: BaseException, built: Run | None) -> BaseException | None:
         trainer = built.trainer
         done = trainer.iter if trainer is not None else int((built.resume_state or {}).get("iteration", 0))
         return RunInterrupted(done, signum)
+    if isinstance(exc, CollectiveFailed):
+        trainer = built.trainer if built is not None else None
+        where = f"iteration {trainer.iter}: " if trainer is not None else ""
+        last = built.checkpointer.get_checkpoint_file() if built is not None else None
+        return ProcessGroupError(f"{where}{exc.describe()}; the last checkpoint is "
+                                 f"{last.name if last else 'none yet'}; continue with --resume once every "
+                                 "process can run")
     if isinstance(exc, OSError) and exc.errno in NO_SPACE:
         if exc.filename:
             return disk_full_error(exc.filename, exc)
@@ -199,6 +212,18 @@ def _eval_weights(cfg: DictConfig, args: argparse.Namespace, checkpointer: Check
 RESUMABLE = ("iteration", "model", "optimizer", "sampler", "rng")
 
 
+def _resume_a_restart(args: argparse.Namespace) -> str | None:
+    """A restarted attempt of torchrun (``--max-restarts``: ``TORCHELASTIC_RESTART_COUNT`` > 0)
+    continues its folder's run from the newest intact checkpoint, as ``--resume`` does, and never
+    starts over it from iteration 0; the line that says so. (SLURM jobs always resume.)"""
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if attempt <= 0 or args.resume or args.eval_only:
+        return None
+    args.resume = True
+    return (f"restarted attempt {attempt} (torchrun --max-restarts): continuing the run in this folder from "
+            "its newest intact checkpoint, as --resume does")
+
+
 def build_run(args: argparse.Namespace) -> Run:
     """Everything that can fail on bad input, built before anything is written; then, under the
     run folder's lock, the folder's checks and the checkpoint to read; then the output folder,
@@ -206,10 +231,11 @@ def build_run(args: argparse.Namespace) -> Run:
     start_time = time.perf_counter()
     cfg = load_run_config(args)
     check_solver(cfg)
+    restart = _resume_a_restart(args)
     device = resolve_device(cfg.device)
     precision = apply_precision(cfg.solver.precision, device)  # PyTorch's switches, for this run
     malloc_note = keep_freed_memory()  # before the first large tensor (engine/cpu_memory.py)
-    world = init_distributed(device)  # torchrun, a SLURM job step, or one process
+    world = init_distributed(device, timeout_s=cfg.launch.timeout_s)  # torchrun, a SLURM job step, or one
     if world.distributed and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
     check_meta_batch(cfg.solver.meta_batch, world)
@@ -227,6 +253,8 @@ def build_run(args: argparse.Namespace) -> Run:
     algorithm = build_algorithm(cfg).to(device)
     checkpointer = Checkpointer(cfg.output_dir, cfg.solver.keep_checkpoints, cfg, writer=world.is_main)
     built = Run(args, cfg, world, device, algorithm, test_tasks, checkpointer, start_time, precision)
+    if restart and world.is_main:
+        built.notes.append((logging.WARNING, restart))
     if not args.eval_only:
         d = cfg.data
         # every process draws the whole meta-batch and keeps its share (engine/launch.py)

@@ -33,7 +33,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from lil_meta.engine.errors import ConfigError
+from lil_meta.engine.errors import ConfigError, ProcessGroupError
 from lil_meta.engine.trainer import HookBase
 
 logger = logging.getLogger(__name__)
@@ -122,7 +122,14 @@ class TrainJob:
         hook = PreemptionHook(Checkpointer(cfg.output_dir, cfg.solver.keep_checkpoints, cfg, writer=_is_rank0()),
                               on_stop=lambda signum: submitit_handler(signum, None))
         signal.signal(signal.SIGUSR2, hook.request)
-        return run(args, extra_hooks=[hook])
+        try:
+            return run(args, extra_hooks=[hook])
+        except ProcessGroupError as exc:  # another task was lost or stalled: one line, this task ends
+            import os  # noqa: PLC0415
+            import sys  # noqa: PLC0415
+
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            os._exit(exc.exit_code)
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         """Called by submitit on preemption/timeout, after :class:`PreemptionHook` saved."""
@@ -159,6 +166,8 @@ def submit(argvs: list[list[str]], folder: str | Path, *, local: bool = False, n
     executor = submitit.AutoExecutor(folder=Path(folder) / "%j", cluster="local" if local else "slurm")
     params: dict[str, Any] = {"name": name, "nodes": nodes, "tasks_per_node": tasks,
                               "cpus_per_task": cpus_per_task, "timeout_min": time_min}
+    if not local:  # a task that dies ends the job step's other tasks at once (docs/cluster.md)
+        params["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
     if gpus_per_node:
         params["gpus_per_node"] = gpus_per_node
     if not local:

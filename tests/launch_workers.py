@@ -66,3 +66,21 @@ def _run_worker(rank: int, init_file: str, output_dir: str, out: dict) -> None:
         "solver.meta_batch=2", "test.tasks=4", "test.val_tasks=2", "--output-dir", output_dir])
     runner.run(args)
     out[rank] = dist.is_initialized()
+
+
+def _presence_worker(rank: int, init_file: str, out: dict) -> None:
+    """Whether the processes agree on which parameters have a gradient: first both have
+    gradients for both tensors, then process 1 has none for the second."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        world = World(rank, 2)
+        params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))]
+        verdicts = []
+        for second in (True, rank == 0):
+            params[0].grad = torch.full((3,), float(rank + 1))
+            params[1].grad = torch.ones(2) if second else None
+            verdicts.append(bool(average_gradients(params, world)))
+        out[rank] = (verdicts, params[0].grad.tolist())
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()

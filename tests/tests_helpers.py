@@ -37,3 +37,45 @@ def one_step_query_loss(model, support, query, lr=0.1):
     grads = torch.autograd.grad(loss_at(params, support), list(params.values()), create_graph=True)
     adapted = {n: p - lr * g for (n, p), g in zip(params.items(), grads, strict=True)}
     return params, loss_at(adapted, query)
+
+
+def free_port() -> int:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_processes(args: list[str], size: int = 2, **env_extra: str) -> list:
+    """``tools/train_net.py args`` as ``size`` processes of one run, started by hand with the
+    variables torchrun or SLURM would set (``tests/`` on the path, for a test's user modules)."""
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    port, procs = free_port(), []
+    for rank in range(size):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), PYTHONPATH=str(ROOT / "tests"), **env_extra)
+        procs.append(subprocess.Popen([sys.executable, str(ROOT / "tools" / "train_net.py"), *args], cwd=ROOT,
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def finish(procs: list, timeout: float = 300) -> list[tuple[int, str]]:
+    """Each process's exit status and stderr, once all have ended."""
+    results = []
+    for proc in procs:
+        _, err = proc.communicate(timeout=timeout)
+        results.append((proc.returncode, err))
+    return results
+
+
+def process_env(pid: int) -> dict[str, str]:
+    """A process's environment (``{}`` once it is gone)."""
+    try:
+        raw = (Path("/proc") / str(pid) / "environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)

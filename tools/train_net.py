@@ -9,14 +9,16 @@
 The run itself is the engine's (engine/runner.py): build everything that can fail on bad input,
 then set up the output folder, train with the standard hooks, test, write ``results.json``.
 ``--slurm`` / ``--slurm-local`` submit the same run as a job (engine/slurm.py). Bad input ends
-with ``error: <message>`` on stderr and exit status 2, a numerical fault with status 3.
+with ``error: <message>`` on stderr and exit status 2, a numerical fault with status 3, a lost
+or stalled process of a multi-process run with status 4 (docs/cluster.md).
 """
 
+import os
 import sys
 
 from lil_meta.engine import runner, slurm
 from lil_meta.engine.defaults import default_argument_parser
-from lil_meta.engine.errors import UserInputError
+from lil_meta.engine.errors import ProcessGroupError, UserInputError, exit_with
 from lil_meta.engine.interrupt import RunInterrupted
 from lil_meta.engine.trainer import NumericalFault
 
@@ -35,6 +37,10 @@ def main(argv=None) -> int:
     except NumericalFault as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 3
+    except ProcessGroupError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(exc.exit_code)  # the broken process group is not torn down: its threads may never return
     except RunInterrupted as exc:
         print(exc, file=sys.stderr, flush=True)
         return exc.exit_code
@@ -45,4 +51,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 import torch.multiprocessing as mp
-from launch_workers import _run_worker, _worker, meta_gradient
+from launch_workers import _presence_worker, _run_worker, _worker, meta_gradient
 
 from lil_meta.engine.errors import ConfigError
 from lil_meta.engine.launch import (
@@ -48,6 +48,18 @@ def test_two_processes_give_the_one_process_meta_gradient(tmp_path):
     for g, s in zip(grads, single, strict=True):
         torch.testing.assert_close(g, s, rtol=1e-6, atol=1e-9)
     assert max(s.abs().max().item() for s in single) > 1e-3  # a gradient worth comparing
+
+
+def test_the_processes_check_on_the_device_that_the_same_parameters_had_gradients(tmp_path):
+    """No host read: the agreement is a device flag the step's finiteness check folds in."""
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_presence_worker, args=(str(tmp_path / "init"), out), nprocs=2, join=True)
+        results = dict(out)
+    for rank in (0, 1):
+        verdicts, averaged = results[rank]
+        assert verdicts == [True, False]
+        assert averaged == [1.5, 1.5, 1.5]
 
 
 def test_a_finished_run_leaves_the_process_group(tmp_path):

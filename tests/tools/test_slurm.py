@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests_helpers import ROOT
+from tests_helpers import ROOT, finish, process_env, start_processes
 
 SCRIPT, TINY = ROOT / "tools" / "train_net.py", ROOT / "tests" / "configs" / "tiny.yaml"
 LONG = ["solver.max_iter=60", "solver.checkpoint_period=5", "test.eval_period=30", "test.tasks=10"]
@@ -142,3 +143,39 @@ def test_a_sweep_is_one_job_array(tmp_path):
                           f"seed {seed} of the array")
         assert result
     assert json.loads((root / "tiny" / "seed1" / "results.json").read_text())["iterations"] == 2
+
+
+def _task_pid(job_id: str, procid: int) -> int | None:
+    """The pid of task ``procid`` of the job (its Python process, on this one node)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            env = process_env(int(entry.name))
+            if env.get("SLURM_JOB_ID") == job_id and env.get("SLURM_PROCID") == str(procid) \
+                    and "submitit" in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                return int(entry.name)
+    return None
+
+
+def test_a_task_that_dies_ends_the_job_within_seconds_and_a_resubmission_resumes_exactly(tmp_path):
+    """Two tasks (two processes of one run, gloo); one SIGKILLed mid-run: srun's
+    --kill-on-bad-exit ends the other, the job ends FAILED within a minute, its checkpoints
+    intact, and submitting the run again continues it to the weights of a direct two-process run."""
+    reference = tmp_path / "direct"
+    for code, err in finish(start_processes(["--config-file", str(TINY), "--output-dir", str(reference), *LONG])):
+        assert code == 0, err[-2000:]
+    out = tmp_path / "two_tasks"
+    job_id = submit(out, "--tasks-per-node", "2")
+    wait_for(lambda: logged_iters(out) >= 12, 120, "iteration 12")
+    pid = wait_for(lambda: _task_pid(job_id, 1), 30, "task 1's process")
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    state = wait_for(lambda: (job_state(job_id) not in ("RUNNING", "COMPLETING", "CONFIGURING")) and job_state(job_id),
+                     60, f"job {job_id} to end after its task 1 was killed")
+    assert state == "FAILED", state
+    assert time.monotonic() - killed <= 60
+    last = out / (out / "last_checkpoint").read_text()
+    assert torch.load(last, weights_only=True)["iteration"] >= 10
+    again = submit(out, "--tasks-per-node", "2")
+    assert finished(out, again)["iterations"] == 60
+    assert "resuming from iteration" in (out / "log.txt").read_text()
+    same_final_weights(reference, out)
