@@ -33,9 +33,12 @@ train: install
 	$(PY) tools/train_net.py --config-file $(CONFIG) --resume $(BUDGET) $(OPTS)
 
 # $(VENV)/bin/pytest, not `python -m pytest`: -m would put the repository root first on sys.path,
-# where the project's datasets/ folder would shadow HuggingFace's datasets.
+# where the project's datasets/ folder would shadow HuggingFace's datasets. Two workers (the
+# machines' two cores; pytest-xdist), each test file on one of them, so a file's fixtures are
+# built once: most tests run one thread and wait on subprocesses.
+PYTEST_WORKERS ?= 2
 test: install
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 lint: install
 	$(PY) -m ruff check .

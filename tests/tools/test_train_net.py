@@ -205,12 +205,18 @@ def test_corrupt_checkpoint_is_one_line_error(full_run, capsys, tmp_path):
 PRETRAIN = ["algorithm.name=fomaml", "pretrain.iters=3", "pretrain.algorithm.momentum=0.5"]
 
 
+@pytest.fixture(scope="module")
+def whole_pretrain_run(tmp_path_factory) -> Path:
+    whole = tmp_path_factory.mktemp("pretrain") / "whole"
+    ok(train_net("--output-dir", whole, *PRETRAIN))
+    return whole
+
+
 @pytest.mark.parametrize("stop", [3, 4])
-def test_resume_across_the_pretraining_boundary_is_bit_identical(tmp_path, stop):
+def test_resume_across_the_pretraining_boundary_is_bit_identical(whole_pretrain_run, tmp_path, stop):
     """LIL pretraining for 3 iterations, then FOMAML: stopped at the boundary (3) or just after
     it (4) and resumed, the run ends with the weights, teacher and counters of an unbroken one."""
-    whole, broken = tmp_path / "whole", tmp_path / "broken"
-    ok(train_net("--output-dir", whole, *PRETRAIN))
+    whole, broken = whole_pretrain_run, tmp_path / "broken"
     ok(train_net("--output-dir", broken, *PRETRAIN, f"solver.max_iter={stop}"))
     ok(train_net("--output-dir", broken, "--resume", *PRETRAIN))
     a, b = weights(whole / "model_final.pth"), weights(broken / "model_final.pth")
