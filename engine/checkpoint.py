@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes, keep-last-K rotation, config fingerprints, RNG capture.
+"""Checkpoints: atomic writes, keep-last-K rotation, config fingerprints.
 
 A training checkpoint is a plain dict saved with ``torch.save`` that ``torch.load(...,
 weights_only=True)`` can read back: tensors (all on CPU), numbers, strings, lists and dicts.
@@ -26,13 +26,11 @@ import hashlib
 import io
 import logging
 import os
-import random
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -42,8 +40,7 @@ from lil_meta.engine.fileio import atomic_write  # re-exported: callers import i
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Checkpointer", "atomic_write", "config_fingerprint", "get_rng_state", "set_rng_state", "VOLATILE_KEYS",
-           "ROUNDING_KEYS", "run_settings"]
+__all__ = ["Checkpointer", "atomic_write", "config_fingerprint", "VOLATILE_KEYS", "ROUNDING_KEYS", "run_settings"]
 
 #: Config keys left out of the fingerprint: they may change between a run and its resumption.
 #: Most change nothing that is trained; :data:`ROUNDING_KEYS` change the summation order only.
@@ -112,33 +109,6 @@ def _config_diff(saved_yaml: str, current_yaml: str, limit: int = 4) -> str:
              for k in keys[:limit]]
     more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
     return "; ".join(parts) + more
-
-
-def get_rng_state() -> dict[str, Any]:
-    """Torch (CPU and CUDA), numpy and Python RNG states in a ``weights_only``-loadable form."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, internal, gauss_next = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": keys.tolist(), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
-        "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore what :func:`get_rng_state` captured (CUDA only when present on both sides)."""
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], np.asarray(n["keys"], dtype=np.uint32), n["pos"],
-                         n["has_gauss"], n["cached_gaussian"]))
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _to_cpu(obj: Any) -> Any:

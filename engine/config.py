@@ -13,7 +13,9 @@ are open dicts: their keys are checked against the component's constructor when 
 algorithms are config keys like any other (``model.backbone.hidden=32``,
 ``algorithm.inner_lr_mode=per_element``): after composing, each of those nodes is filled with
 the arguments it does not set, at the values the component is built with anyway
-(:func:`models.fill_component_defaults`), so ``config.yaml`` shows every one.
+(:func:`engine.components.fill_component_defaults`), so ``config.yaml`` shows every one. The
+components are those registered when the config loads: the entry points import the built-in
+ones (``lil_meta.models``, ``lil_meta.datasets``); this module imports none.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lil_meta import datasets, models  # noqa: F401  (the built-in components register)
+from lil_meta.engine.components import COMPONENT_NODES, component_arguments, fill_component_defaults
 from lil_meta.engine.config_values import check_values
 from lil_meta.engine.errors import ConfigError
 from lil_meta.engine.fileio import atomic_write
@@ -198,7 +200,7 @@ def _explain(exc: BaseException, where: str) -> ConfigError:
 def _component_arguments() -> dict[str, set[str]]:
     """Each component node's settable keys, from the registries (``models`` registers the
     built-in components, ``datasets`` the datasets)."""
-    arguments = {path: models.component_arguments(path) for path in models.COMPONENT_NODES}
+    arguments = {path: component_arguments(path) for path in COMPONENT_NODES}
     arguments["data.args"] = _dataset_arguments()
     return arguments
 
@@ -361,7 +363,7 @@ def complete_config(data: str | dict | DictConfig) -> DictConfig:
     a key existed thus compares equal to a run that leaves the key at its default
     (:meth:`engine.checkpoint.Checkpointer.load`)."""
     cfg = OmegaConf.create(data)
-    models.fill_component_defaults(cfg)
+    fill_component_defaults(cfg)
     cfg = OmegaConf.merge(OmegaConf.structured(Config), cfg)
     OmegaConf.resolve(cfg)
     return cfg

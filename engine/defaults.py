@@ -20,13 +20,13 @@ import random
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from lil_meta.engine import slurm
 from lil_meta.engine.config import load_config, save_config
 from lil_meta.engine.errors import ConfigError, ProcessGroupError, UserInputError
 from lil_meta.engine.launch import World
@@ -36,6 +36,30 @@ __all__ = ["default_argument_parser", "load_run_config", "check_solver", "seed_a
            "build_optimizer", "build_lr_scheduler"]
 
 
+# the SLURM flags of the command line (engine/slurm.py submits the run with them)
+_SLURM_ARGUMENTS: list[tuple[str, dict[str, Any]]] = [
+    ("--slurm", {"action": "store_true", "help": "submit this run as a SLURM job and return"}),
+    ("--slurm-local", {"action": "store_true", "help": "the same job, on submitit's local executor"}),
+    ("--nodes", {"type": int, "default": 1}),
+    ("--gpus-per-node", {"type": int, "default": 0, "help": "one training process per GPU"}),
+    ("--tasks-per-node", {"type": int, "help": "processes per node (default: GPUs, or 1)"}),
+    ("--cpus-per-task", {"type": int, "default": 2}),
+    ("--partition", {}),
+    ("--account", {}),
+    ("--time", {"type": int, "default": 60, "metavar": "MIN", "help": "time limit per job"}),
+    ("--mem", {"type": int, "metavar": "GB", "help": "memory per node"}),
+    ("--max-requeues", {"type": int, "default": 10, "help": "on preemption or time limit"}),
+]
+SLURM_FLAGS_TAKE_VALUES = {flag: kwargs.get("action") != "store_true" for flag, kwargs in _SLURM_ARGUMENTS}
+
+
+def _add_slurm_arguments(parser: argparse.ArgumentParser) -> None:
+    """The SLURM flags, as one argument group."""
+    group = parser.add_argument_group("SLURM (engine/slurm.py, docs/cluster.md)")
+    for flag, kwargs in _SLURM_ARGUMENTS:
+        group.add_argument(flag, **kwargs)
+
+
 class _ArgumentParser(argparse.ArgumentParser):
     def parse_args(self, args=None, namespace=None):
         return self.parse_intermixed_args(args, namespace)  # flags may follow the overrides
@@ -43,7 +67,7 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 def default_argument_parser(description: str | None = None) -> argparse.ArgumentParser:
     """The command line of a training run: ``--config-file``, ``--resume``, ``--eval-only``,
-    ``--weights``, ``--output-dir``, the SLURM flags (:func:`engine.slurm.add_arguments`) and
+    ``--weights``, ``--output-dir``, the SLURM flags (used by :mod:`engine.slurm`) and
     ``key=value`` config overrides, which flags may follow."""
     parser = _ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True, metavar="FILE", help="experiment YAML")
@@ -55,7 +79,7 @@ def default_argument_parser(description: str | None = None) -> argparse.Argument
                         help="checkpoint to evaluate with --eval-only; without it, the weights a new "
                              "run starts training from (its model tensors of matching name and shape)")
     parser.add_argument("--output-dir", metavar="DIR", help="overrides the config's output_dir")
-    slurm.add_arguments(parser)
+    _add_slurm_arguments(parser)
     parser.add_argument("opts", nargs="*", metavar="key=value",
                         help="config overrides in Hydra's grammar (e.g. solver.lr=3e-4)")
     return parser

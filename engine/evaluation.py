@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import torch
 from tqdm import tqdm
 
-from lil_meta.engine.checkpoint import get_rng_state, set_rng_state
 from lil_meta.engine.launch import World, gather_lists
 from lil_meta.engine.precision import Precision
+from lil_meta.engine.rng import get_rng_state, set_rng_state
 
 __all__ = ["evaluate", "mean_ci95"]
 

@@ -29,40 +29,27 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
+from lil_meta.engine.checkpoint import Checkpointer
+from lil_meta.engine.defaults import (
+    SLURM_FLAGS_TAKE_VALUES,
+    default_argument_parser,
+    load_run_config,
+)
 from lil_meta.engine.errors import ConfigError, ProcessGroupError
+from lil_meta.engine.launch import any_process, world_from_env
+from lil_meta.engine.runner import run
 from lil_meta.engine.trainer import HookBase
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["add_arguments", "job_argv", "TrainJob", "PreemptionHook", "submit", "submit_command_line"]
-
-# the SLURM flags of the command line (engine.defaults.default_argument_parser)
-_ARGUMENTS: list[tuple[str, dict[str, Any]]] = [
-    ("--slurm", {"action": "store_true", "help": "submit this run as a SLURM job and return"}),
-    ("--slurm-local", {"action": "store_true", "help": "the same job, on submitit's local executor"}),
-    ("--nodes", {"type": int, "default": 1}),
-    ("--gpus-per-node", {"type": int, "default": 0, "help": "one training process per GPU"}),
-    ("--tasks-per-node", {"type": int, "help": "processes per node (default: GPUs, or 1)"}),
-    ("--cpus-per-task", {"type": int, "default": 2}),
-    ("--partition", {}),
-    ("--account", {}),
-    ("--time", {"type": int, "default": 60, "metavar": "MIN", "help": "time limit per job"}),
-    ("--mem", {"type": int, "metavar": "GB", "help": "memory per node"}),
-    ("--max-requeues", {"type": int, "default": 10, "help": "on preemption or time limit"}),
-]
-_TAKES_VALUE = {flag: kwargs.get("action") != "store_true" for flag, kwargs in _ARGUMENTS}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The SLURM flags, as one argument group."""
-    group = parser.add_argument_group("SLURM (engine/slurm.py, docs/cluster.md)")
-    for flag, kwargs in _ARGUMENTS:
-        group.add_argument(flag, **kwargs)
-
+__all__ = ["job_argv", "TrainJob", "PreemptionHook", "submit", "submit_command_line"]
 
 def job_argv(argv: list[str]) -> list[str]:
     """The command line minus the SLURM flags: what the job itself runs."""
@@ -72,8 +59,8 @@ def job_argv(argv: list[str]) -> list[str]:
             skip = False
             continue
         flag = arg.split("=", 1)[0]
-        if flag in _TAKES_VALUE:
-            skip = _TAKES_VALUE[flag] and "=" not in arg
+        if flag in SLURM_FLAGS_TAKE_VALUES:
+            skip = SLURM_FLAGS_TAKE_VALUES[flag] and "=" not in arg
             continue
         out.append(arg)
     return out
@@ -92,8 +79,6 @@ class PreemptionHook(HookBase):
         self.signum = signum
 
     def after_step(self) -> None:
-        from lil_meta.engine.launch import any_process  # noqa: PLC0415  (keeps this module light)
-
         trainer = self.trainer
         if not any_process(self.requested, trainer.world):
             return
@@ -112,10 +97,6 @@ class TrainJob:
         self.requeues = 0
 
     def __call__(self) -> dict:
-        from lil_meta.engine.checkpoint import Checkpointer  # noqa: PLC0415  (in the job's process)
-        from lil_meta.engine.defaults import default_argument_parser, load_run_config  # noqa: PLC0415
-        from lil_meta.engine.runner import run  # noqa: PLC0415
-
         args = default_argument_parser().parse_args([*self.argv, "--resume"])
         cfg = load_run_config(args)
         submitit_handler = signal.getsignal(signal.SIGUSR2)
@@ -125,9 +106,6 @@ class TrainJob:
         try:
             return run(args, extra_hooks=[hook])
         except ProcessGroupError as exc:  # another task was lost or stalled: one line, this task ends
-            import os  # noqa: PLC0415
-            import sys  # noqa: PLC0415
-
             print(f"error: {exc}", file=sys.stderr, flush=True)
             os._exit(exc.exit_code)
 
@@ -143,8 +121,6 @@ class TrainJob:
 
 
 def _is_rank0() -> bool:
-    from lil_meta.engine.launch import world_from_env  # noqa: PLC0415
-
     return world_from_env().is_main
 
 
@@ -155,8 +131,6 @@ def submit(argvs: list[list[str]], folder: str | Path, *, local: bool = False, n
            name: str = "lil") -> list:
     """Submit one :class:`TrainJob` per command line in ``argvs`` (a job array when there are
     several), with submitit's folders under ``folder``; returns the submitit jobs."""
-    import shutil  # noqa: PLC0415
-
     import submitit  # noqa: PLC0415
 
     if not local and shutil.which("sbatch") is None:
@@ -181,8 +155,6 @@ def submit(argvs: list[list[str]], folder: str | Path, *, local: bool = False, n
 def submit_command_line(args: argparse.Namespace, argv: list[str]) -> None:
     """``--slurm`` / ``--slurm-local`` of train_net's command line (``args`` parsed from
     ``argv``): submit the run as one job and print where to look."""
-    from lil_meta.engine.defaults import load_run_config  # noqa: PLC0415
-
     out = Path(load_run_config(args).output_dir).resolve()
     command = job_argv(argv)
     if not args.output_dir:  # pin the folder the job writes to: the one printed here

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from lil_meta.engine.checkpoint import get_rng_state, set_rng_state
+from lil_meta.engine.rng import get_rng_state, set_rng_state
 
 logger = logging.getLogger(__name__)
 

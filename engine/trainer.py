@@ -31,11 +31,11 @@ from typing import Any, Protocol
 
 import torch
 
-from lil_meta.engine.checkpoint import get_rng_state, set_rng_state
 from lil_meta.engine.events import EventStorage
 from lil_meta.engine.launch import World, average_gradients, average_scalars
 from lil_meta.engine.precision import Precision
 from lil_meta.engine.prefetch import Prefetcher
+from lil_meta.engine.rng import get_rng_state, set_rng_state
 from lil_meta.engine.step_check import FiniteFlag, NumericalFault, PendingStep, supports_found_inf
 from lil_meta.engine.task_chunks import AutoTaskChunks, forward_backward, is_scalar, loss_of
 

@@ -13,4 +13,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402  (after the variable, which torch reads when it starts)
 
+import lil_meta.datasets  # noqa: E402,F401  (the built-in components register, as the entry points do)
+import lil_meta.models  # noqa: E402,F401
+
 torch.set_num_threads(1)

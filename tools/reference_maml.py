@@ -39,6 +39,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.func import functional_call
 
+import lil_meta.models  # noqa: F401  (the built-in algorithms register: the config names one)
 from lil_meta.datasets import build_dataset
 from lil_meta.engine.config import load_config
 from lil_meta.engine.errors import UserInputError

@@ -9,14 +9,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lil_meta.engine.checkpoint import (
-    Checkpointer,
-    config_fingerprint,
-    get_rng_state,
-    set_rng_state,
-)
+from lil_meta.engine.checkpoint import Checkpointer, config_fingerprint
 from lil_meta.engine.config import Config, load_config
 from lil_meta.engine.errors import CheckpointError
+from lil_meta.engine.rng import get_rng_state, set_rng_state
 from tests_helpers import ROOT
 
 
