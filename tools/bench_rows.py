@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call
 
 from lil_meta.datasets.task_batch import TaskBatch
 from lil_meta.engine.config import load_config
@@ -24,6 +25,7 @@ from lil_meta.engine.precision import apply_precision
 from lil_meta.engine.trainer import MetaTrainer
 from lil_meta.models import build_algorithm
 from lil_meta.tools.higher_reference import stock_layers
+from lil_meta.tools.reference_maml import adapt
 
 
 def synthetic_batch(cfg, device) -> TaskBatch:
@@ -96,27 +98,10 @@ class Runner:
         return time.perf_counter() - start
 
 
-def _clone_module(module: torch.nn.Module) -> torch.nn.Module:
-    """A copy of ``module`` whose parameters are differentiable clones of the originals."""
-    clone = copy.copy(module)
-    clone._parameters = {n: (None if p is None else p.clone()) for n, p in module._parameters.items()}
-    clone._buffers = dict(module._buffers)
-    clone._modules = {n: _clone_module(m) for n, m in module._modules.items()}
-    return clone
-
-
-def _params(module: torch.nn.Module):
-    """(owner module, name, tensor) of every parameter slot, in a fixed order."""
-    for mod in module.modules():
-        for name, p in mod._parameters.items():
-            if p is not None:
-                yield mod, name, p
-
-
 class NaiveMAML:
-    """MAML written the plain way: a stateful clone of the network per task whose parameters
-    are replaced by ``θ − α·g`` after each ``torch.autograd.grad(create_graph=True)`` (first
-    order: without the graph), one task after another, PyTorch's stock layers
+    """MAML written the plain way — the reference MAML's inner loop
+    (:func:`tools.reference_maml.adapt`: ``torch.autograd.grad(create_graph=True)`` per step,
+    first order without the graph) — one task after another, PyTorch's stock layers
     (:func:`~tools.higher_reference.stock_layers`) and the default memory layout; one backward
     of the mean loss over the tasks."""
 
@@ -136,15 +121,9 @@ class NaiveMAML:
         b = self.batch
         total = 0.0
         for i in range(b.num_tasks):
-            learner = _clone_module(self.model)
-            for _ in range(self.steps):
-                slots = list(_params(learner))
-                support_loss = F.cross_entropy(learner(b.support_x[i]), b.support_y[i])
-                grads = torch.autograd.grad(support_loss, [p for _, _, p in slots],
-                                            create_graph=not self.first_order)
-                for (mod, name, p), g in zip(slots, grads, strict=True):
-                    mod._parameters[name] = p - self.lr * g
-            total = total + F.cross_entropy(learner(b.query_x[i]), b.query_y[i])
+            params = adapt(self.model, b.support_x[i], b.support_y[i], self.lr, self.steps,
+                           create_graph=not self.first_order)
+            total = total + F.cross_entropy(functional_call(self.model, params, (b.query_x[i],)), b.query_y[i])
         return total / b.num_tasks
 
     def step(self) -> float:

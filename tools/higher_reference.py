@@ -1,5 +1,5 @@
 """Second-order MAML written with the ``higher`` library: the memory and speed yardstick of
-``tools/benchmark.py --higher`` and ``tools/saved_tensors.py --higher``.
+``tools/benchmark.py --higher`` and ``benchmarks/saved_tensors.py --higher``.
 
 ``higher.innerloop_ctx`` patches a copy of the network into a functional one whose inner SGD
 steps (``diffopt.step``) keep their graph; the meta-gradient flows back into the network's own

@@ -77,8 +77,13 @@ class Episodes:
         return x(support), y(self.shot), x(query), y(self.query)
 
 
-def adapt(model: nn.Module, sx, sy, lr: float, steps: int, create_graph: bool) -> dict[str, torch.Tensor]:
-    params = dict(model.named_parameters())
+def adapt(model: nn.Module, sx, sy, lr: float, steps: int, create_graph: bool,
+          params: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """``steps`` SGD steps of rate ``lr`` on the support set from ``params`` (default: the
+    model's own), each gradient kept in the graph with ``create_graph`` (second order). The one
+    plain MAML of the project's reference code: this trainer, the benchmark's naive row
+    (``tools/bench_rows.py``) and ``benchmarks/check_compile.py`` run it."""
+    params = dict(model.named_parameters()) if params is None else params
     for _ in range(steps):
         loss = F.cross_entropy(functional_call(model, params, (sx,)), sy)
         grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)

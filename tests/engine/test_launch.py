@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 import torch.multiprocessing as mp
-from launch_workers import _presence_worker, _run_worker, _worker, meta_gradient
 
+from launch_workers import _presence_worker, _run_worker, _worker, meta_gradient
 from lil_meta.engine.errors import ConfigError
 from lil_meta.engine.launch import (
     World,

@@ -15,7 +15,7 @@ from lil_meta.models.backbones.layers import (
     _BatchNormBackward,
     _MaxPool2d,
 )
-from lil_meta.tools.saved_tensors import graph_nodes, saved_by_op, saved_tensors_of
+from saved_tensors import graph_nodes, saved_by_op, saved_tensors_of
 from tests_helpers import one_step_query_loss
 
 DOUBLE = torch.float64
@@ -95,7 +95,7 @@ def test_task_max_pool_is_pytorchs_under_vmap_and_outside():
 
 
 def test_the_second_order_graph_keeps_no_pooling_input_and_one_tensor_per_batch_norm_backward():
-    """What a task's graph saves (tools/saved_tensors.py): the pooling layers their int64
+    """What a task's graph saves (benchmarks/saved_tensors.py): the pooling layers their int64
     indices only, and each batch-norm backward one tensor beyond its forward's."""
     torch.manual_seed(0)
     model = Conv4(num_classes=3, in_channels=1, image_size=16, hidden=4).double()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The meta-gradient of every engine path against an fp64 reference, with derived tolerances.
 
-    python tools/numerics_check.py [--device cuda] [--case random trained] [--dry-run] [--out F.jsonl]
+    python benchmarks/numerics_check.py [--device cuda] [--case random trained] [--dry-run] [--out F.jsonl]
 
 For each case (a point θ⁰ and a meta-batch), the MAML + LIL meta-gradient is computed by every
 path — loop and vmap engines × torch and Triton trajectory norms × ``fp32``, ``tf32`` and

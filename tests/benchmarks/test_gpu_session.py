@@ -1,4 +1,4 @@
-"""The prepared GPU run (tools/gpu_session.py): its CPU rehearsal runs every section, and its
+"""The prepared GPU run (benchmarks/gpu_session.py): its CPU rehearsal runs every section, and its
 table judges the targets from the records as docs/performance.md states them."""
 
 from __future__ import annotations
@@ -8,14 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lil_meta.tools.gpu_table import table
+from gpu_table import table
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_dry_run_runs_every_section_and_fp32_meets_its_derived_tolerance(tmp_path):
     out = tmp_path / "dry"
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_session.py"), "--dry-run", "--out", str(out)],
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_session.py"), "--dry-run", "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]

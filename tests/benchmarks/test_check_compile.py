@@ -1,4 +1,4 @@
-"""tools/check_compile.py: the documented finding (docs/performance.md) that torch.compile runs a
+"""benchmarks/check_compile.py: the documented finding (docs/performance.md) that torch.compile runs a
 first-order MAML meta-gradient, with the eager result, and refuses second order. Should a
 torch release change either, this test fails and the page needs updating. The refusal comes from
 AOTAutograd, which every training backend runs first; the test compiles with ``aot_eager``, which
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from lil_meta.tools import check_compile
+import check_compile
 from tests_helpers import ROOT
 
 

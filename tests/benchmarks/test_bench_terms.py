@@ -1,12 +1,12 @@
-"""tools/bench_terms.py: SHOT's per-task work and its reference trajectory timed inside the step."""
+"""benchmarks/bench_terms.py: SHOT's per-task work and its reference trajectory timed inside the step."""
 
 import json
 
 import pytest
 import torch
 
+import bench_terms
 from lil_meta.engine.inner_loop import AdaptedTask
-from lil_meta.tools import bench_terms
 from tests_helpers import ROOT
 
 TINY = ["model.backbone.hidden=4", "solver.meta_batch=2", "data.query=2", "algorithm.inner_steps=1",

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """One prepared GPU run: every GPU check and benchmark, in sections, then a PASS/FAIL table.
 
-    python tools/gpu_session.py --out output/gpu_session            # on a CUDA machine
-    python tools/gpu_session.py --dry-run --out output/gpu_dry      # every section on the CPU, tiny
+    python benchmarks/gpu_session.py --out output/gpu_session            # on a CUDA machine
+    python benchmarks/gpu_session.py --dry-run --out output/gpu_dry      # every section on the CPU, tiny
 
 Each section runs in its own subprocess with its own timeout and appends JSON lines to
 ``<out>/results.jsonl``; a section that fails or times out is a FAIL row and the next one runs.
@@ -10,14 +10,14 @@ Last, the table of targets (docs/performance.md, "The GPU session") is printed a
 ``<out>/table.md``:
 
 - S0 the card, torch / CUDA / cuDNN / Triton versions, every TF32, benchmark and determinism switch;
-- S1 the numerics check (``tools/numerics_check.py``): every path against fp64, tolerances
+- S1 the numerics check (``benchmarks/numerics_check.py``): every path against fp64, tolerances
   derived from the measured amplification, at a random and at a trained point;
 - S2 Conv4 84×84, 5-way 1- and 5-shot, meta-batch 4, 16, 32, interleaved in one process: vmap
   and loop engines, ``higher``, the naive loop at 32; MAML, MAML + LIL, FOMAML, ANIL
-  (``tools/gpu_bench.py``);
+  (``benchmarks/gpu_bench.py``);
 - S3 ResNet-12 at meta-batch 4 against ``higher``, and the largest meta-batch that fits;
 - S4 a profile of two steps (GPU busy fraction, kernels, top kernels) and 20 steps under
-  ``torch.cuda.set_sync_debug_mode("error")`` (``tools/gpu_profile.py``);
+  ``torch.cuda.set_sync_debug_mode("error")`` (``benchmarks/gpu_profile.py``);
 - S5 fp32 against tf32 against bf16: speed here, meta-gradient error from S1.
 
 On the device the project's packages that its image lacks travel as wheels (``make gpu-wheels``;
@@ -68,8 +68,8 @@ def environment(emit, dry_run: bool) -> None:
 
 
 def numerics(emit, dry_run: bool) -> None:
-    """S1: tools/numerics_check.py, its records under section S1."""
-    from lil_meta.tools import numerics_check
+    """S1: benchmarks/numerics_check.py, its records under section S1."""
+    import numerics_check  # noqa: PLC0415  (a sibling in benchmarks/: the script's folder is on the path)
 
     device = torch.device("cpu" if dry_run else "cuda")
     for case in ("random", "trained"):
@@ -77,7 +77,8 @@ def numerics(emit, dry_run: bool) -> None:
 
 
 def _sections() -> dict:
-    from lil_meta.tools import gpu_bench, gpu_profile
+    import gpu_bench  # noqa: PLC0415
+    import gpu_profile  # noqa: PLC0415
 
     return {"S0": environment, "S1": numerics, **gpu_bench.SECTIONS, **gpu_profile.SECTIONS}
 
@@ -133,7 +134,7 @@ def main(argv=None) -> int:
     results = args.out / "results.jsonl"
     timeouts = DRY_TIMEOUTS if args.dry_run else TIMEOUTS
     statuses = [launch(name, args.out, args.dry_run, timeouts[name]) for name in (args.only or timeouts)]
-    from lil_meta.tools.gpu_table import table
+    from gpu_table import table  # noqa: PLC0415
 
     text = table(results, statuses, args.dry_run)
     (args.out / "table.md").write_text(text)

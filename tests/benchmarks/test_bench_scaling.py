@@ -1,8 +1,8 @@
-"""tools/bench_scaling.py: one line per process count, tasks/s read from real torchrun runs."""
+"""benchmarks/bench_scaling.py: one line per process count, tasks/s read from real torchrun runs."""
 
 import json
 
-from lil_meta.tools import bench_scaling
+import bench_scaling
 from tests_helpers import ROOT
 
 

@@ -2,7 +2,7 @@
 """Where an outer-loss term's time goes: the part of a training step spent in each term's
 per-task work, and in the extra inner trajectories it asks for.
 
-    python tools/bench_terms.py --config-file configs/maml_shot_5shot.yaml --iters 2 --warmup 1 \\
+    python benchmarks/bench_terms.py --config-file configs/maml_shot_5shot.yaml --iters 2 --warmup 1 \\
         model.backbone.hidden=32
 
 Runs the trainer's own step on synthetic tasks, as ``tools/benchmark.py`` does (same batches,

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Does ``torch.compile`` handle a MAML meta-gradient here? First and second order, one line each.
 
-    python tools/check_compile.py --config-file configs/maml_1shot.yaml [--orders first second] [key=value ...]
+    python benchmarks/check_compile.py --config-file configs/maml_1shot.yaml [--orders first second] [key=value ...]
 
 For each order it compiles the loss of one task — S inner steps by ``torch.autograd.grad``
 (``create_graph`` for second order), then the query loss — on the config's network and a
@@ -32,18 +32,16 @@ from lil_meta.engine.config import load_config
 from lil_meta.engine.errors import UserInputError
 from lil_meta.models import build_backbone
 from lil_meta.tools.bench_rows import synthetic_batch
+from lil_meta.tools.reference_maml import adapt
 
 
 def meta_loss_fn(model, task, steps: int, lr: float):
+    """One task's query loss after the reference MAML's inner loop, as a function of θ⁰."""
     names = [n for n, _ in model.named_parameters()]
     support_x, support_y, query_x, query_y = task
 
     def meta_loss(params: list[torch.Tensor], second_order: bool) -> torch.Tensor:
-        theta = dict(zip(names, params, strict=True))
-        for _ in range(steps):
-            loss = F.cross_entropy(functional_call(model, theta, (support_x,)), support_y)
-            grads = torch.autograd.grad(loss, list(theta.values()), create_graph=second_order)
-            theta = {n: t - lr * g for (n, t), g in zip(theta.items(), grads, strict=True)}
+        theta = adapt(model, support_x, support_y, lr, steps, second_order, dict(zip(names, params, strict=True)))
         return F.cross_entropy(functional_call(model, theta, (query_x,)), query_y)
 
     return meta_loss

@@ -1,4 +1,4 @@
-"""The timed sections of the GPU session (``tools/gpu_session.py``): S2 (Conv4 speed and memory
+"""The timed sections of the GPU session (``benchmarks/gpu_session.py``): S2 (Conv4 speed and memory
 against ``higher`` and the naive loop), S3 (ResNet-12), S5 (fp32 against tf32 against bf16).
 
 Within a group, rows are stepped in interleaved rounds after their warm-up steps, in one

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """What one task's second-order MAML graph keeps for the outer backward, by operation.
 
-    python tools/saved_tensors.py --config-file configs/maml_5shot.yaml [--higher] \\
+    python benchmarks/saved_tensors.py --config-file configs/maml_5shot.yaml [--higher] \\
         data.image_size=84 data.channels=3 [key=value ...]
 
 Builds the config's algorithm on one synthetic task of the configured shape

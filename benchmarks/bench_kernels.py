@@ -8,8 +8,8 @@ the gradient norms ``group_norms(flat(g⁰..gˢ), [], S+1)``. ``cat`` is the alt
 line per case: ms per call (CUDA events after warm-up), ratios, and the largest difference of
 outputs and gradients from the torch path.
 
-    python tools/bench_kernels.py                  # CUDA: torch, cat, triton
-    python tools/bench_kernels.py --device cpu     # torch and cat only
+    python benchmarks/bench_kernels.py                  # CUDA: torch, cat, triton
+    python benchmarks/bench_kernels.py --device cpu     # torch and cat only
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@
 #      with the malloc setting on (keep) and off (system): the defaults, checkpoint_inner_steps=true,
 #      the whole meta-batch at once (task_chunk=0, with the setting on) and higher;
 #   3. what one task's graph keeps for the outer backward, by node type, engine and higher.
-# Usage: bash tools/bench_higher.sh [key=value ...]   (extra overrides, e.g. a small shape for a dry run)
+# Usage: bash benchmarks/bench_higher.sh [key=value ...]   (extra overrides, e.g. a small shape for a dry run)
 set -u
 cd "$(dirname "$0")/.."
 # the project's interpreter (make install), or $PYTHON; needs the `higher` package (pip install higher)
@@ -56,6 +56,6 @@ done
 
 for shot in 5 1; do
   echo "== 3. saved tensors of one task, ${shot}-shot"
-  $PY tools/saved_tensors.py --config-file configs/maml_5shot.yaml --higher $SHAPE data.shot=$shot
+  $PY benchmarks/saved_tensors.py --config-file configs/maml_5shot.yaml --higher $SHAPE data.shot=$shot
 done
 date

@@ -1,4 +1,4 @@
-"""S4 of the GPU session (``tools/gpu_session.py``): where a training step's time goes on the GPU,
+"""S4 of the GPU session (``benchmarks/gpu_session.py``): where a training step's time goes on the GPU,
 and whether a non-logging step waits on the host.
 
 For second-order MAML (vmap engine) at meta-batch 4 1-shot and 32 5-shot: two non-logging

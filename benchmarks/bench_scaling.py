@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Training throughput (tasks/s) against the number of processes, through torchrun.
 
-    python tools/bench_scaling.py --config-file configs/maml_5shot.yaml --procs 1 2 --iters 30
+    python benchmarks/bench_scaling.py --config-file configs/maml_5shot.yaml --procs 1 2 --iters 30
 
 For each process count N, runs ``torchrun --standalone --nproc_per_node N tools/train_net.py``
 on the config for ``--iters`` iterations (the meta-batch is ``solver.meta_batch``, split over

@@ -1,4 +1,4 @@
-"""The PASS/FAIL table of a GPU session (``tools/gpu_session.py``) from its ``results.jsonl``.
+"""The PASS/FAIL table of a GPU session (``benchmarks/gpu_session.py``) from its ``results.jsonl``.
 
 One row per section (did it run) and one per target of docs/performance.md ("The GPU
 session"), with the measured value. A dry run checks that every section runs; its numbers are

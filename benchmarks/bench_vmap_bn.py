@@ -2,7 +2,7 @@
 """BatchNorm under the vmap engine: the fused form (tasks folded into channels) against the
 elementary form it replaced, and the per-task loop, timed side by side in one process.
 
-    python tools/bench_vmap_bn.py [--config-file configs/maml_1shot.yaml] [--iters 5] [key=value ...]
+    python benchmarks/bench_vmap_bn.py [--config-file configs/maml_1shot.yaml] [--iters 5] [key=value ...]
 
 Each row is a full meta-training step of the config (``tools/bench_rows.py``'s ``Runner``):
 ``vmap/fused`` the engine as it is, ``vmap/elementary`` the same with every
