@@ -29,6 +29,7 @@ from lil_meta.engine.checkpoint import (
     config_fingerprint,
     run_settings,
 )
+from lil_meta.engine.config import complete_config
 from lil_meta.engine.errors import CheckpointError, UserInputError
 from lil_meta.engine.trainer import NumericalFault
 
@@ -38,8 +39,6 @@ __all__ = ["check_folder_config", "resume_notes", "init_from_weights", "check_we
 def check_folder_config(out: Path, checkpointer: Checkpointer) -> None:
     """Refuse ``--resume`` into ``out`` when its ``config.yaml`` (there is no checkpoint) is not
     this run's config; a folder without one is a fresh start."""
-    from lil_meta.engine.config import complete_config  # noqa: PLC0415  (config imports the models)
-
     saved = out / "config.yaml"
     if not saved.is_file() or checkpointer.fingerprint is None:
         return

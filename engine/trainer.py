@@ -193,7 +193,7 @@ class MetaTrainer(TrainerBase):
     leads to keeps its meaning, named for the iteration that was not finite.
     """
 
-    def __init__(self, algorithm: MetaAlgorithm, sampler, optimizer: torch.optim.Optimizer,
+    def __init__(self, algorithm: MetaAlgorithm, sampler, optimizer: torch.optim.Optimizer, *,
                  device: torch.device | str = "cpu", world: World | None = None, on_nonfinite: str = "stop",
                  max_skips: int = 10, clip_grad_norm: float = 0.0, task_chunk: int | str = "auto",
                  precision: Precision | None = None) -> None:

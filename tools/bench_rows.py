@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from lil_meta.datasets.task_batch import TaskBatch
+from lil_meta.engine.build import build_training
 from lil_meta.engine.config import load_config
-from lil_meta.engine.defaults import build_optimizer, resolve_device
+from lil_meta.engine.defaults import resolve_device
 from lil_meta.engine.precision import apply_precision
 from lil_meta.engine.trainer import MetaTrainer
-from lil_meta.models import build_algorithm
 from lil_meta.tools.higher_reference import stock_layers
 from lil_meta.tools.reference_maml import adapt
 
@@ -73,11 +73,9 @@ class Runner:
         self.name = " ".join([Path(path).stem, *own])
         self.device = resolve_device(self.cfg.device)
         self.precision = apply_precision(self.cfg.solver.precision, self.device)
-        torch.manual_seed(self.cfg.seed)
-        self.algo = build_algorithm(self.cfg).to(self.device)
-        self.optimizer = build_optimizer(self.cfg, self.algo)
+        self.algo, self.optimizer = build_training(self.cfg, self.device)  # as a run builds them
         self.batch = synthetic_batch(self.cfg, self.device)
-        self.trainer = MetaTrainer(self.algo, _SameBatch(self.batch), self.optimizer, self.device,
+        self.trainer = MetaTrainer(self.algo, _SameBatch(self.batch), self.optimizer, device=self.device,
                                    task_chunk=self.cfg.solver.task_chunk, precision=self.precision)
         self.meta_batch = self.cfg.solver.meta_batch
         self.path = _path(self.algo, self.device)

@@ -77,14 +77,17 @@ def reads_per_step(config: str, tmp_path: Path, iters: int = 5) -> dict[int, int
         opts=["model.backbone.hidden=8", f"solver.max_iter={iters}", "log.period=1000", "test.eval_period=1000",
               "solver.checkpoint_period=1000", "test.tasks=5", "test.val_tasks=5", "log.tensorboard=false",
               "device=cpu"])
-    built = runner.build_run(args)
-    trainer = runner.build_trainer(built)
-    reads, per_step = HostReads(), {}
-    trainer._hooks.insert(0, Window(reads, per_step, first=True))
-    trainer.register_hooks([Window(reads, per_step, first=False)])
-    trainer._hooks[0].trainer = trainer._hooks[-1].trainer
-    with reads:
-        trainer.train(0, iters)
+    built = runner.prepare_run(args)
+    try:
+        trainer = runner.build_trainer(built)
+        reads, per_step = HostReads(), {}
+        trainer._hooks.insert(0, Window(reads, per_step, first=True))
+        trainer.register_hooks([Window(reads, per_step, first=False)])
+        trainer._hooks[0].trainer = trainer._hooks[-1].trainer
+        with reads:
+            trainer.train(0, iters)
+    finally:
+        built.folder.release()
     return per_step
 
 
