@@ -5,7 +5,7 @@
 #      after 4 warm-up steps per row (with the malloc setting on the heap grows over the first
 #      steps, page-faulting its new pages), both rows under one malloc setting: freed memory
 #      kept (the engine's default; with a row whose every step is a logging step,
-#      algorithm.metrics_period=1), then glibc's defaults (how higher runs in a process of its
+#      algorithm.diagnostics.metrics_period=1), then glibc's defaults (how higher runs in a process of its
 #      own); then the ratios, the engine at its defaults against higher under each setting;
 #   2. peak RSS over 4 steps, each row in a fresh process of its own (--isolate), 5- and 1-shot,
 #      with the malloc setting on (keep) and off (system): the defaults, checkpoint_inner_steps=true,
@@ -27,7 +27,7 @@ speed=$(mktemp -d)
 trap 'rm -rf "$speed"' EXIT
 for malloc in keep system; do
   logging=()
-  [ "$malloc" = keep ] && logging=(--config-file "configs/maml_5shot.yaml algorithm.metrics_period=1")
+  [ "$malloc" = keep ] && logging=(--config-file "configs/maml_5shot.yaml algorithm.diagnostics.metrics_period=1")
   $BENCH --json --malloc "$malloc" --iters 5 --warmup 4 $SHAPE "${logging[@]}" > "$speed/$malloc" || exit
 done
 "$PY" - "$speed" <<'EOF'
@@ -50,7 +50,7 @@ for shot in 5 1; do
     whole=()
     [ "$malloc" = keep ] && whole=(--config-file "configs/maml_5shot.yaml solver.task_chunk=0")
     $BENCH --isolate --malloc "$malloc" --iters 2 --warmup 2 $SHAPE data.shot=$shot \
-      --config-file "configs/maml_5shot.yaml algorithm.checkpoint_inner_steps=true" "${whole[@]}"
+      --config-file "configs/maml_5shot.yaml algorithm.execution.checkpoint_inner_steps=true" "${whole[@]}"
   done
 done
 

@@ -54,9 +54,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     malloc = keep_freed_memory()  # as tools/train_net.py does (engine/cpu_memory.py)
     rows = {
-        "vmap/fused": Runner(args.config_file, args.opts, ("algorithm.engine=vmap",)),
-        "vmap/elementary": Runner(args.config_file, args.opts, ("algorithm.engine=vmap",)),
-        "loop": Runner(args.config_file, args.opts, ("algorithm.engine=loop",)),
+        "vmap/fused": Runner(args.config_file, args.opts, ("algorithm.execution.engine=vmap",)),
+        "vmap/elementary": Runner(args.config_file, args.opts, ("algorithm.execution.engine=vmap",)),
+        "loop": Runner(args.config_file, args.opts, ("algorithm.execution.engine=loop",)),
     }
     elementary(rows["vmap/elementary"].algo.model)
     for row in rows.values():

@@ -35,7 +35,7 @@ ROWS = {
     "fomaml_lil_pretrain": ["configs/fomaml_lil_5shot.yaml", "pretrain.iters=10"],
     "anil_lil": ["configs/anil_lil_5shot.yaml"],
     "boil_lil": ["configs/boil_lil_5shot.yaml"],
-    "meta_sgd": ["configs/maml_5shot.yaml", "algorithm.inner_lr_mode=per_element", "algorithm.learn_inner_lr=true"],
+    "meta_sgd": ["configs/maml_5shot.yaml", "algorithm.rates.mode=per_element", "algorithm.rates.learn=true"],
     "maml_shot": ["configs/maml_shot_5shot.yaml"],
 }
 ENGINES = ("loop", "vmap")
@@ -50,7 +50,7 @@ def run_row(name: str, engine: str, folder: Path) -> dict[str, str]:
     config, *own = ROWS[name]
     out = folder / f"{name}_{engine}"
     cmd = [sys.executable, str(ROOT / "tools" / "train_net.py"), "--config-file", str(ROOT / config),
-           "--output-dir", str(out), *COMMON, *own, f"algorithm.engine={engine}"]
+           "--output-dir", str(out), *COMMON, *own, f"algorithm.execution.engine={engine}"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     if proc.returncode != 0:
         raise SystemExit(f"error: {name} ({engine}) failed:\n{proc.stderr[-2000:]}")

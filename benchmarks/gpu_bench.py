@@ -118,11 +118,11 @@ def speed_conv4(emit: Emit, dry_run: bool) -> None:
             shape = _shape(dry_run) + [f"data.shot={shot}", f"solver.meta_batch={mb}"]
             base = f"maml_{shot}shot.yaml"
             rows = {
-                "maml vmap": _runner(base, shape, "algorithm.engine=vmap"),
-                "maml loop": _runner(base, shape, "algorithm.engine=loop"),
-                "maml_lil vmap": _runner(f"maml_lil_{shot}shot.yaml", shape, "algorithm.engine=vmap"),
-                "fomaml vmap": _runner(f"fomaml_{shot}shot.yaml", shape, "algorithm.engine=vmap"),
-                "anil vmap": _runner(f"anil_{shot}shot.yaml", shape, "algorithm.engine=vmap"),
+                "maml vmap": _runner(base, shape, "algorithm.execution.engine=vmap"),
+                "maml loop": _runner(base, shape, "algorithm.execution.engine=loop"),
+                "maml_lil vmap": _runner(f"maml_lil_{shot}shot.yaml", shape, "algorithm.execution.engine=vmap"),
+                "fomaml vmap": _runner(f"fomaml_{shot}shot.yaml", shape, "algorithm.execution.engine=vmap"),
+                "anil vmap": _runner(f"anil_{shot}shot.yaml", shape, "algorithm.execution.engine=vmap"),
             }
             if higher:
                 rows["higher"] = HigherMAML(rows["maml vmap"])
@@ -143,7 +143,7 @@ def speed_resnet12(emit: Emit, dry_run: bool) -> None:
     for shot in (1,) if dry_run else (1, 5):
         group = shape + [f"data.shot={shot}"]
         rows = {"maml vmap": _runner(f"maml_resnet12_{shot}shot.yaml", group + ["solver.meta_batch=4"],
-                                     "algorithm.engine=vmap")}
+                                     "algorithm.execution.engine=vmap")}
         if higher:
             rows["higher"] = HigherMAML(rows["maml vmap"])
         measured = time_group(rows, 1, 1 if dry_run else 3)
@@ -153,7 +153,7 @@ def speed_resnet12(emit: Emit, dry_run: bool) -> None:
         for mb in ((8,) if dry_run else (8, 16, 32)):
             row = {"maml vmap": _runner(f"maml_resnet12_{shot}shot.yaml", group + [f"solver.meta_batch={mb}",
                                                                                      "solver.task_chunk=0"],
-                                        "algorithm.engine=vmap")}
+                                        "algorithm.execution.engine=vmap")}
             measured = time_group(row, 1, 1 if dry_run else 2)
             _record(emit, "S3", {"shot": shot, "meta_batch": mb, "backbone": "resnet12"}, measured, row)
             del row
@@ -172,7 +172,7 @@ def speed_precision(emit: Emit, dry_run: bool) -> None:
     mb = 4 if dry_run else 32
     for shot in (1, 5):
         shape = _shape(dry_run) + [f"data.shot={shot}", f"solver.meta_batch={mb}"]
-        rows = {p: _runner(f"maml_{shot}shot.yaml", shape, "algorithm.engine=vmap", f"solver.precision={p}")
+        rows = {p: _runner(f"maml_{shot}shot.yaml", shape, "algorithm.execution.engine=vmap", f"solver.precision={p}")
                 for p in precisions}
         measured = time_group(rows, 1, 2 if dry_run else 3)
         _record(emit, "S5", {"shot": shot, "meta_batch": mb}, measured, rows)

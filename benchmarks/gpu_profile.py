@@ -31,7 +31,7 @@ def _runner(shot: int, meta_batch: int, dry_run: bool) -> Runner:
              else ["device=cuda", "data.image_size=84"])
     return Runner(str(CONFIGS / f"maml_{shot}shot.yaml"),
                   [*shape, "data.channels=3", f"data.shot={shot}", f"solver.meta_batch={meta_batch}"],
-                  ("algorithm.engine=vmap", f"algorithm.metrics_period={LOGGING_PERIOD}"))
+                  ("algorithm.execution.engine=vmap", f"algorithm.diagnostics.metrics_period={LOGGING_PERIOD}"))
 
 
 def _steps(row: Runner, n: int) -> None:

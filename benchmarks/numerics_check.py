@@ -81,7 +81,7 @@ def meta_gradients(cfg, state, batch, device, dtype, engine: str, norms: str, pr
     """``{"total": [per-tensor grads], <term key>: [...]}`` of one path, each term from its own
     forward and backward (the same inner loop every time); ``total`` alone without ``per_term``."""
     inner_loop.group_norms = functools.partial(group_norms, backend=norms)  # this process's paths
-    algo = build_algorithm(load_config_with(cfg, f"algorithm.engine={engine}"))
+    algo = build_algorithm(load_config_with(cfg, f"algorithm.execution.engine={engine}"))
     algo.load_state_dict(state)
     algo = algo.to(device, dtype)
     autocast = apply_precision(precision, device).autocast
@@ -107,7 +107,7 @@ def load_config_with(cfg, *overrides: str):
     for item in overrides:
         key, value = item.split("=", 1)
         OmegaConf.update(copy, key, value)
-    copy.algorithm.metrics_period = 0
+    copy.algorithm.diagnostics.metrics_period = 0
     return copy
 
 

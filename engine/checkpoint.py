@@ -46,11 +46,9 @@ __all__ = ["Checkpointer", "atomic_write", "config_fingerprint", "VOLATILE_KEYS"
 #: Most change nothing that is trained; :data:`ROUNDING_KEYS` change the summation order only.
 VOLATILE_KEYS = ("output_dir", "device", "test", "log", "solver.max_iter",
                  "solver.checkpoint_period", "solver.keep_checkpoints",
-                 "algorithm.inner_steps_test", "algorithm.engine", "algorithm.channels_last",
-                 "algorithm.checkpoint_inner_steps", "algorithm.metrics_period",
-                 "pretrain.algorithm.inner_steps_test", "pretrain.algorithm.engine",
-                 "pretrain.algorithm.channels_last", "pretrain.algorithm.checkpoint_inner_steps",
-                 "pretrain.algorithm.metrics_period",
+                 "algorithm.inner_steps_test", "algorithm.execution", "algorithm.diagnostics",
+                 "pretrain.algorithm.inner_steps_test", "pretrain.algorithm.execution",
+                 "pretrain.algorithm.diagnostics",
                  "solver.on_nonfinite",
                  "solver.max_skips", "solver.task_chunk", "solver.fused", "launch")
 _PERIODIC = re.compile(r"^model_(\d{7})\.pth$")
@@ -78,9 +76,10 @@ def config_fingerprint(cfg: DictConfig | Mapping) -> tuple[str, str]:
 #: floating-point summation order, so a run resumed with another value equals the uninterrupted
 #: one to float rounding, not bit for bit; a resume that changes one is warned about
 #: (:func:`engine.runner.train_and_test`), as is another intra-op thread count.
-ROUNDING_KEYS = ("solver.task_chunk", "solver.fused", "algorithm.engine", "algorithm.checkpoint_inner_steps",
-                 "algorithm.channels_last", "pretrain.algorithm.engine",
-                 "pretrain.algorithm.checkpoint_inner_steps", "pretrain.algorithm.channels_last")
+ROUNDING_KEYS = ("solver.task_chunk", "solver.fused", "algorithm.execution.engine",
+                 "algorithm.execution.checkpoint_inner_steps", "algorithm.execution.channels_last",
+                 "pretrain.algorithm.execution.engine", "pretrain.algorithm.execution.checkpoint_inner_steps",
+                 "pretrain.algorithm.execution.channels_last")
 
 
 def run_settings(cfg: DictConfig | Mapping) -> dict[str, Any]:

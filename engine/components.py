@@ -11,26 +11,43 @@ program of its own imports ``lil_meta.models`` and ``lil_meta.datasets``), a use
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lil_meta.engine.registry import ALGORITHMS, BACKBONES
 
-__all__ = ["COMPONENT_NODES", "SUPPLIED", "FOLLOWS", "SHARED_WITH_PRETRAIN", "component_arguments",
-           "fill_component_defaults"]
+__all__ = ["COMPONENT_NODES", "SUPPLIED", "FOLLOWS", "SHARED_WITH_PRETRAIN", "MOVED_KEYS", "component_arguments",
+           "fill_component_defaults", "moved_key", "migrate_moved_keys"]
+
+logger = logging.getLogger(__name__)
 
 # The config nodes that name a registered component; their other keys are its keyword arguments.
 COMPONENT_NODES = {"model.backbone": BACKBONES, "algorithm": ALGORITHMS, "pretrain.algorithm": ALGORITHMS}
 # Arguments the framework passes itself (the network, the built loss terms), never config keys.
 SUPPLIED = ("model", "losses")
-# Arguments whose default is another key of the config, not the constructor's default.
+# Arguments whose default is another key of the config, not the constructor's default (dotted:
+# a key of a group).
 FOLLOWS = {
     "model.backbone": {"num_classes": "data.way", "in_channels": "data.channels", "image_size": "data.image_size"},
-    "algorithm": {"metrics_period": "log.period"},
-    "pretrain.algorithm": {"metrics_period": "log.period"},
+    "algorithm": {"diagnostics.metrics_period": "log.period"},
+    "pretrain.algorithm": {"diagnostics.metrics_period": "log.period"},
 }
 # Inner-loop settings a pretraining phase takes from the main algorithm unless it sets them.
-SHARED_WITH_PRETRAIN = ("inner_lr", "inner_steps", "inner_steps_test", "engine", "adapt", "inner_lr_mode",
-                        "channels_last", "checkpoint_inner_steps")
+SHARED_WITH_PRETRAIN = ("inner_lr", "inner_steps", "inner_steps_test", "adapt", "rates.mode", "execution.engine",
+                        "execution.channels_last", "execution.checkpoint_inner_steps")
+# The flat keys of an algorithm node in earlier versions, and where they live now: still read,
+# with a warning naming the new key.
+MOVED_KEYS = {
+    "engine": "execution.engine", "channels_last": "execution.channels_last",
+    "checkpoint_inner_steps": "execution.checkpoint_inner_steps",
+    "precompute_features": "execution.precompute_features",
+    "metrics_period": "diagnostics.metrics_period", "hessian_ratio": "diagnostics.hessian_ratio",
+    "linearized_metrics": "diagnostics.linearized_metrics",
+    "inner_lr_mode": "rates.mode", "learn_inner_lr": "rates.learn",
+}
+ALGORITHM_NODES = ("algorithm", "pretrain.algorithm")
 
 
 def component_arguments(path: str) -> set[str]:
@@ -39,17 +56,65 @@ def component_arguments(path: str) -> set[str]:
     return COMPONENT_NODES[path].argument_names(SUPPLIED) | {"name"}
 
 
+def moved_key(path: str, key: str) -> str | None:
+    """Where ``path.key`` lives now when it is a flat key of earlier versions (``algorithm.engine``
+    → ``algorithm.execution.engine``), else ``None``."""
+    return f"{path}.{MOVED_KEYS[key]}" if path in ALGORITHM_NODES and key in MOVED_KEYS else None
+
+
+def deprecation(old: str, new: str) -> str:
+    return f"config key {old} is deprecated; it was read as {new}, its name from now on"
+
+
+def migrate_moved_keys(cfg: DictConfig, warn: bool = True) -> None:
+    """Move the flat keys of earlier versions (:data:`MOVED_KEYS`) of the algorithm nodes into
+    their groups, a warning naming each new key (``warn``; a checkpoint's saved config moves
+    silently). A flat key wins over its group's value: it was written by hand."""
+    for path in ALGORITHM_NODES:
+        node = OmegaConf.select(cfg, path)
+        if not isinstance(node, DictConfig):
+            continue
+        raw = OmegaConf.to_container(node, resolve=False)
+        for old, new in MOVED_KEYS.items():
+            if old not in raw:
+                continue
+            with open_dict(node):
+                del node[old]
+                OmegaConf.update(node, new, raw[old], force_add=True, merge=True)
+            if warn:
+                logger.warning("%s", deprecation(f"{path}.{old}", f"{path}.{new}"))
+
+
+def _flat_keys(node: Any, prefix: str = "") -> set[str]:
+    keys = set()
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            keys.add(f"{prefix}{key}")
+            keys |= _flat_keys(node._get_node(key), f"{prefix}{key}.")
+    return keys
+
+
+def _fill(node: DictConfig, values: dict[str, Any]) -> None:
+    """Set every key of ``values`` that ``node`` lacks, into its groups too."""
+    for key, value in values.items():
+        if key not in node:
+            node[key] = value
+        elif isinstance(value, dict) and isinstance(node._get_node(key), DictConfig):
+            with open_dict(node[key]):
+                _fill(node[key], value)
+
+
 def fill_component_defaults(cfg: DictConfig) -> None:
     """Write into each component node the arguments it does not set, with the values the
     component would be built with anyway, so that every argument is a plain ``key=value`` key and
     ``config.yaml`` shows them all: the entry's preset, else the config key it follows
     (:data:`FOLLOWS`; for ``pretrain.algorithm``, the main algorithm's setting of an inner-loop key
-    it sets, :data:`SHARED_WITH_PRETRAIN`), else the constructor's default. Written as
-    interpolations where they follow another key, so they resolve after the overrides. Nodes
-    naming a component not registered (yet: a user module in ``extra_modules``) are left as they are.
+    it sets, :data:`SHARED_WITH_PRETRAIN`), else the constructor's default; a group's keys one by
+    one. Written as interpolations where they follow another key, so they resolve after the
+    overrides. Nodes naming a component not registered (yet: a user module in
+    ``extra_modules``) are left as they are.
     """
-    main = OmegaConf.select(cfg, "algorithm")
-    main_sets = set(main.keys()) if isinstance(main, DictConfig) else set()  # before filling it
+    main_sets = _flat_keys(OmegaConf.select(cfg, "algorithm"))  # before filling it
     for path, registry in COMPONENT_NODES.items():
         node = OmegaConf.select(cfg, path)
         if not isinstance(node, DictConfig) or str(node.get("name")) not in registry:
@@ -61,9 +126,9 @@ def fill_component_defaults(cfg: DictConfig) -> None:
         if path == "pretrain.algorithm":
             follows.update({k: f"algorithm.{k}" for k in SHARED_WITH_PRETRAIN if k in main_sets})
         for key, source in follows.items():
-            if key in values and key not in presets:
-                values[key] = "${" + source + "}"
+            group, _, inner = key.rpartition(".")
+            target = values.get(group) if group else values
+            if isinstance(target, dict) and inner in target and key.split(".")[0] not in presets:
+                target[inner] = "${" + source + "}"
         with open_dict(node):
-            for key, value in values.items():
-                if key not in node:
-                    node[key] = value
+            _fill(node, values)

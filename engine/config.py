@@ -11,7 +11,7 @@ Component sections (``algorithm``, ``model.backbone``, ``pretrain.algorithm``, `
 are open dicts: their keys are checked against the component's constructor when it is built
 (see :mod:`engine.registry`). The constructor arguments of the registered backbones and
 algorithms are config keys like any other (``model.backbone.hidden=32``,
-``algorithm.inner_lr_mode=per_element``): after composing, each of those nodes is filled with
+``algorithm.rates.mode=per_element``): after composing, each of those nodes is filled with
 the arguments it does not set, at the values the component is built with anyway
 (:func:`engine.components.fill_component_defaults`), so ``config.yaml`` shows every one. The
 components are those registered when the config loads: the entry points import the built-in
@@ -37,7 +37,14 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lil_meta.engine.components import COMPONENT_NODES, component_arguments, fill_component_defaults
+from lil_meta.engine.components import (
+    COMPONENT_NODES,
+    component_arguments,
+    deprecation,
+    fill_component_defaults,
+    migrate_moved_keys,
+    moved_key,
+)
 from lil_meta.engine.config_values import check_values
 from lil_meta.engine.errors import ConfigError
 from lil_meta.engine.fileio import atomic_write
@@ -134,9 +141,7 @@ class Config:
             "inner_lr": 0.5,
             "inner_steps": 3,
             "inner_steps_test": 3,
-            "engine": "auto",
-            "channels_last": "auto",
-            "checkpoint_inner_steps": False,
+            "execution": {"engine": "auto", "channels_last": "auto", "checkpoint_inner_steps": False},
         }
     )
     losses: list[Any] = field(default_factory=lambda: [{"name": "cross_entropy"}])
@@ -234,6 +239,11 @@ def _plain_component_overrides(overrides: Sequence[str]) -> list[str]:
             path, _, head = path.rpartition(".")
             arg = head
         plain = override.type is OverrideType.CHANGE and override.package is None and not override.is_sweep_override()
+        moved = moved_key(path, arg) if plain and override.key_or_group == f"{path}.{arg}" else None
+        if moved is not None:  # a flat key of earlier versions: set where it lives now
+            logger.warning("%s", deprecation(f"{path}.{arg}", moved))
+            out.append(f"++{moved}={line.split('=', 1)[1]}")
+            continue
         out.append(f"++{line}" if plain and path in arguments and arg in arguments[path] else line)
     return out
 
@@ -338,7 +348,7 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictC
     try:
         with initialize_config_dir(version_base=None, config_dir=str(file.parent)):
             composed = compose(config_name=file.stem, overrides=_plain_component_overrides(overrides))
-        cfg = complete_config(composed)
+        cfg = complete_config(composed, warn=True)
     except (HydraException, OmegaConfBaseException) as exc:
         raise _explain(exc, str(path)) from None
     except yaml.YAMLError as exc:  # in a file of the defaults list
@@ -356,13 +366,15 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DictC
     return cfg
 
 
-def complete_config(data: str | dict | DictConfig) -> DictConfig:
+def complete_config(data: str | dict | DictConfig, warn: bool = False) -> DictConfig:
     """A composed or saved config (YAML text or a mapping) completed as :func:`load_config`
-    completes a file: every component argument it leaves out filled with the value the component
-    is built with, on the schema's defaults, interpolations resolved. A checkpoint written before
-    a key existed thus compares equal to a run that leaves the key at its default
-    (:meth:`engine.checkpoint.Checkpointer.load`)."""
+    completes a file: the flat algorithm keys of earlier versions moved into their groups
+    (``warn``: saying so), every component argument it leaves out filled with the value the
+    component is built with, on the schema's defaults, interpolations resolved. A checkpoint
+    written before a key existed or moved thus compares equal to a run that leaves the key at
+    its default (:meth:`engine.checkpoint.Checkpointer.load`)."""
     cfg = OmegaConf.create(data)
+    migrate_moved_keys(cfg, warn)
     fill_component_defaults(cfg)
     cfg = OmegaConf.merge(OmegaConf.structured(Config), cfg)
     OmegaConf.resolve(cfg)

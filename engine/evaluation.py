@@ -33,7 +33,7 @@ def mean_ci95(values: Sequence[float] | torch.Tensor) -> tuple[float, float]:
     return float(v.mean()), float(1.96 * v.std(unbiased=True) / math.sqrt(v.numel()))
 
 
-def evaluate(algorithm: torch.nn.Module, task_list, batch_size: int, device: torch.device | str,
+def evaluate(algorithm: torch.nn.Module, task_list, batch_size: int, device: torch.device | str, *,
              desc: str = "eval", world: World | None = None, precision: Precision | None = None) -> dict[str, float]:
     """Accuracy of ``algorithm`` over every task of ``task_list``: ``{"acc", "ci95", "n"}``, and
     ``acc_init``/``ci95_init`` (θ⁰ without adaptation) when the algorithm reports ``task_acc_init``,

@@ -10,13 +10,16 @@ Second-order MAML differentiates through every inner gradient ``gᵏ``: the grad
 connected to θ⁰ in the outer autograd graph. First-order variants detach every ``gᵏ``, so
 ``∂θˢ/∂θ⁰ = I``.
 
-:func:`adapt` runs the S steps of one task and returns an :class:`Adaptation` (θˢ, the first
-step Δ⁰ and the typed :class:`Trajectory`); :class:`AdaptedTask` is what the outer-loss terms
-see of one task, and computes more on request (the straight step's logits, another trajectory).
+:func:`adapt` runs the S steps of one task as an :class:`InnerLoop` says (update rule, support
+loss, first or second order, checkpointing, vmapped) and returns an :class:`Adaptation` (θˢ, the
+first step Δ⁰ and the typed :class:`Trajectory`); :class:`AdaptedTask` is what the outer-loss
+terms see of one task, and computes more on request (the straight step's logits, another
+trajectory).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -31,10 +34,28 @@ from torch.utils.checkpoint import checkpoint
 from lil_meta.engine.kernels import group_norms
 
 Params = dict[str, torch.Tensor]
-UpdateRule = Callable[[Params, Params, int], Params]
+UpdateRule = Callable[..., Params]  # update(params, grads, step, lr_scale=1.0)
 InnerLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 ENGINES = ("vmap", "loop")
+
+
+@dataclass(frozen=True)
+class InnerLoop:
+    """How a task's inner loop runs, one value for every call of :func:`adapt` of an algorithm.
+
+    ``update(params, grads, step, lr_scale=1.0)``: the step θᵏ⁺¹ from θᵏ and gᵏ (every rate
+    times ``lr_scale``: a term's rescaled trajectory); ``loss``: the support objective;
+    ``first_order``: detach every gᵏ; ``checkpoint_steps``: recompute each second-order step's
+    graph in the backward pass (:func:`_recomputed_in_backward`; per-task loop only);
+    ``vmapped``: the call runs under :func:`map_tasks`'s ``vmap`` (module doc).
+    """
+
+    update: UpdateRule
+    loss: InnerLoss = F.cross_entropy
+    first_order: bool = False
+    checkpoint_steps: bool = False
+    vmapped: bool = False
 
 
 class Trajectory(NamedTuple):
@@ -77,7 +98,7 @@ def logits_at(model: nn.Module, adapted: Mapping[str, torch.Tensor], frozen: Map
               *, vmapped: bool = False):
     """``f(x | θ)`` with θ assembled from the adapted and the held-fixed tensors.
 
-    On channels-last images (``algorithm.channels_last``, per-task loop) the convolutions hand
+    On channels-last images (``algorithm.execution.channels_last``, per-task loop) the convolutions hand
     back their weight gradients channels-last too; they are made contiguous before they reach
     the rest of the graph (left channels-last, they slow the second-order inner loop's double
     backward by more than the channels-last query pass saves; docs/performance.md).
@@ -110,27 +131,25 @@ def _flat(dicts: Sequence[Params]) -> list[torch.Tensor]:
 
 
 def adapt(model: nn.Module, adapted: Params, frozen: Params, support_x: torch.Tensor, support_y: torch.Tensor,
-          *, steps: int, update: UpdateRule, first_order: bool = False, inner_loss: InnerLoss = F.cross_entropy,
-          final_grad: bool = False, hessian_ratios: bool = False, checkpoint_steps: bool = False,
-          vmapped: bool = False) -> Adaptation:
-    """Run ``steps`` inner steps ``θᵏ⁺¹ = update(θᵏ, gᵏ, k)`` on one task.
+          *, steps: int, inner: InnerLoop, final_grad: bool = False, hessian_ratios: bool = False) -> Adaptation:
+    """Run ``steps`` inner steps ``θᵏ⁺¹ = inner.update(θᵏ, gᵏ, k)`` on one task.
 
-    ``gᵏ`` is the gradient of ``inner_loss(f(xs|θᵏ), ys)`` with respect to the adapted tensors,
-    kept in the outer graph unless ``first_order`` (or grad mode is off). ``final_grad``: one
-    more support gradient at θˢ, without graph, for AC; ``hessian_ratios``: hₖ of eq. 5
+    ``gᵏ`` is the gradient of ``inner.loss(f(xs|θᵏ), ys)`` with respect to the adapted tensors,
+    kept in the outer graph unless ``inner.first_order`` (or grad mode is off). ``final_grad``:
+    one more support gradient at θˢ, without graph, for AC; ``hessian_ratios``: hₖ of eq. 5
     (:func:`_hessian_ratios`, no graph). The norms come from one fused call each
     (:func:`engine.kernels.group_norms`) over the parameter copies the loop holds anyway.
 
-    ``checkpoint_steps``: keep no graph of the second-order inner gradients in the forward pass
-    and recompute each step's in the backward pass (:func:`_recomputed_in_backward`): less
-    memory, one more support forward and backward per step. Per-task loop only. ``vmapped``:
-    the call runs under :func:`map_tasks`'s ``vmap`` (module doc).
+    ``inner.checkpoint_steps`` keeps no graph of the second-order inner gradients in the
+    forward pass and recomputes each step's in the backward pass (:func:`_recomputed_in_backward`):
+    less memory, one more support forward and backward per step.
     """
+    update, inner_loss, vmapped = inner.update, inner.loss, inner.vmapped
     support_grad = grad(lambda a, f, x, y: inner_loss(logits_at(model, a, f, x, vmapped=vmapped), y))
     constant_grad = _constant_grad(support_grad, model, inner_loss, vmapped)
-    if first_order or not torch.is_grad_enabled():
+    if inner.first_order or not torch.is_grad_enabled():
         step_grad = constant_grad
-    elif checkpoint_steps:
+    elif inner.checkpoint_steps:
         step_grad = _recomputed_in_backward(support_grad)
     elif vmapped:
         step_grad = support_grad
@@ -154,7 +173,7 @@ def adapt(model: nn.Module, adapted: Params, frozen: Params, support_x: torch.Te
     if final is not None:
         grad_norm = all_grad_norms[steps]
     if hessian_ratios:
-        ratios = _hessian_ratios(model, inner_loss, thetas, grads, frozen, support_x, support_y, vmapped)
+        ratios = _hessian_ratios(model, inner, thetas, grads, frozen, (support_x, support_y))
     trajectory = Trajectory(norms[:steps], norms[steps], all_grad_norms[:steps], grad_norm, ratios)
     first_step = {name: thetas[1][name] - t for name, t in thetas[0].items()}
     return Adaptation(thetas[-1], first_step, trajectory)
@@ -169,8 +188,8 @@ def straight_step(theta0: Params, d0: Params, length: torch.Tensor, first_norm: 
     return {name: p + scale * d0[name] for name, p in theta0.items()}
 
 
-def _hessian_ratios(model: nn.Module, inner_loss, thetas: list[Params], grads: list[Params], frozen: Params,
-                    support_x: torch.Tensor, support_y: torch.Tensor, vmapped: bool) -> torch.Tensor:
+def _hessian_ratios(model: nn.Module, inner: InnerLoop, thetas: list[Params], grads: list[Params], frozen: Params,
+                    support: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """hₖ = ½·Δₖᵀ H(θᵏ) Δₖ / (−gᵏᵀ Δₖ) for k = 0..S-1, ``[S]``, without graph (paper eq. 5).
 
     Δₖ = θᵏ⁺¹ − θᵏ, gᵏ the support gradient at θᵏ and H(θᵏ) the Hessian of the support loss
@@ -181,29 +200,30 @@ def _hessian_ratios(model: nn.Module, inner_loss, thetas: list[Params], grads: l
     step, never the Hessian itself.
     """
     fixed = {name: t.detach() for name, t in frozen.items()}
-    x = support_x.detach()
-    if vmapped:  # vmap refuses the channels-last double backward of a convolution
+    x, support_y = support[0].detach(), support[1]
+    if inner.vmapped:  # vmap refuses the channels-last double backward of a convolution
         x = x.contiguous()
     ratios = []
     for k in range(len(thetas) - 1):
         theta = {name: t.detach() for name, t in thetas[k].items()}
         delta = {name: (thetas[k + 1][name] - t).detach() for name, t in thetas[k].items()}
-        hvp = _hessian_vector_product(model, inner_loss, theta, delta, fixed, x, support_y, vmapped)
+        hvp = _hessian_vector_product(model, inner, theta, delta, fixed, (x, support_y))
         curvature = sum((delta[n] * hvp[n]).sum() for n in theta)
         descent = -sum((grads[k][n].detach() * delta[n]).sum() for n in theta)
         ratios.append(0.5 * curvature / descent)
     return torch.stack(ratios)
 
 
-def _hessian_vector_product(model: nn.Module, inner_loss, theta: Params, vector: Params, frozen: Params,
-                            support_x: torch.Tensor, support_y: torch.Tensor, vmapped: bool) -> Params:
+def _hessian_vector_product(model: nn.Module, inner: InnerLoop, theta: Params, vector: Params, frozen: Params,
+                            support: tuple[torch.Tensor, torch.Tensor]) -> Params:
     """H(θ)·v for the support loss, by differentiating gᵀv once more (reverse over reverse;
     H is symmetric). Under vmap through ``torch.func``, otherwise plain autograd on leaves."""
+    support_x, support_y = support
 
     def loss_at(a: Params) -> torch.Tensor:
-        return inner_loss(logits_at(model, a, frozen, support_x, vmapped=vmapped), support_y)
+        return inner.loss(logits_at(model, a, frozen, support_x, vmapped=inner.vmapped), support_y)
 
-    if vmapped:
+    if inner.vmapped:
         _, hvp_fn = torch.func.vjp(grad(loss_at), theta)
         return hvp_fn(vector)[0]
     leaves = {name: t.requires_grad_() for name, t in theta.items()}
@@ -277,16 +297,16 @@ def _recomputed_in_backward(support_grad: Callable[..., Params]) -> Callable[...
     return call
 
 
-@dataclass
+@dataclass(kw_only=True)
 class AdaptedTask:
     """One task after its inner loop, as an outer-loss term sees it (:mod:`losses.base`).
 
     ``logits`` f(xq|θˢ), ``theta0`` the adapted tensors at θ⁰, ``adaptation`` what
-    :func:`adapt` returned. The methods compute more on request, only for the terms that ask,
-    with the task's own network, support set and update rule: the logits at any point over A
-    (:meth:`logits_at`), at the straight step θ̂ (:meth:`straight_logits`, computed once however
-    many terms ask) and after another trajectory (:meth:`retrace`). Per task: under ``vmap``
-    every tensor is one task's slice.
+    :func:`adapt` returned, ``inner`` the :class:`InnerLoop` it ran. The methods compute more on
+    request, only for the terms that ask, with the task's own network, support set and inner
+    loop: the logits at any point over A (:meth:`logits_at`), at the straight step θ̂
+    (:meth:`straight_logits`, computed once however many terms ask) and after another
+    trajectory (:meth:`retrace`). Per task: under ``vmap`` every tensor is one task's slice.
     """
 
     model: nn.Module
@@ -297,12 +317,12 @@ class AdaptedTask:
     theta0: Params
     adaptation: Adaptation
     logits: torch.Tensor
-    update: Callable[..., Params]  # update(params, grads, step, lr_scale=1.0)
-    inner_loss: InnerLoss
-    first_order: bool
-    checkpoint_steps: bool
-    vmapped: bool
+    inner: InnerLoop
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def vmapped(self) -> bool:
+        return self.inner.vmapped
 
     @property
     def trajectory(self) -> Trajectory:
@@ -316,7 +336,7 @@ class AdaptedTask:
     def logits_at(self, params: Params, frozen: Params | None = None) -> torch.Tensor:
         """f(xq|θ) at the adapted tensors ``params`` (the held-fixed ones: the task's, or ``frozen``)."""
         return logits_at(self.model, params, self.frozen if frozen is None else frozen, self.query_x,
-                         vmapped=self.vmapped)
+                         vmapped=self.inner.vmapped)
 
     def straight_point(self, length: torch.Tensor | None = None) -> Params:
         """θ̂ = θ⁰ + T · Δ⁰/‖Δ⁰‖ (eq. 7–8), T the trajectory length unless ``length`` is given."""
@@ -339,13 +359,13 @@ class AdaptedTask:
         (or ``start``, e.g. a teacher's tensors, with its ``frozen`` ones), ``steps`` steps
         (default S) at every rate times ``lr_scale``. ``graph=False`` builds no graph (a
         constant target); with a graph it is first- or second-order like the task's own loop."""
-        rule = self.update if lr_scale == 1.0 else (
-            lambda p, g, k: self.update(p, g, k, lr_scale=lr_scale))
+        update = self.inner.update
+        rule = update if lr_scale == 1.0 else (lambda p, g, k: update(p, g, k, lr_scale=lr_scale))
+        inner = dataclasses.replace(self.inner, update=rule, checkpoint_steps=self.inner.checkpoint_steps and graph,
+                                    first_order=self.inner.first_order if first_order is None else first_order)
         run = lambda: adapt(  # noqa: E731
             self.model, self.theta0 if start is None else start, self.frozen if frozen is None else frozen,
-            self.support_x, self.support_y, steps=self.steps if steps is None else steps, update=rule,
-            first_order=self.first_order if first_order is None else first_order, inner_loss=self.inner_loss,
-            checkpoint_steps=self.checkpoint_steps and graph, vmapped=self.vmapped)
+            self.support_x, self.support_y, steps=self.steps if steps is None else steps, inner=inner)
         if graph:
             return run()
         with torch.no_grad():
@@ -371,7 +391,7 @@ def map_tasks(fn: Callable[..., Any], shared: Sequence[Any], per_task: Sequence[
         stacked = iter(vmap(tensors_only, in_dims=in_dims, randomness="different")(*shared, *per_task))
         return tree_unflatten([None if none else next(stacked) for none in spec["none"]], spec["tree"])
     if engine != "loop":
-        raise ValueError(f"algorithm.engine: expected one of {ENGINES} or 'auto', got '{engine}'")
+        raise ValueError(f"algorithm.execution.engine: expected one of {ENGINES} or 'auto', got '{engine}'")
     outputs = [tree_flatten(fn(*shared, *(t[i] for t in per_task), vmapped=False))
                for i in range(per_task[0].shape[0])]
     columns = zip(*(leaves for leaves, _ in outputs), strict=True)

@@ -12,6 +12,7 @@ A registry entry may carry *preset* keyword arguments, so variants are one line 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import inspect
@@ -60,8 +61,28 @@ def _arguments(target: Callable[..., Any]) -> tuple[list[str], bool]:
     return [p.name for p in params], open_kwargs
 
 
+def _groups(target: Callable[..., Any]) -> dict[str, type]:
+    """The arguments of ``target`` annotated with a frozen settings dataclass (a group of config
+    keys, e.g. ``execution: Execution | dict | None``), by name."""
+    inits = [vars(c)["__init__"] for c in target.__mro__ if "__init__" in vars(c)] if inspect.isclass(target) \
+        else [target]
+    found: dict[str, type] = {}
+    for init in inits:  # a subclass passing **kwargs on takes its bases' groups too
+        try:
+            hints = inspect.get_annotations(init, eval_str=True)
+        except Exception:  # noqa: BLE001  (an annotation this module cannot evaluate: no groups seen there)
+            continue
+        for name, hint in hints.items():
+            for kind in getattr(hint, "__args__", (hint,)):
+                if dataclasses.is_dataclass(kind) and isinstance(kind, type):
+                    found.setdefault(name, kind)
+    return found
+
+
 def _plain_value(value: Any) -> bool:
     """Whether a default can be written into a config (and read back as the same value)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return True
     if value is None or isinstance(value, (bool, int, float, str)):
         return True
     if isinstance(value, (list, tuple)):
@@ -115,8 +136,14 @@ class Registry:
         found = {p.name: p.default for p in params
                  if p.default is not inspect.Parameter.empty and p.name not in supplied}
         found.update({k: v for k, v in presets.items() if k not in supplied})
+        groups = _groups(target)
+        for key, kind in groups.items():  # a group argument whose default is None: its class's defaults
+            if found.get(key) is None and key in found:
+                found[key] = kind()
 
         def plain(value):
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                return plain(dataclasses.asdict(value))
             if isinstance(value, (list, tuple)):
                 return [plain(v) for v in value]
             if isinstance(value, dict):

@@ -29,6 +29,7 @@ from lil_meta.engine.checkpoint import (
     config_fingerprint,
     run_settings,
 )
+from lil_meta.engine.components import moved_key
 from lil_meta.engine.config import complete_config
 from lil_meta.engine.errors import CheckpointError, UserInputError
 from lil_meta.engine.trainer import NumericalFault
@@ -71,6 +72,7 @@ def resume_notes(state: dict[str, Any], cfg: DictConfig, start_iter: int) -> lis
     saved = state.get("settings")
     if not isinstance(saved, dict):
         return []
+    saved = {_renamed(k): v for k, v in saved.items()}
     now = {**run_settings(cfg), "num_threads": torch.get_num_threads()}
     notes = []
     changed = [k for k in (*ROUNDING_KEYS, "num_threads") if k in saved and k in now and saved[k] != now[k]]
@@ -86,6 +88,13 @@ def resume_notes(state: dict[str, Any], cfg: DictConfig, start_iter: int) -> lis
                          f"under the cosine schedule: the learning rate at iteration {start_iter} goes from "
                          f"{before:.3g} to {after:.3g} x solver.lr (the schedule is stretched to the new length)")
     return notes
+
+
+def _renamed(key: str) -> str:
+    """A settings key of an earlier version's checkpoint under its name now
+    (``algorithm.engine`` → ``algorithm.execution.engine``)."""
+    path, _, last = key.rpartition(".")
+    return moved_key(path, last) or key
 
 
 def check_weights_finite(model: dict[str, Any], path: Path | str) -> None:

@@ -66,7 +66,7 @@ __all__ = ["Run", "run", "prepare_run", "build_trainer", "train_and_test", "eval
 ADVICE = "Try a lower solver.lr or algorithm.inner_lr, solver.clip_grad_norm, or solver.on_nonfinite=skip"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Run:
     """A run ready to train or test (:func:`prepare_run`)."""
 
@@ -204,12 +204,14 @@ def prepare_run(args: argparse.Namespace) -> Run:
         logger.log(level, "%s", note)
     if not args.eval_only:
         core = getattr(components.algorithm, "main", components.algorithm)
-        logger.info("inner loop: %s engine (algorithm.engine=%s; auto = vmap over tasks on CUDA, the "
-                    "per-task loop on CPU, where each measured faster)", core.resolved_engine(device), core.engine)
-        logger.info("channels-last images: %s (algorithm.channels_last=%s; auto on CPU = the query set, and the "
-                    "support set too unless a double backward runs through a convolution other than a per-task "
-                    "TaskConv2d)", core.resolved_channels_last(device), core.channels_last)
-    return Run(args, cfg, world, device, precision, components, folder, start_time)
+        policy = core.policy(device)
+        logger.info("inner loop: %s engine (algorithm.execution.engine=%s; auto = vmap over tasks on CUDA, the "
+                    "per-task loop on CPU, where each measured faster)", policy.engine, core.execution.engine)
+        logger.info("channels-last images: %s (algorithm.execution.channels_last=%s; auto on CPU = the query set, "
+                    "and the support set too unless a double backward runs through a convolution other than a "
+                    "per-task TaskConv2d)", policy.channels_last, core.execution.channels_last)
+    return Run(args=args, cfg=cfg, world=world, device=device, precision=precision, components=components,
+               folder=folder, start_time=start_time)
 
 
 def build_trainer(built: Run, extra_hooks=()) -> MetaTrainer:

@@ -12,8 +12,10 @@ one, and whatever else the term reports. A term works in up to two places:
   It returns a dict of per-task tensors; nothing is computed for a term that does not ask.
 - :meth:`OuterLoss.value` runs once on the meta-batch with :class:`OuterInputs`: the query
   logits at θˢ, the labels, the stacked :class:`~engine.inner_loop.Trajectory` and, under
-  ``extras``, the stacked outputs of this term's own ``per_task``. It returns the term's scalar,
-  or ``(scalar, {metric: value})`` to report more.
+  ``extras``, the stacked outputs of this term's own ``per_task``. It returns the term's
+  unweighted value, a 0-dim tensor (reported under ``metric`` when the term names one).
+- :meth:`OuterLoss.report`, optional, returns more metrics of the same inputs (a dict of 0-dim
+  tensors, no graph needed), e.g. LIL pretraining's teacher accuracy.
 
 :meth:`OuterLoss.begin_step` is the once-per-training-step call (a teacher's EMA update).
 """
@@ -62,10 +64,15 @@ class OuterLoss(nn.Module):
         """Per-task tensors this term needs, computed inside the task mapper (default: none)."""
         return {}
 
-    def value(self, inputs: OuterInputs) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def value(self, inputs: OuterInputs) -> torch.Tensor:
+        """The term's unweighted value over the meta-batch, a 0-dim tensor."""
         raise NotImplementedError
 
-    def forward(self, inputs: OuterInputs) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def report(self, inputs: OuterInputs) -> dict[str, torch.Tensor]:
+        """Metrics to log beside the value, each a 0-dim tensor (default: none)."""
+        return {}
+
+    def forward(self, inputs: OuterInputs) -> torch.Tensor:
         return self.value(inputs)
 
     @property

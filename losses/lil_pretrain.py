@@ -65,8 +65,10 @@ class LILPretrainLoss(OuterLoss):
         return {"teacher_logits": teacher_logits, "teacher_traj_len": length,
                 "straight_logits": task.logits_at(task.straight_point(length))}
 
-    def value(self, inputs: OuterInputs):
+    def value(self, inputs: OuterInputs) -> torch.Tensor:
+        return phase_kl(inputs.extras["teacher_logits"], inputs.extras["straight_logits"]).mean()
+
+    def report(self, inputs: OuterInputs) -> dict[str, torch.Tensor]:
         extras = inputs.extras
-        kl = phase_kl(extras["teacher_logits"], extras["straight_logits"]).mean()
-        return kl, {"teacher_acc": task_accuracy(extras["teacher_logits"], inputs.query_y).mean(),
-                    "teacher_traj_len": extras["teacher_traj_len"].mean()}
+        return {"teacher_acc": task_accuracy(extras["teacher_logits"], inputs.query_y).mean(),
+                "teacher_traj_len": extras["teacher_traj_len"].mean()}

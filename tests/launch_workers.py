@@ -38,7 +38,7 @@ def model_and_batch():
 
 def meta_gradient(world: World) -> list[torch.Tensor]:
     model, batch = model_and_batch()
-    algo = GBML(model, inner_lr=0.4, inner_steps=2, engine="loop")
+    algo = GBML(model, inner_lr=0.4, inner_steps=2, execution={"engine": "loop"})
     algo(RankSlice(FixedSampler(batch), world).next_batch())["loss"].backward()
     params = list(algo.parameters())
     average_gradients(params, world)

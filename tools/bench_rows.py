@@ -48,7 +48,7 @@ def core(algo):
 
 def _path(algo, device) -> str:
     main = core(algo)
-    return f"{device.type}/{main.resolved_engine(device)}/nhwc={main.resolved_channels_last(device)}"
+    return f"{device.type}/{main.policy(device).engine}/nhwc={main.policy(device).channels_last}"
 
 
 class _SameBatch:
@@ -147,4 +147,4 @@ class QueryFloor(NaiveMAML):
         super().__init__(runner)
         self.steps = 0
         self.batch = core(runner.algo).prepared(runner.batch)
-        self.path = f"{self.device.type}/query-only/nhwc={core(runner.algo).resolved_channels_last(self.device)}"
+        self.path = f"{self.device.type}/query-only/nhwc={core(runner.algo).policy(self.device).channels_last}"

@@ -13,7 +13,7 @@ to every config; overrides for one config alone follow its path in the same argu
 compare two engines:
 
     python tools/benchmark.py --config-file configs/maml_1shot.yaml \\
-        --config-file "configs/maml_1shot.yaml algorithm.engine=vmap"
+        --config-file "configs/maml_1shot.yaml algorithm.execution.engine=vmap"
 
 Baseline rows, built on the first config's inputs, network and weights (``tools/bench_rows.py``):
 

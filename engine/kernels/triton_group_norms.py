@@ -176,7 +176,7 @@ def _to_device(rows: list[list[int]], device: torch.device) -> Tensor:
 
 
 def _launch(kernel, xs: list[Tensor], ys: list[Tensor], groups: int, lead: int,
-            extra: Tensor, grads: tuple[list[Tensor], list[Tensor]] | None, **flags) -> None:
+            extra: Tensor, *, grads: tuple[list[Tensor], list[Tensor]] | None = None, **flags) -> None:
     """Build the per-call pointer table and run ``kernel`` once over all chunks of all tensors."""
     if xs[0].device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("group_norms backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 "
@@ -211,7 +211,7 @@ def _launch(kernel, xs: list[Tensor], ys: list[Tensor], groups: int, lead: int,
 def _norms(xs: tuple[Tensor, ...], ys: tuple[Tensor, ...], groups: int, lead: int) -> Tensor:
     shape = tuple(xs[0].shape[:lead])
     out = torch.zeros(math.prod(shape), groups, dtype=_acc_dtype(xs[0].dtype), device=xs[0].device)
-    _launch(_sumsq_kernel, list(xs), list(ys), groups, lead, out, None)
+    _launch(_sumsq_kernel, list(xs), list(ys), groups, lead, out)
     return out.sqrt_().view(*shape, groups)
 
 
@@ -259,7 +259,7 @@ class GroupNormsFn(torch.autograd.Function):
             gys = [torch.empty_like(y, memory_format=torch.contiguous_format)
                    for y in ys] if want_gy else []
             _launch(_scale_kernel, list(xs), list(ys), groups, lead, coef.contiguous(),
-                    (gxs, gys or [0] * n_x), WRITE_GY=want_gy)
+                    grads=(gxs, gys or [0] * n_x), WRITE_GY=want_gy)
         return None, None, None, *gxs, *(gys or [None] * len(ys))
 
     @staticmethod

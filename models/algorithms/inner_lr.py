@@ -1,6 +1,6 @@
 """Inner learning rates α: one scalar, one per adapted tensor, or one per element; fixed or learned.
 
-``algorithm.inner_lr_mode`` picks the shape, ``algorithm.learn_inner_lr`` whether α is
+``algorithm.rates.mode`` picks the shape, ``algorithm.rates.learn`` whether α is
 meta-learned (Meta-SGD, Li et al., 2017, is ``per_element`` + learned). Every rate starts at
 ``algorithm.inner_lr``. Learned rates are ``nn.Parameter``s of the *algorithm* (not of the
 network), so the outer optimizer, built over ``algorithm.parameters()``, updates them and the
@@ -37,7 +37,7 @@ class InnerLR(nn.Module):
     def __init__(self, init: float, params: Mapping[str, torch.Tensor], mode: str = "scalar", learn: bool = False):
         super().__init__()
         if mode not in MODES:
-            raise ConfigError(f"algorithm.inner_lr_mode: expected one of {', '.join(MODES)}; got '{mode}'")
+            raise ConfigError(f"algorithm.rates.mode: expected one of {', '.join(MODES)}; got '{mode}'")
         self.init, self.mode, self.learn = float(init), mode, bool(learn)
         self.names = list(params)
         if mode == "scalar" and not learn:

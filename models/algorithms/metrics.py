@@ -1,10 +1,34 @@
-"""The metrics of a meta-batch that are no loss term: linearity (PC, AC, hₖ) and where a NaN came from."""
+"""One task's outputs, and the metrics of a meta-batch that are no loss term: linearity (PC, AC,
+hₖ), the kernel predictor's, and where a NaN came from."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
 from lil_meta.engine.inner_loop import Trajectory, logits_at
+
+
+class TaskOutputs(NamedTuple):
+    """What :meth:`GBML.task_forward` gives for one task; after the task mapper every field
+    gains a leading task dim ``[B]``.
+
+    Fields:
+        logits: the query logits at θˢ ``[Q, N]``.
+        trajectory: the inner loop's :class:`~engine.inner_loop.Trajectory`.
+        extras: each asking loss term's :meth:`~losses.base.OuterLoss.per_task` tensors, by key.
+        logits_init: the query logits at θ⁰ (logging steps and evaluation; else ``None``).
+        lin_init_logits, lin_logits: the tangent model's logits at θ⁰ and along θˢ − θ⁰
+            (:func:`linearized_logits`; with the kernel metrics on, else ``None``).
+    """
+
+    logits: torch.Tensor
+    trajectory: Trajectory
+    extras: dict[str, dict[str, torch.Tensor]]
+    logits_init: torch.Tensor | None = None
+    lin_init_logits: torch.Tensor | None = None
+    lin_logits: torch.Tensor | None = None
 
 #: per-task boolean outputs that say where a non-finite loss came from, and what each means
 NONFINITE_FLAGS = (
@@ -77,18 +101,18 @@ def linearized_logits(model, theta0: dict, delta: dict, frozen: dict, query_x: t
     return f0, f0 + jvp
 
 
-def diagnostic_logits(net, theta0: dict, theta_s: dict, frozen: dict, query_x: torch.Tensor, vmapped: bool,
-                      linearized: bool) -> dict[str, torch.Tensor]:
-    """One task's query logits for the diagnostics, without graph: ``logits_init`` at θ⁰ and,
-    with ``linearized``, the kernel predictor's ``lin_init_logits`` and ``lin_logits``
-    (:func:`linearized_logits` along θˢ − θ⁰). The tangent pass runs through ``net`` itself
-    (the engine's network; under vmap, its vmap form)."""
+def diagnostic_logits(net, theta0: dict, theta_s: dict, frozen: dict, query_x: torch.Tensor, *, vmapped: bool,
+                      linearized: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """One task's query logits for the diagnostics, without graph: ``(logits_init, lin_init_logits,
+    lin_logits)``, the logits at θ⁰ and, with ``linearized``, the kernel predictor's
+    (:func:`linearized_logits` along θˢ − θ⁰; else ``None``). The tangent pass runs through
+    ``net`` itself (the engine's network; under vmap, its vmap form)."""
     with torch.no_grad():
-        out = {"logits_init": logits_at(net, theta0, frozen, query_x, vmapped=vmapped)}
-    if linearized:
-        delta = {name: theta_s[name].detach() - t.detach() for name, t in theta0.items()}
-        out["lin_init_logits"], out["lin_logits"] = linearized_logits(net, theta0, delta, frozen, query_x)
-    return out
+        init = logits_at(net, theta0, frozen, query_x, vmapped=vmapped)
+    if not linearized:
+        return init, None, None
+    delta = {name: theta_s[name].detach() - t.detach() for name, t in theta0.items()}
+    return (init, *linearized_logits(net, theta0, delta, frozen, query_x))
 
 
 def kernel_metrics(logits: torch.Tensor, init_logits: torch.Tensor, lin_logits: torch.Tensor,

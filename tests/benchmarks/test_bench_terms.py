@@ -10,7 +10,7 @@ from lil_meta.engine.inner_loop import AdaptedTask
 from tests_helpers import ROOT
 
 TINY = ["model.backbone.hidden=4", "solver.meta_batch=2", "data.query=2", "algorithm.inner_steps=1",
-        "algorithm.metrics_period=0"]
+        "algorithm.diagnostics.metrics_period=0"]
 
 
 @pytest.fixture(autouse=True)

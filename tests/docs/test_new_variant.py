@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "new_variant.md"
 EXAMPLE, CONFIG = ROOT / "docs" / "examples" / "my_variant.py", ROOT / "docs" / "examples" / "my_variant.yaml"
 TINY = [  # the settings of tests/configs/tiny.yaml, as overrides
-    "algorithm.inner_steps=2", "algorithm.inner_steps_test=2", "algorithm.engine=loop", "model.backbone.hidden=8",
+    "algorithm.inner_steps=2", "algorithm.inner_steps_test=2", "algorithm.execution.engine=loop", "model.backbone.hidden=8",
     "data.way=3", "data.shot=2", "data.query=3", "+data.args.train_classes=12", "+data.args.val_classes=6",
     "+data.args.test_classes=6", "+data.args.per_class=6", "solver.meta_batch=2", "solver.lr=0.003",
     "solver.max_iter=4", "solver.checkpoint_period=2", "test.tasks=10", "test.val_tasks=5", "test.batch=5",
@@ -86,7 +86,7 @@ def test_the_other_snippets_of_the_page_run():
         out = algo(tiny_batch())
         out["loss"].backward()
         assert torch.isfinite(out["loss"])
-    assert out["loss_prox"] > 0 and out["finer_gap"] > 0
+    assert out["loss_prox"] > 0 and out["finer_gap"] > 0 and out["finer_max"] ** 2 >= out["finer_gap"]
     torch.testing.assert_close(out["loss_finer"], 0.1 * out["finer_gap"])
     # clipped: each tensor moves by at most inner_lr
     adapted, frozen = clip.split_parameters()

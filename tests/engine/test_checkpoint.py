@@ -157,14 +157,42 @@ def test_a_checkpoint_from_before_a_key_existed_resumes_when_the_key_is_at_its_d
     """Keys added since (a component argument filled with its default, a new schema key) do
     not stop a resume; a key whose value differs still does."""
     cfg = load_config(ROOT / "configs" / "fomaml_lil_5shot.yaml")
-    drop = ["algorithm.hessian_ratio", "algorithm.inner_lr_mode", "pretrain.algorithm.adapt", "solver.clip_grad_norm"]
+    drop = ["algorithm.diagnostics.hessian_ratio", "algorithm.rates.mode", "pretrain.algorithm.adapt", "solver.clip_grad_norm"]
     _written_before_keys_existed(tmp_path / "a", cfg, drop)
     assert Checkpointer(tmp_path / "a", cfg=cfg).resume_or_load() is not None
-    changed = load_config(ROOT / "configs" / "fomaml_lil_5shot.yaml", ["algorithm.inner_lr_mode=per_tensor"])
+    changed = load_config(ROOT / "configs" / "fomaml_lil_5shot.yaml", ["algorithm.rates.mode=per_tensor"])
     _written_before_keys_existed(tmp_path / "b", cfg, drop)
-    with pytest.raises(CheckpointError, match=r"another config .*algorithm\.inner_lr_mode: '<absent>' in checkpoint, "
+    with pytest.raises(CheckpointError, match=r"another config .*algorithm\.rates\.mode: '<absent>' in checkpoint, "
                                               r"'per_tensor' now"):
         Checkpointer(tmp_path / "b", cfg=changed).resume_or_load()
+
+
+def test_a_checkpoint_with_the_flat_algorithm_keys_of_earlier_versions_resumes(tmp_path):
+    """Before the groups (``algorithm.execution``, ``.diagnostics``, ``.rates``) a config held
+    ``algorithm.engine``, ``algorithm.inner_lr_mode``, …: such a checkpoint resumes under the
+    grouped config with the same values, and one whose rates differ is still refused."""
+    from lil_meta.engine.components import MOVED_KEYS
+
+    def flattened(cfg):
+        old = OmegaConf.to_container(cfg)
+        for path in ("algorithm", "pretrain"):
+            node = old[path] if path == "algorithm" else old[path]["algorithm"]
+            for flat, grouped in MOVED_KEYS.items():
+                group, key = grouped.split(".")
+                if key in node.get(group, {}):
+                    node[flat] = node[group].pop(key)
+            for group in ("execution", "diagnostics", "rates"):
+                node.pop(group, None) if not node.get(group) else None
+        return old
+
+    cfg = load_config(ROOT / "configs" / "fomaml_lil_5shot.yaml", ["algorithm.rates.mode=per_tensor"])
+    old = flattened(cfg)
+    assert old["algorithm"]["inner_lr_mode"] == "per_tensor" and "rates" not in old["algorithm"]
+    Checkpointer(tmp_path / "a", cfg=old).save("model_0000001", model=model_state())
+    assert Checkpointer(tmp_path / "a", cfg=cfg).resume_or_load() is not None
+    scalar = load_config(ROOT / "configs" / "fomaml_lil_5shot.yaml")
+    with pytest.raises(CheckpointError, match=r"another config"):
+        Checkpointer(tmp_path / "a", cfg=scalar).resume_or_load()
 
 
 def test_volatile_keys_do_not_change_the_fingerprint():

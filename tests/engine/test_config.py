@@ -131,11 +131,11 @@ def test_an_unreadable_file_is_a_config_error(tmp_path, monkeypatch):
 
 
 def test_component_arguments_are_plain_keys():
-    cfg = load_config(MAML, ["model.backbone.hidden=32", "algorithm.inner_lr_mode=per_element",
-                             "algorithm.learn_inner_lr=true", "algorithm.precompute_features=false"])
+    cfg = load_config(MAML, ["model.backbone.hidden=32", "algorithm.rates.mode=per_element",
+                             "algorithm.rates.learn=true", "algorithm.execution.precompute_features=false"])
     assert cfg.model.backbone.hidden == 32
-    assert cfg.algorithm.inner_lr_mode == "per_element" and cfg.algorithm.learn_inner_lr is True
-    assert cfg.algorithm.precompute_features is False
+    assert cfg.algorithm.rates.mode == "per_element" and cfg.algorithm.rates.learn is True
+    assert cfg.algorithm.execution.precompute_features is False
     cfg = load_config(MAML, ["model.backbone.name=resnet12", "model.backbone.widths=[8,8,16,16]",
                              "model.backbone.drop_block=0.1", "pretrain.algorithm.momentum=0.5"])
     assert list(cfg.model.backbone.widths) == [8, 8, 16, 16] and cfg.model.backbone.drop_block == 0.1
@@ -144,8 +144,8 @@ def test_component_arguments_are_plain_keys():
 
 
 def test_the_plus_form_still_adds_an_argument():
-    cfg = load_config(MAML, ["+model.backbone.hidden=16", "+algorithm.inner_lr_mode=per_tensor"])
-    assert cfg.model.backbone.hidden == 16 and cfg.algorithm.inner_lr_mode == "per_tensor"
+    cfg = load_config(MAML, ["+model.backbone.hidden=16", "+algorithm.rates.mode=per_tensor"])
+    assert cfg.model.backbone.hidden == 16 and cfg.algorithm.rates.mode == "per_tensor"
 
 
 def test_the_filled_defaults_are_what_the_component_is_built_with():
@@ -153,8 +153,8 @@ def test_the_filled_defaults_are_what_the_component_is_built_with():
     backbone = cfg.model.backbone
     assert (backbone.hidden, backbone.num_classes, backbone.in_channels, backbone.image_size) == (64, 3, 1, 16)
     assert cfg.algorithm.first_order is True  # fomaml's preset, not GBML's default
-    assert cfg.algorithm.metrics_period == 7 and cfg.algorithm.adapt == "all"
-    assert cfg.pretrain.algorithm.metrics_period == 7 and cfg.pretrain.algorithm.momentum == 0.999
+    assert cfg.algorithm.diagnostics.metrics_period == 7 and cfg.algorithm.adapt == "all"
+    assert cfg.pretrain.algorithm.diagnostics.metrics_period == 7 and cfg.pretrain.algorithm.momentum == 0.999
 
 
 def test_a_pretraining_phase_follows_only_what_the_main_algorithm_sets():
@@ -170,8 +170,8 @@ def test_a_pretraining_phase_follows_only_what_the_main_algorithm_sets():
     ("model.backbone.hiden=32", r"unknown config key 'model\.backbone\.hiden'; did you mean 'model\.backbone\.hidden'\? "
                                 r"\(an argument of a component registered by a user module is added with "
                                 r"\+model\.backbone\.hiden=\.\.\.\)$"),
-    ("algorithm.inner_lr_mod=per_element",
-     r"unknown config key 'algorithm\.inner_lr_mod'; did you mean 'algorithm\.inner_lr_mode'\? \("),
+    ("algorithm.first_ordr=true",
+     r"unknown config key 'algorithm\.first_ordr'; did you mean 'algorithm\.first_order'\? \("),
     ("pretrain.algorithm.momentun=0.5",
      r"unknown config key 'pretrain\.algorithm\.momentun'; did you mean 'pretrain\.algorithm\.momentum'\? \("),
 ])
@@ -198,3 +198,36 @@ def test_the_logging_period_is_not_part_of_the_fingerprint():
 def test_an_override_hydra_cannot_parse_is_named_as_such():
     with pytest.raises(ConfigError, match=r"cannot parse a key=value override: no viable alternative at input '\['"):
         load_config(MAML, ["solver.lr=["])
+
+
+def test_the_flat_algorithm_keys_of_earlier_versions_are_read_into_their_groups(tmp_path, caplog):
+    """``algorithm.engine=vmap`` on the command line and ``metrics_period: 5`` in a file still
+    work: each lands in its group, with one warning naming the new key."""
+    with caplog.at_level("WARNING"):
+        cfg = load_config(ROOT / "configs" / "maml_5shot.yaml",
+                          ["algorithm.engine=vmap", "algorithm.inner_lr_mode=per_tensor",
+                           "pretrain.algorithm.channels_last=none"])
+    assert cfg.algorithm.execution.engine == "vmap" and cfg.algorithm.rates.mode == "per_tensor"
+    assert cfg.pretrain.algorithm.execution.channels_last == "none"
+    assert "engine" not in cfg.algorithm and "inner_lr_mode" not in cfg.algorithm
+    said = [r.getMessage() for r in caplog.records]
+    assert "config key algorithm.engine is deprecated; it was read as algorithm.execution.engine, its name from " \
+           "now on" in said
+    assert any("algorithm.inner_lr_mode is deprecated; it was read as algorithm.rates.mode" in m for m in said)
+    old = tmp_path / "old.yaml"
+    old.write_text("defaults:\n  - lil_schema\n  - _self_\nalgorithm:\n  name: maml\n  engine: loop\n"
+                   "  metrics_period: 5\n  learn_inner_lr: true\n")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        cfg = load_config(old)
+    assert (cfg.algorithm.execution.engine, cfg.algorithm.diagnostics.metrics_period, cfg.algorithm.rates.learn) == \
+        ("loop", 5, True)
+    assert sum("is deprecated" in r.getMessage() for r in caplog.records) == 3
+
+
+def test_a_group_is_checked_key_by_key():
+    with pytest.raises(ConfigError, match=r"algorithm\.execution\.engin: unknown setting \(accepted: channels_last, "
+                                          r"checkpoint_inner_steps, engine, precompute_features\)"):
+        from lil_meta.models import build_algorithm
+
+        build_algorithm(load_config(ROOT / "configs" / "maml_5shot.yaml", ["algorithm.execution.engin=vmap"]))

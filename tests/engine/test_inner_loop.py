@@ -43,7 +43,7 @@ def assert_close_rel(actual, expected, rtol):
 def test_meta_gradient_matches_per_task_reference_fp64(engine, first_order):
     torch.manual_seed(0)
     model = Conv4(num_classes=WAY, in_channels=1, image_size=16, hidden=6).double()
-    algo = GBML(model, inner_lr=LR, inner_steps=STEPS, engine=engine, first_order=first_order)
+    algo = GBML(model, inner_lr=LR, inner_steps=STEPS, first_order=first_order, execution={"engine": engine})
     batch = make_batch()
     ref_loss, ref_grads = meta_gradient(model, batch, steps=STEPS, lr=LR, first_order=first_order)
     loss, grads = engine_meta_gradient(algo, batch)
@@ -59,8 +59,7 @@ def test_channels_last_layouts_give_the_reference_meta_gradient_fp64(engine, fir
     reference, and the layout really reaches the convolutions."""
     torch.manual_seed(0)
     model = Conv4(num_classes=WAY, in_channels=3, image_size=16, hidden=6).double()
-    algo = GBML(model, inner_lr=LR, inner_steps=STEPS, engine=engine, first_order=first_order,
-                channels_last=layout)
+    algo = GBML(model, inner_lr=LR, inner_steps=STEPS, first_order=first_order, execution={"engine": engine, "channels_last": layout})
     batch = make_batch(channels=3)
     ref_loss, ref_grads = meta_gradient(model, batch, steps=STEPS, lr=LR, first_order=first_order)
     seen = []
@@ -81,17 +80,17 @@ def test_channels_last_layouts_give_the_reference_meta_gradient_fp64(engine, fir
 def test_channels_last_auto_follows_the_device_the_double_backward_and_the_convolutions():
     model = Conv4(num_classes=WAY, in_channels=3, image_size=16, hidden=6)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert GBML(model).resolved_channels_last(cpu) == "all"  # its convolutions are TaskConv2d
-    assert GBML(model, engine="vmap").resolved_channels_last(cpu) == "query"  # vmap runs PyTorch's conv
+    assert GBML(model).policy(cpu).channels_last == "all"  # its convolutions are TaskConv2d
+    assert GBML(model, execution={"engine": "vmap"}).policy(cpu).channels_last == "query"  # vmap runs PyTorch's conv
     plain = Conv4(num_classes=WAY, in_channels=3, image_size=16, hidden=6)
     plain.features[0][0] = torch.nn.Conv2d(3, 6, 3, padding=1, bias=False)  # PyTorch's double backward
-    assert GBML(plain).resolved_channels_last(cpu) == "query"
-    assert GBML(plain, first_order=True).resolved_channels_last(cpu) == "all"
-    assert GBML(plain, adapt="head").resolved_channels_last(cpu) == "all"
-    assert GBML(plain, adapt="head", precompute_features=False).resolved_channels_last(cpu) == "query"
-    assert GBML(model).resolved_channels_last(cuda) == "none"
-    with pytest.raises(ValueError, match="algorithm.channels_last: expected one of auto, none, query, all"):
-        GBML(model, channels_last="yes")
+    assert GBML(plain).policy(cpu).channels_last == "query"
+    assert GBML(plain, first_order=True).policy(cpu).channels_last == "all"
+    assert GBML(plain, adapt="head").policy(cpu).channels_last == "all"
+    assert GBML(plain, adapt="head", execution={"precompute_features": False}).policy(cpu).channels_last == "query"
+    assert GBML(model).policy(cuda).channels_last == "none"
+    with pytest.raises(ValueError, match="algorithm.execution.channels_last: expected one of auto, none, query, all"):
+        GBML(model, execution={"channels_last": "yes"})
 
 
 def test_second_order_differs_from_first_order():
@@ -110,7 +109,7 @@ def test_vmap_and_loop_agree_fp32():
     batch = make_batch(channels=3, dtype=torch.float32, seed=3)
     results = {}
     for engine in ("vmap", "loop"):
-        algo = GBML(model, inner_lr=LR, inner_steps=STEPS, engine=engine)
+        algo = GBML(model, inner_lr=LR, inner_steps=STEPS, execution={"engine": engine})
         results[engine] = engine_meta_gradient(algo, batch)
     # fp32 summation order differs between the paths, with the thread count and with the host's
     # instruction set (differences up to about 1e-5 seen); 1e-4 is ten times that, far below the
@@ -134,7 +133,7 @@ def test_second_order_meta_gradient_matches_finite_differences():
     """Directional derivatives of θ⁰ ↦ L(θˢ(θ⁰)) by central differences, in fp64."""
     torch.manual_seed(0)
     model = TwoLayer().double()
-    algo = GBML(model, inner_lr=0.7, inner_steps=2, engine="vmap")
+    algo = GBML(model, inner_lr=0.7, inner_steps=2, execution={"engine": "vmap"})
     g = torch.Generator().manual_seed(0)
     batch = TaskBatch(
         torch.randn(2, WAY * SHOT, 1, 2, 2, generator=g, dtype=torch.float64),
@@ -170,7 +169,7 @@ def test_a_parameter_without_requires_grad_still_adapts_the_same_in_both_engines
         torch.manual_seed(0)
         model = Conv4(num_classes=WAY, in_channels=1, image_size=16, hidden=6).double()
         model.head.bias.requires_grad_(False)
-        algo = GBML(model, inner_lr=LR, inner_steps=STEPS, engine=engine)
+        algo = GBML(model, inner_lr=LR, inner_steps=STEPS, execution={"engine": engine})
         _, grads[engine] = engine_meta_gradient(algo, batch)
         assert model.head.bias.grad is None
     assert_close_rel([g for g in grads["loop"] if g is not None], [g for g in grads["vmap"] if g is not None], 1e-8)

@@ -1,4 +1,4 @@
-"""algorithm.checkpoint_inner_steps: the memory switch that recomputes each second-order inner
+"""algorithm.execution.checkpoint_inner_steps: the memory switch that recomputes each second-order inner
 step in the backward pass must give the same meta-gradient (fp64) for every variant whose
 outer gradient runs through the inner loop, and must really recompute."""
 
@@ -28,8 +28,8 @@ VARIANTS = {
     "maml": {},
     "boil": {"adapt": "body"},  # the head is held fixed inside, yet gets its gradient through it
     "anil": {"adapt": "head"},  # the inner loop reads features that are differentiable in the body
-    "anil_no_precompute": {"adapt": "head", "precompute_features": False},
-    "meta_sgd": {"inner_lr_mode": "per_tensor", "learn_inner_lr": True},
+    "anil_no_precompute": {"adapt": "head", "execution": {"precompute_features": False}},
+    "meta_sgd": {"rates": {"mode": "per_tensor", "learn": True}},
     "maml_lil": {"losses": [CrossEntropy(), PhaseLoss(weight=0.1), PseudoAmplitudeLoss(weight=0.01)]},
 }
 
@@ -37,8 +37,9 @@ VARIANTS = {
 def _meta_gradient(checkpointed: bool, variant: dict, channels=1):
     torch.manual_seed(0)
     model = Conv4(num_classes=WAY, in_channels=channels, image_size=16, hidden=6).double()
-    algo = GBML(model, inner_lr=LR, inner_steps=STEPS, engine="loop", checkpoint_inner_steps=checkpointed,
-                metrics_period=1, **variant)
+    execution = {**variant.get("execution", {}), "engine": "loop", "checkpoint_inner_steps": checkpointed}
+    settings = {k: v for k, v in variant.items() if k != "execution"}
+    algo = GBML(model, inner_lr=LR, inner_steps=STEPS, **settings, execution=execution, diagnostics={"metrics_period": 1})
     out = algo(make_batch(channels=channels))
     out["loss"].backward()
     return model, out["loss"].detach(), [p.grad for p in algo.parameters()]
@@ -64,8 +65,7 @@ def test_same_meta_gradient_as_without_checkpointing(variant):
 def test_the_support_forward_is_recomputed_in_the_backward_pass(checkpointed):
     torch.manual_seed(0)
     model = Conv4(num_classes=WAY, in_channels=1, image_size=16, hidden=6).double()
-    algo = GBML(model, inner_lr=LR, inner_steps=STEPS, engine="loop", checkpoint_inner_steps=checkpointed,
-                metrics_period=0)
+    algo = GBML(model, inner_lr=LR, inner_steps=STEPS, execution={"engine": "loop", "checkpoint_inner_steps": checkpointed}, diagnostics={"metrics_period": 0})
     batch = make_batch()
     sizes = []
     model.features[0][0].register_forward_hook(lambda m, args, out: sizes.append(args[0].shape[0]))
@@ -78,7 +78,7 @@ def test_the_support_forward_is_recomputed_in_the_backward_pass(checkpointed):
 
 def test_engine_choice():
     model = Conv4(num_classes=WAY, in_channels=1, image_size=16, hidden=6)
-    with pytest.raises(ConfigError, match="algorithm.checkpoint_inner_steps: runs on the per-task loop"):
-        GBML(model, engine="vmap", checkpoint_inner_steps=True)
-    assert GBML(model, checkpoint_inner_steps=True).resolved_engine(torch.device("cuda")) == "loop"
-    assert GBML(model).resolved_engine(torch.device("cuda")) == "vmap"
+    with pytest.raises(ConfigError, match="algorithm.execution.checkpoint_inner_steps: runs on the per-task loop"):
+        GBML(model, execution={"engine": "vmap", "checkpoint_inner_steps": True})
+    assert GBML(model, execution={"checkpoint_inner_steps": True}).policy(torch.device("cuda")).engine == "loop"
+    assert GBML(model).policy(torch.device("cuda")).engine == "vmap"

@@ -287,9 +287,9 @@ def chunked_run(task_chunk: int, pretrain: bool):
     net = Conv4(num_classes=5, in_channels=1, image_size=16, hidden=4).double()
     losses = build_losses([{"name": "cross_entropy"}, {"name": "phase", "weight": 0.1},
                            {"name": "pseudo_amplitude", "weight": 0.1}])
-    algo = GBML(net, inner_lr=0.4, inner_steps=2, engine="loop", losses=losses, metrics_period=2)
+    algo = GBML(net, inner_lr=0.4, inner_steps=2, losses=losses, execution={"engine": "loop"}, diagnostics={"metrics_period": 2})
     if pretrain:
-        algo = PretrainThen(LILPretrain(net, momentum=0.5, inner_lr=0.4, inner_steps=2, engine="loop"), algo, 2)
+        algo = PretrainThen(LILPretrain(net, momentum=0.5, inner_lr=0.4, inner_steps=2, execution={"engine": "loop"}), algo, 2)
     batches = [tiny_batch(tasks=4, size=16, seed=s) for s in range(3)]
     batches = [type(b)(*(t.double() if t.is_floating_point() else t for t in b)) for b in batches]
     trainer = MetaTrainer(algo, FixedBatches(batches), torch.optim.SGD(algo.parameters(), lr=0.1),

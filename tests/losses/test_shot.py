@@ -50,7 +50,7 @@ def test_shot_terms_and_meta_gradient_match_the_naive_reference(engine, rate_mod
     model = Conv4(num_classes=5, in_channels=1, image_size=16, hidden=4).double()
     losses = build_losses([{"name": "cross_entropy"}, {"name": "shot", "weight": 0.1, "ref_scale": 2},
                            {"name": "shot_one_step", "weight": 0.3}])
-    algo = GBML(model, inner_lr=LR, inner_steps=STEPS, engine=engine, losses=losses, inner_lr_mode=rate_mode).double()
+    algo = GBML(model, inner_lr=LR, inner_steps=STEPS, losses=losses, execution={"engine": engine}, rates={"mode": rate_mode}).double()
     if rate_mode == "per_element":
         with torch.no_grad():  # distinct rates per element, so a wrong rescaling cannot pass
             for name in algo.inner_lrs.names:
@@ -78,7 +78,7 @@ def test_a_reference_of_the_same_trajectory_gives_zero_and_no_gradient(engine):
     torch.manual_seed(0)
     model = Conv4(num_classes=5, in_channels=1, image_size=16, hidden=4).double()
     losses = build_losses([{"name": "shot", "weight": 1.0, "ref_scale": 1}])
-    out = GBML(model, inner_lr=LR, inner_steps=STEPS, engine=engine, losses=losses)(double(tiny_batch(tasks=2)))
+    out = GBML(model, inner_lr=LR, inner_steps=STEPS, losses=losses, execution={"engine": engine})(double(tiny_batch(tasks=2)))
     assert abs(float(out["shot_kl"])) < 1e-12
     grads = torch.autograd.grad(out["loss"], list(model.parameters()), allow_unused=True)
     assert max(float(g.abs().max()) for g in grads if g is not None) < 1e-9

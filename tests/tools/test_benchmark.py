@@ -32,7 +32,7 @@ def test_naive_baseline_has_the_engines_meta_gradient(first_order):
     torch.manual_seed(0)
     model = Conv4(num_classes=5, in_channels=1, image_size=16, hidden=6).double()
     batch = TaskBatch(*(t.double() if t.is_floating_point() else t for t in tiny_batch(tasks=3, size=16)))
-    algo = GBML(model, inner_lr=0.4, inner_steps=2, engine="loop", first_order=first_order)
+    algo = GBML(model, inner_lr=0.4, inner_steps=2, first_order=first_order, execution={"engine": "loop"})
     naive = NaiveMAML(FakeRunner(algo, batch))  # a copy of the weights, no gradients yet
     layers = [type(m) for m in naive.model.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.MaxPool2d))]
     assert layers == [torch.nn.BatchNorm2d, torch.nn.MaxPool2d] * 4  # PyTorch's stock layers, not this project's
@@ -47,7 +47,7 @@ def test_query_floor_is_the_query_loss_at_theta0():
     torch.manual_seed(0)
     model = Conv4(num_classes=5, in_channels=3, image_size=16, hidden=6).double()
     batch = TaskBatch(*(t.double() if t.is_floating_point() else t for t in tiny_batch(tasks=3, size=16, channels=3)))
-    algo = GBML(model, inner_lr=0.4, inner_steps=2, engine="loop")
+    algo = GBML(model, inner_lr=0.4, inner_steps=2, execution={"engine": "loop"})
     floor = QueryFloor(FakeRunner(algo, batch))
     assert floor.batch.query_x[0].is_contiguous(memory_format=torch.channels_last)  # the engine's layout
     algo.inner_steps = 0
@@ -61,12 +61,12 @@ def test_json_output_has_the_documented_keys(capsys, monkeypatch):
     monkeypatch.setenv("LIL_CPU_MALLOC", "system")  # leave this test process's malloc alone
     monkeypatch.setattr("lil_meta.engine.cpu_memory._applied", None)
     config = str(ROOT / "configs" / "maml_1shot.yaml")
-    argv = ["--config-file", config, "--config-file", f"{config} algorithm.channels_last=none", "--iters", "1",
+    argv = ["--config-file", config, "--config-file", f"{config} algorithm.execution.channels_last=none", "--iters", "1",
             "--warmup", "0", "--json", "--floor", "model.backbone.hidden=4", "data.image_size=16",
             "data.channels=3", "solver.meta_batch=2"]
     assert benchmark.main(argv) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [r["config"] for r in rows] == ["maml_1shot", "maml_1shot algorithm.channels_last=none",
+    assert [r["config"] for r in rows] == ["maml_1shot", "maml_1shot algorithm.execution.channels_last=none",
                                            "naive per-task MAML", "query pass only (floor)"]
     for row in rows:
         assert {"tasks_per_s", "s_per_iter", "peak_mem_mb", "path", "x_naive", "cpu_malloc"} <= row.keys()
@@ -82,7 +82,7 @@ def test_higher_baseline_has_the_engines_meta_gradient():
     torch.manual_seed(0)
     model = Conv4(num_classes=5, in_channels=1, image_size=16, hidden=4).double()
     batch = TaskBatch(*(t.double() if t.is_floating_point() else t for t in tiny_batch(tasks=2, size=16)))
-    algo = GBML(model, inner_lr=0.4, inner_steps=2, engine="loop")
+    algo = GBML(model, inner_lr=0.4, inner_steps=2, execution={"engine": "loop"})
     ref = HigherMAML(FakeRunner(algo, batch))
     assert not any(isinstance(m, (TaskBatchNorm2d, TaskMaxPool2d, TaskConv2d)) for m in ref.model.modules())
     out = algo(batch, step=1)

@@ -81,7 +81,7 @@ def test_full_run_writes_everything(full_run):
     saved = OmegaConf.load(out / "config.yaml")  # every constructor argument, as built
     assert dict(saved.model.backbone) == {"name": "conv4", "hidden": 8, "num_classes": 3, "in_channels": 1,
                                           "image_size": 28}
-    assert saved.algorithm.metrics_period == 1 and saved.algorithm.first_order is False
+    assert saved.algorithm.diagnostics.metrics_period == 1 and saved.algorithm.first_order is False
     assert saved.solver.precision == "fp32" and saved.solver.fused == "auto"
     assert results["best_val_iter"] in (3, 6) and 0 <= results["test_acc"] <= 100
     last = proc.stdout.strip().splitlines()[-1]

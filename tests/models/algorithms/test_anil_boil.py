@@ -11,7 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from lil_meta.datasets.task_batch import TaskBatch
 from lil_meta.engine.config import load_config
-from lil_meta.engine.inner_loop import adapt
+from lil_meta.engine.inner_loop import InnerLoop, adapt
 from lil_meta.losses.cross_entropy import CrossEntropy
 from lil_meta.losses.phase import PhaseLoss
 from lil_meta.models import build_algorithm
@@ -43,9 +43,10 @@ def fp64_setup(seed=0, tasks=2):
     return model, batch
 
 
-def algorithm(model, mode, engine="loop", first_order=False, **kwargs):
-    return GBML(model, inner_lr=LR, inner_steps=STEPS, engine=engine, first_order=first_order, adapt=mode,
-                losses=[CrossEntropy(), PhaseLoss(weight=W_PHASE)], metrics_period=1, **kwargs)
+def algorithm(model, mode, engine="loop", first_order=False, precompute_features=True):
+    return GBML(model, inner_lr=LR, inner_steps=STEPS, first_order=first_order, adapt=mode,
+                losses=[CrossEntropy(), PhaseLoss(weight=W_PHASE)], diagnostics={"metrics_period": 1},
+                execution={"engine": engine, "precompute_features": precompute_features})
 
 
 @pytest.mark.parametrize("engine", ["loop", "vmap"])
@@ -114,7 +115,7 @@ def test_frozen_part_is_bit_identical_in_the_inner_loop_and_the_adapted_part_mov
     adapted, rest = algo.split_parameters()
     assert all(in_adapted_set(n, mode) for n in adapted) and not any(in_adapted_set(n, mode) for n in rest)
     final = adapt(model, adapted, rest, batch.support_x[0], batch.support_y[0], steps=STEPS,
-                  update=algo.inner_update).params
+                  inner=InnerLoop(algo.inner_update)).params
     assert final.keys() == adapted.keys() and all(rest[n] is p for n, p in model.named_parameters() if n in rest)
 
 
@@ -151,7 +152,8 @@ def test_boil_inner_loop_computes_no_head_gradient(mode, head_grads):
     algo = GBML(model, adapt=mode)
     adapted, frozen = algo.split_parameters()
     with MatmulShapes() as log:
-        adapt(model, adapted, frozen, batch.support_x[0], batch.support_y[0], steps=STEPS, update=algo.inner_update)
+        adapt(model, adapted, frozen, batch.support_x[0], batch.support_y[0], steps=STEPS,
+              inner=InnerLoop(algo.inner_update))
     weight = tuple(model.head.weight.shape)
     assert sum(s in (weight, weight[::-1]) for s in log.shapes) == head_grads
 

@@ -25,8 +25,8 @@ def fp64_setup(mode, engine="loop", cls=GBML, seed=0, **kwargs):
     """A tiny fp64 Conv4 under ``mode`` rates; non-scalar rates drawn at random in [0.1, 0.6]."""
     torch.manual_seed(seed)
     model = Conv4(num_classes=5, in_channels=1, image_size=16, hidden=2).double()
-    algo = cls(model, inner_lr=0.4, inner_steps=STEPS, engine=engine, inner_lr_mode=mode,
-               metrics_period=1, **kwargs)
+    algo = cls(model, inner_lr=0.4, inner_steps=STEPS, rates={"mode": mode}, execution={"engine": engine},
+               diagnostics={"metrics_period": 1}, **kwargs)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for rate in algo.inner_lrs.buffers():
@@ -82,11 +82,11 @@ def test_hess_ratio_for_a_scalar_rate_is_alpha_gHg_over_twice_the_squared_gradie
 
 def test_hess_ratio_only_on_logging_steps_and_without_graph():
     torch.manual_seed(0)
-    algo = GBML(Conv4(5, 1, 16, hidden=4), inner_lr=0.5, inner_steps=2, metrics_period=2)
+    algo = GBML(Conv4(5, 1, 16, hidden=4), inner_lr=0.5, inner_steps=2, diagnostics={"metrics_period": 2})
     outs = [algo(tiny_batch(), step=step) for step in range(3)]
     assert ["hess_ratio" in o for o in outs] == [True, False, True]
     assert not outs[0]["hess_ratio"].requires_grad and outs[0]["loss"].requires_grad
-    off = GBML(Conv4(5, 1, 16, hidden=4), inner_lr=0.5, inner_steps=2, metrics_period=2, hessian_ratio=False)
+    off = GBML(Conv4(5, 1, 16, hidden=4), inner_lr=0.5, inner_steps=2, diagnostics={"metrics_period": 2, "hessian_ratio": False})
     assert "ac" in off(tiny_batch()) and "hess_ratio" not in off(tiny_batch(), step=0)
 
 

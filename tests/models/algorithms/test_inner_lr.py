@@ -24,8 +24,7 @@ STEPS, LR = 2, 0.3
 def setup(mode, learn=True, adapt="all", seed=0, engine="loop"):
     torch.manual_seed(seed)
     model = Conv4(num_classes=5, in_channels=1, image_size=16, hidden=3).double()
-    algo = GBML(model, inner_lr=LR, inner_steps=STEPS, engine=engine, adapt=adapt,
-                inner_lr_mode=mode, learn_inner_lr=learn, metrics_period=0)
+    algo = GBML(model, inner_lr=LR, inner_steps=STEPS, adapt=adapt, execution={"engine": engine}, rates={"mode": mode, "learn": learn}, diagnostics={"metrics_period": 0})
     with torch.no_grad():  # distinct rates, so a mix-up of names or broadcasting shows
         for i, rate in enumerate(algo.inner_lrs.parameters()):
             rate.mul_(1 + 0.1 * i).add_(0.05 * torch.rand_like(rate))
@@ -87,14 +86,14 @@ def test_fixed_rates_are_buffers_and_start_at_inner_lr():
     assert not list(algo.inner_lrs.parameters())
     buffers = dict(algo.inner_lrs.named_buffers())
     assert len(buffers) == len(algo.adapted_names()) and all(b.item() == LR for b in buffers.values())
-    reference = GBML(algo.model, inner_lr=LR, inner_steps=STEPS, engine="loop", metrics_period=0)
+    reference = GBML(algo.model, inner_lr=LR, inner_steps=STEPS, execution={"engine": "loop"}, diagnostics={"metrics_period": 0})
     torch.testing.assert_close(algo(batch)["loss"], reference(batch)["loss"], rtol=1e-12, atol=0)
     assert "inner_lrs.features:0:0:weight" in algo.state_dict()
 
 
 def test_config_switch_learns_rates_with_the_optimizer_and_checkpoints_them():
-    overrides = ["data.image_size=16", "model.backbone.hidden=3", "algorithm.inner_lr_mode=per_element",
-                 "algorithm.learn_inner_lr=true", "algorithm.engine=loop"]
+    overrides = ["data.image_size=16", "model.backbone.hidden=3", "algorithm.rates.mode=per_element",
+                 "algorithm.rates.learn=true", "algorithm.execution.engine=loop"]
     cfg = load_config(ROOT / "configs" / "maml_5shot.yaml", overrides)
     algo = build_algorithm(cfg)
     rates = list(algo.inner_lrs.parameters())
@@ -113,5 +112,5 @@ def test_config_switch_learns_rates_with_the_optimizer_and_checkpoints_them():
 
 
 def test_bad_mode_is_a_config_error():
-    with pytest.raises(ConfigError, match="algorithm.inner_lr_mode: expected one of scalar, per_tensor, per_element"):
-        GBML(Conv4(5, 1, 16, hidden=3), inner_lr_mode="per_layer")
+    with pytest.raises(ConfigError, match="algorithm.rates.mode: expected one of scalar, per_tensor, per_element"):
+        GBML(Conv4(5, 1, 16, hidden=3), rates={"mode": "per_layer"})

@@ -42,7 +42,7 @@ def test_kernel_metrics_match_a_finite_difference_reference(engine):
     model = Conv4(num_classes=5, in_channels=1, image_size=16, hidden=4).double()
     batch = double(tiny_batch(tasks=3))
     expected = naive_kernel_metrics(model, batch)
-    algo = GBML(model, inner_lr=LR, inner_steps=STEPS, engine=engine)
+    algo = GBML(model, inner_lr=LR, inner_steps=STEPS, execution={"engine": engine})
     out = algo(batch)  # a first call in train mode is a logging step
     torch.testing.assert_close(out["lin_err"], expected["lin_err"], rtol=1e-6, atol=1e-9)
     assert float(out["lin_agree"]) == float(expected["lin_agree"])
@@ -55,9 +55,9 @@ def test_kernel_metrics_match_a_finite_difference_reference(engine):
 
 
 def test_off_and_on_non_logging_steps_they_are_not_computed():
-    algo = GBML(Conv4(5, 1, 16, hidden=3), inner_steps=1, metrics_period=2)
+    algo = GBML(Conv4(5, 1, 16, hidden=3), inner_steps=1, diagnostics={"metrics_period": 2})
     assert "lin_err" in algo(tiny_batch(), step=2) and "lin_err" not in algo(tiny_batch(), step=1)
-    off = GBML(Conv4(5, 1, 16, hidden=3), inner_steps=1, linearized_metrics=False)
+    off = GBML(Conv4(5, 1, 16, hidden=3), inner_steps=1, diagnostics={"linearized_metrics": False})
     assert not {"lin_err", "lin_agree", "lin_acc"} & off(tiny_batch()).keys()
 
 
@@ -67,7 +67,7 @@ def test_a_network_linear_in_its_adapted_parameters_is_its_own_kernel_predictor(
     torch.manual_seed(0)
     model = Conv4(num_classes=5, in_channels=1, image_size=16, hidden=4).double()
     batch = double(tiny_batch(tasks=2))
-    out = GBML(model, inner_lr=LR, inner_steps=STEPS, engine=engine, adapt="head")(batch)
+    out = GBML(model, inner_lr=LR, inner_steps=STEPS, adapt="head", execution={"engine": engine})(batch)
     assert float(out["lin_err"]) < 1e-12
     assert float(out["lin_agree"]) == 1.0 and float(out["lin_acc"]) == pytest.approx(float(out["acc"]), abs=1e-6)
 

@@ -23,7 +23,7 @@ LR, STEPS, W_PHASE, W_AMP = 0.4, 3, 0.1, 0.1
 
 def lil_algo(model, engine, first_order):
     losses = [CrossEntropy(), PhaseLoss(weight=W_PHASE), PseudoAmplitudeLoss(weight=W_AMP)]
-    return GBML(model, inner_lr=LR, inner_steps=STEPS, engine=engine, first_order=first_order, losses=losses, metrics_period=1)
+    return GBML(model, inner_lr=LR, inner_steps=STEPS, first_order=first_order, losses=losses, execution={"engine": engine}, diagnostics={"metrics_period": 1})
 
 
 @pytest.mark.parametrize("engine", ["loop", "vmap"])
@@ -75,7 +75,8 @@ def test_linear_inner_loop_gives_pc_ac_one_and_zero_phase_loss():
         torch.randn(3, 15, 1, 2, 3, generator=g, dtype=torch.float64),
         torch.arange(5).repeat(3).repeat(3, 1),
     )
-    algo = LinearObjective(model, inner_lr=0.5, inner_steps=4, losses=[CrossEntropy(), PhaseLoss(0.1)], metrics_period=1)
+    algo = LinearObjective(model, inner_lr=0.5, inner_steps=4, losses=[CrossEntropy(), PhaseLoss(0.1)],
+                           diagnostics={"metrics_period": 1})
     out = algo(batch)
     torch.testing.assert_close(out["pc"], torch.tensor(1.0, dtype=torch.float64), rtol=1e-12, atol=0)
     torch.testing.assert_close(out["ac"], torch.tensor(1.0, dtype=torch.float64), rtol=1e-12, atol=0)
@@ -85,7 +86,7 @@ def test_linear_inner_loop_gives_pc_ac_one_and_zero_phase_loss():
 def test_cross_entropy_inner_loop_is_not_linear():
     """The counterpart: the same linear model under CE curves, so the checks above can fail."""
     torch.manual_seed(0)
-    algo = GBML(Conv4(5, 1, 16, hidden=4), inner_lr=0.5, inner_steps=3, losses=[CrossEntropy(), PhaseLoss(0.1)], metrics_period=1)
+    algo = GBML(Conv4(5, 1, 16, hidden=4), inner_lr=0.5, inner_steps=3, losses=[CrossEntropy(), PhaseLoss(0.1)], diagnostics={"metrics_period": 1})
     out = algo(tiny_batch())
     assert out["pc"].item() > 1.0 + 1e-6 and abs(out["ac"].item() - 1.0) > 1e-6 and out["phase_kl"].item() > 0
 
@@ -103,7 +104,7 @@ def test_straight_trajectory_gives_pc_one_and_bent_one_more():
 
 def test_costly_diagnostics_are_only_computed_every_metrics_period_steps():
     torch.manual_seed(0)
-    algo = GBML(Conv4(5, 1, 16, hidden=4), inner_lr=0.5, inner_steps=2, metrics_period=3)
+    algo = GBML(Conv4(5, 1, 16, hidden=4), inner_lr=0.5, inner_steps=2, diagnostics={"metrics_period": 3})
     outs = [algo(tiny_batch(), step=step) for step in range(4)]
     assert [("ac" in o, "acc_init" in o, "pc" in o) for o in outs] == [(True, True, True), (False, False, True),
                                                                           (False, False, True), (True, True, True)]

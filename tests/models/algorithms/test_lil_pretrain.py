@@ -47,8 +47,7 @@ def double_batch(tasks=2):
 @pytest.mark.parametrize("first_order", [False, True])
 def test_loss_and_gradient_match_the_naive_reference(engine, first_order):
     model = network()
-    algo = LILPretrain(model, momentum=MOMENTUM, weight=WEIGHT, inner_lr=LR, inner_steps=STEPS,
-                       engine=engine, first_order=first_order).double()
+    algo = LILPretrain(model, momentum=MOMENTUM, weight=WEIGHT, inner_lr=LR, inner_steps=STEPS, first_order=first_order, execution={"engine": engine}).double()
     with torch.no_grad():  # a teacher that differs from the student, as after some training
         for p in algo.teacher.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -79,7 +78,7 @@ def test_loss_and_gradient_match_the_naive_reference(engine, first_order):
 
 def test_the_loss_ignores_query_labels():
     model = network()
-    algo = LILPretrain(model, inner_lr=LR, inner_steps=STEPS, engine="loop").double()
+    algo = LILPretrain(model, inner_lr=LR, inner_steps=STEPS, execution={"engine": "loop"}).double()
     batch = double_batch()
     shuffled = batch._replace(query_y=batch.query_y.flip(-1).roll(1, -1))
     a = algo(batch)["loss"]
@@ -91,8 +90,8 @@ def test_the_loss_ignores_query_labels():
 
 def test_eval_mode_is_plain_adaptation_of_the_student():
     model = network()
-    algo = LILPretrain(model, inner_lr=LR, inner_steps=STEPS, engine="loop").double().eval()
-    plain = GBML(model, inner_lr=LR, inner_steps=STEPS, engine="loop").double().eval()
+    algo = LILPretrain(model, inner_lr=LR, inner_steps=STEPS, execution={"engine": "loop"}).double().eval()
+    plain = GBML(model, inner_lr=LR, inner_steps=STEPS, execution={"engine": "loop"}).double().eval()
     batch = double_batch()
     assert torch.equal(algo(batch)["task_acc"], plain(batch)["task_acc"])
 
@@ -106,8 +105,8 @@ def test_bad_arguments_are_config_errors():
 
 def test_chain_switches_phase_after_the_pretraining_forwards():
     model = network()
-    pre = LILPretrain(model, inner_lr=LR, inner_steps=1, engine="loop")
-    main = GBML(model, inner_lr=LR, inner_steps=1, engine="loop", first_order=True, losses=[CrossEntropy()])
+    pre = LILPretrain(model, inner_lr=LR, inner_steps=1, execution={"engine": "loop"})
+    main = GBML(model, inner_lr=LR, inner_steps=1, first_order=True, losses=[CrossEntropy()], execution={"engine": "loop"})
     chain = PretrainThen(pre, main, pretrain_iters=2).double()
     batch = double_batch()
     phases = []

@@ -61,8 +61,8 @@ def test_bad_batches_raise_value_error_naming_the_tensor(algo, mutate, message):
 
 
 def test_unknown_engine_is_refused(algo):
-    with pytest.raises(ValueError, match="algorithm.engine"):
-        GBML(algo.model, engine="fast")
+    with pytest.raises(ValueError, match="algorithm.execution.engine"):
+        GBML(algo.model, execution={"engine": "fast"})
 
 
 def test_task_batch_is_a_plain_tuple():

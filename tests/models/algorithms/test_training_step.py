@@ -20,7 +20,7 @@ def net(seed=0):
 
 
 def test_the_schedule_follows_the_step_it_is_given_and_the_forward_keeps_no_state():
-    algo = GBML(net(), inner_lr=0.5, inner_steps=1, metrics_period=3)
+    algo = GBML(net(), inner_lr=0.5, inner_steps=1, diagnostics={"metrics_period": 3})
     before = {k: v.clone() for k, v in algo.state_dict().items()}
     for step, logged in ((7, False), (9, True), (0, True), (4, False)):
         assert ("ac" in algo(tiny_batch(), step=step)) == logged, step
@@ -31,7 +31,7 @@ def test_the_schedule_follows_the_step_it_is_given_and_the_forward_keeps_no_stat
 
 def test_each_phase_of_a_chain_sees_its_own_step_index_and_begin_step_runs_the_ema():
     model = net()
-    main = GBML(model, inner_lr=0.5, inner_steps=1, metrics_period=2)
+    main = GBML(model, inner_lr=0.5, inner_steps=1, diagnostics={"metrics_period": 2})
     chain = PretrainThen(LILPretrain(model, inner_steps=1, momentum=0.5), main, pretrain_iters=3)
     with torch.no_grad():
         model.head.weight.add_(1.0)  # the student moves away from the teacher

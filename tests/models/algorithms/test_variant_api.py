@@ -60,8 +60,10 @@ class Shrink(OuterLoss):
     key = "shrink"
 
     def value(self, inputs):
-        length = inputs.trajectory.length
-        return length.mean(), {"shrink_max": length.max()}
+        return inputs.trajectory.length.mean()
+
+    def report(self, inputs):
+        return {"shrink_max": inputs.trajectory.length.max()}
 
 
 class Retraced(OuterLoss):
@@ -105,7 +107,7 @@ def hand_adapted_logits(model, batch, task, steps, rate):
 def test_a_term_may_ask_for_another_trajectory(engine):
     torch.manual_seed(0)
     model = Conv4(5, 1, 16, hidden=3).double()
-    algo = GBML(model, inner_lr=0.5, inner_steps=1, engine=engine, losses=[CrossEntropy(), Retraced()])
+    algo = GBML(model, inner_lr=0.5, inner_steps=1, losses=[CrossEntropy(), Retraced()], execution={"engine": engine})
     batch = TaskBatch(*(t.double() if t.is_floating_point() else t for t in tiny_batch()))
     out = algo(batch)
     tasks = range(batch.num_tasks)
@@ -121,5 +123,6 @@ def test_adapt_option_is_checked():
     with pytest.raises(ConfigError, match="algorithm.adapt: expected one of all, head, body; got 'neck'"):
         GBML(Conv4(5, 1, 16, hidden=3), adapt="neck")
     headless = nn.Sequential(nn.Flatten(), nn.Linear(256, 5))
-    with pytest.raises(ConfigError, match="algorithm.adapt=head: the network has no .head module"):
+    with pytest.raises(ConfigError, match=r"model\.backbone: the network \(Sequential\) needs a \.head that is an "
+                                          r"nn\.Linear .*; it has none"):
         GBML(headless, adapt="head")

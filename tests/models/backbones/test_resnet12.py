@@ -80,7 +80,7 @@ def test_tiny_resnet12_runs_maml_and_vmap_matches_loop_fp64():
     batch = TaskBatch(*(t.double() if t.is_floating_point() else t for t in tiny_batch(tasks=2)))
     results = {}
     for engine in ("vmap", "loop"):
-        algo = GBML(model, inner_lr=0.3, inner_steps=2, engine=engine)
+        algo = GBML(model, inner_lr=0.3, inner_steps=2, execution={"engine": engine})
         algo.zero_grad(set_to_none=True)
         out = algo(batch)
         out["loss"].backward()
