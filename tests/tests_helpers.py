@@ -79,3 +79,30 @@ def process_env(pid: int) -> dict[str, str]:
     except OSError:
         return {}
     return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def as_double(batch: TaskBatch) -> TaskBatch:
+    """``batch`` with its images in fp64 (the gradient tests' precision)."""
+    return TaskBatch(*(t.double() if t.is_floating_point() else t for t in batch))
+
+
+def random_batch(tasks=3, way=3, shot=2, query=3, size=16, channels=1, dtype=torch.float64, seed=0):
+    """Uniform random images, each task's labels a random permutation of the classes."""
+    g = torch.Generator().manual_seed(seed)
+    sx = torch.rand(tasks, way * shot, channels, size, size, generator=g, dtype=dtype)
+    qx = torch.rand(tasks, way * query, channels, size, size, generator=g, dtype=dtype)
+    sy = torch.stack([torch.randperm(way, generator=g).repeat_interleave(shot) for _ in range(tasks)])
+    qy = torch.stack([torch.randperm(way, generator=g).repeat_interleave(query) for _ in range(tasks)])
+    return TaskBatch(sx, sy, qx, qy)
+
+
+def schema_config(**overrides):
+    """The schema's config (every key at its default) with ``{dotted.key: value}`` set."""
+    from omegaconf import OmegaConf  # noqa: PLC0415
+
+    from lil_meta.engine.config import Config  # noqa: PLC0415
+
+    cfg = OmegaConf.structured(Config)
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value)
+    return cfg

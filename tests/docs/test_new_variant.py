@@ -105,3 +105,34 @@ def test_the_example_variant_checks_its_config_keys(key, monkeypatch):
 
     with pytest.raises(ConfigError, match=rf"algorithm.{key}: unknown argument .*accepted: .*prox.*inner_lr"):
         ALGORITHMS.build({"name": "prox_maml", key: 1}, "algorithm", Conv4(5, 1, 16, hidden=3))
+
+
+BACKBONE, BACKBONE_CONFIG = ROOT / "docs" / "examples" / "my_backbone.py", ROOT / "docs" / "examples" / "my_backbone.yaml"
+
+
+def test_the_backbone_example_is_in_the_page_and_trains_through_train_net(tmp_path):
+    assert BACKBONE.read_text() in code_blocks("python") and BACKBONE_CONFIG.read_text() in code_blocks("yaml")
+    assert "PYTHONPATH=docs/examples .venv/bin/python tools/train_net.py --config-file docs/examples/my_backbone.yaml" \
+        in DOC.read_text()
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "docs" / "examples")}
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "tools/train_net.py", "--config-file", str(BACKBONE_CONFIG), "--output-dir",
+                           str(out), *TINY], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+    model = torch.load(out / "model_final.pth", weights_only=True)["model"]
+    assert {"model.head.weight", "model.features.0.weight"} <= model.keys()
+
+
+def test_a_backbone_that_breaks_the_contract_is_one_line_as_the_page_shows(tmp_path):
+    """The page's example line, for the example with its head renamed to ``fc``."""
+    broken = tmp_path / "broken_backbone.py"
+    broken.write_text(BACKBONE.read_text().replace("self.head", "self.fc").replace('"conv2"', '"conv2_fc"'))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "tools/train_net.py", "--config-file", str(BACKBONE_CONFIG), "--output-dir",
+                           str(tmp_path / "run"), *TINY, "extra_modules=[broken_backbone]",
+                           "model.backbone.name=conv2_fc"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 2 and not (tmp_path / "run").exists()
+    line = proc.stderr.strip().splitlines()[-1]
+    expected = re.search(r"```\n(error: model\.backbone: the network \(Conv2\) .*)\n```", DOC.read_text()).group(1)
+    assert line == expected, line

@@ -10,17 +10,14 @@ import torch
 from omegaconf import OmegaConf
 
 from lil_meta.engine.checkpoint import Checkpointer, config_fingerprint
-from lil_meta.engine.config import Config, load_config
+from lil_meta.engine.config import load_config
 from lil_meta.engine.errors import CheckpointError
 from lil_meta.engine.rng import get_rng_state, set_rng_state
-from tests_helpers import ROOT
+from tests_helpers import ROOT, schema_config
 
 
 def make_cfg(**overrides):
-    cfg = OmegaConf.structured(Config)
-    for key, value in overrides.items():
-        OmegaConf.update(cfg, key, value)
-    return cfg
+    return schema_config(**overrides)
 
 
 def model_state():

@@ -9,9 +9,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lil_meta.engine.config import Config
 from lil_meta.engine.defaults import default_setup, resolve_device
 from lil_meta.engine.errors import ConfigError, UserInputError
+from tests_helpers import schema_config
 
 
 @pytest.fixture(autouse=True)
@@ -27,11 +27,7 @@ def _restore_logging():
 
 
 def make_cfg(out, **overrides):
-    cfg = OmegaConf.structured(Config)
-    cfg.output_dir = str(out)
-    for key, value in overrides.items():
-        OmegaConf.update(cfg, key, value)
-    return cfg
+    return schema_config(output_dir=str(out), **overrides)
 
 
 def args(resume=False, eval_only=False):

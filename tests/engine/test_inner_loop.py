@@ -12,17 +12,13 @@ from lil_meta.datasets.task_batch import TaskBatch
 from lil_meta.models.algorithms.base import GBML
 from lil_meta.models.backbones.conv4 import Conv4
 from naive_reference import meta_gradient
+from tests_helpers import random_batch
 
 WAY, SHOT, QUERY, TASKS, LR, STEPS = 3, 2, 3, 3, 0.4, 3
 
 
-def make_batch(image_size=16, channels=1, dtype=torch.float64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    sx = torch.rand(TASKS, WAY * SHOT, channels, image_size, image_size, generator=g, dtype=dtype)
-    qx = torch.rand(TASKS, WAY * QUERY, channels, image_size, image_size, generator=g, dtype=dtype)
-    sy = torch.stack([torch.randperm(WAY, generator=g).repeat_interleave(SHOT) for _ in range(TASKS)])
-    qy = torch.stack([torch.randperm(WAY, generator=g).repeat_interleave(QUERY) for _ in range(TASKS)])
-    return TaskBatch(sx, sy, qx, qy)
+def make_batch(channels=1, dtype=torch.float64, seed=0):
+    return random_batch(TASKS, WAY, SHOT, QUERY, size=16, channels=channels, dtype=dtype, seed=seed)
 
 
 def engine_meta_gradient(algo, batch):

@@ -10,7 +10,6 @@ import copy
 import pytest
 import torch
 
-from lil_meta.engine.events import EventStorage
 from lil_meta.engine.trainer import MetaTrainer, NumericalFault
 
 
@@ -116,14 +115,3 @@ def test_a_stop_leaves_the_weights_and_moments_from_before_the_bad_step(bad, on_
     saved = info.value.state["optimizer"]["state"][0]
     assert torch.equal(saved["exp_avg"], moments[0]["exp_avg"]) and float(saved["step"]) == float(moments[0]["step"])
     assert info.value.state["iteration"] == bad and info.value.state["sampler"] == {"n": bad}
-
-
-def test_storage_drops_values_whose_flag_is_false_and_reads_them_together():
-    storage = EventStorage()
-    for it, ok in enumerate([True, False, True]):
-        storage.iter = it
-        storage.put_scalars(valid=torch.tensor(ok), loss=torch.tensor(float(it)), time=0.5)
-    storage.put_scalar("val/acc", 40.0)
-    assert storage.history("loss") == [(0, 0.0), (2, 2.0)]
-    assert storage.history("time") == [(0, 0.5), (2, 0.5)]
-    assert storage.latest()["val/acc"] == (2, 40.0)

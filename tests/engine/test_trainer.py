@@ -7,10 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from lil_meta.engine.checkpoint import Checkpointer
-from lil_meta.engine.config import Config
 from lil_meta.engine.defaults import build_lr_scheduler, build_optimizer
 from lil_meta.engine.errors import ConfigError
 from lil_meta.engine.hooks import (
@@ -20,8 +18,9 @@ from lil_meta.engine.hooks import (
     PeriodicWriter,
     PhaseBoundary,
 )
-from lil_meta.engine.trainer import EventStorage, HookBase, MetaTrainer, NumericalFault, TrainerBase
+from lil_meta.engine.trainer import HookBase, MetaTrainer, NumericalFault, TrainerBase
 from lil_meta.models.algorithms.metrics import describe_nonfinite
+from tests_helpers import schema_config
 
 
 class Recorder(HookBase):
@@ -60,21 +59,8 @@ def test_hook_order():
     assert trainer.iter == 3
 
 
-def test_storage_window_means():
-    s = EventStorage()
-    for it, v in enumerate([1.0, 2.0, 3.0, 4.0]):
-        s.iter = it
-        s.put_scalars(loss=v)
-    s.put_scalar("val/acc", 50.0)
-    assert s.window_means(2) == {"loss": 3.5, "val/acc": 50.0}
-    assert s.latest()["loss"] == (3, 4.0)
-
-
 def make_cfg(**overrides):
-    cfg = OmegaConf.structured(Config)
-    for key, value in overrides.items():
-        OmegaConf.update(cfg, key, value)
-    return cfg
+    return schema_config(**overrides)
 
 
 def make_trainer(tiny, tmp_path, cfg, log_period=2, checkpoint_period=0, eval_period=0):

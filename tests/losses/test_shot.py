@@ -5,14 +5,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lil_meta.datasets.task_batch import TaskBatch
 from lil_meta.engine.config import load_config
 from lil_meta.losses import build_losses
 from lil_meta.models import build_algorithm
 from lil_meta.models.algorithms.base import GBML
 from lil_meta.models.backbones.conv4 import Conv4
 from naive_reference import Flat, kl
-from tests_helpers import ROOT, tiny_batch
+from tests_helpers import ROOT, as_double, tiny_batch
 
 LR, STEPS = 0.4, 3
 
@@ -39,10 +38,6 @@ def naive_shot(model, batch, *, rates, steps, ref_scale, w_shot, w_one):
     return ce + w_shot * shot + w_one * one, shot, one
 
 
-def double(batch):
-    return TaskBatch(*(t.double() if t.is_floating_point() else t for t in batch))
-
-
 @pytest.mark.parametrize("engine", ["loop", "vmap"])
 @pytest.mark.parametrize("rate_mode", ["scalar", "per_element"])
 def test_shot_terms_and_meta_gradient_match_the_naive_reference(engine, rate_mode):
@@ -59,7 +54,7 @@ def test_shot_terms_and_meta_gradient_match_the_naive_reference(engine, rate_mod
         rates = {name: algo.inner_lrs[name] for name in algo.inner_lrs.names}
     else:
         rates = LR
-    batch = double(tiny_batch(tasks=2))
+    batch = as_double(tiny_batch(tasks=2))
     total, shot, one = naive_shot(model, batch, rates=rates, steps=STEPS, ref_scale=2, w_shot=0.1, w_one=0.3)
     ref_grads = torch.autograd.grad(total, list(model.parameters()))
     out = algo(batch)
@@ -78,7 +73,7 @@ def test_a_reference_of_the_same_trajectory_gives_zero_and_no_gradient(engine):
     torch.manual_seed(0)
     model = Conv4(num_classes=5, in_channels=1, image_size=16, hidden=4).double()
     losses = build_losses([{"name": "shot", "weight": 1.0, "ref_scale": 1}])
-    out = GBML(model, inner_lr=LR, inner_steps=STEPS, losses=losses, execution={"engine": engine})(double(tiny_batch(tasks=2)))
+    out = GBML(model, inner_lr=LR, inner_steps=STEPS, losses=losses, execution={"engine": engine})(as_double(tiny_batch(tasks=2)))
     assert abs(float(out["shot_kl"])) < 1e-12
     grads = torch.autograd.grad(out["loss"], list(model.parameters()), allow_unused=True)
     assert max(float(g.abs().max()) for g in grads if g is not None) < 1e-9

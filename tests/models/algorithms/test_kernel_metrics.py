@@ -5,17 +5,12 @@ a network linear in its adapted parameters, where the tangent model is exact."""
 import pytest
 import torch
 
-from lil_meta.datasets.task_batch import TaskBatch
 from lil_meta.models.algorithms.base import GBML
 from lil_meta.models.backbones.conv4 import Conv4
 from naive_reference import Flat
-from tests_helpers import tiny_batch
+from tests_helpers import as_double, tiny_batch
 
 LR, STEPS = 0.4, 3
-
-
-def double(batch):
-    return TaskBatch(*(t.double() if t.is_floating_point() else t for t in batch))
 
 
 def naive_kernel_metrics(model, batch, adapted=None):
@@ -40,7 +35,7 @@ def naive_kernel_metrics(model, batch, adapted=None):
 def test_kernel_metrics_match_a_finite_difference_reference(engine):
     torch.manual_seed(0)
     model = Conv4(num_classes=5, in_channels=1, image_size=16, hidden=4).double()
-    batch = double(tiny_batch(tasks=3))
+    batch = as_double(tiny_batch(tasks=3))
     expected = naive_kernel_metrics(model, batch)
     algo = GBML(model, inner_lr=LR, inner_steps=STEPS, execution={"engine": engine})
     out = algo(batch)  # a first call in train mode is a logging step
@@ -66,7 +61,7 @@ def test_a_network_linear_in_its_adapted_parameters_is_its_own_kernel_predictor(
     """ANIL adapts the head on fixed features: f is affine in A, so f_lin = fˢ exactly."""
     torch.manual_seed(0)
     model = Conv4(num_classes=5, in_channels=1, image_size=16, hidden=4).double()
-    batch = double(tiny_batch(tasks=2))
+    batch = as_double(tiny_batch(tasks=2))
     out = GBML(model, inner_lr=LR, inner_steps=STEPS, adapt="head", execution={"engine": engine})(batch)
     assert float(out["lin_err"]) < 1e-12
     assert float(out["lin_agree"]) == 1.0 and float(out["lin_acc"]) == pytest.approx(float(out["acc"]), abs=1e-6)
@@ -81,7 +76,7 @@ def test_the_jacobian_vector_product_matches_finite_differences(network):
 
     torch.manual_seed(0)
     model = Conv4(num_classes=5, in_channels=1, image_size=16, hidden=4).double()
-    x = double(tiny_batch(tasks=1)).query_x[0]
+    x = as_double(tiny_batch(tasks=1)).query_x[0]
     theta = dict(model.named_parameters())
     g = torch.Generator().manual_seed(3)
     delta = {n: torch.randn(p.shape, generator=g, dtype=p.dtype) for n, p in theta.items()}

@@ -7,14 +7,13 @@ import copy
 import pytest
 import torch
 
-from lil_meta.datasets.task_batch import TaskBatch
 from lil_meta.losses.cross_entropy import CrossEntropy
 from lil_meta.models.algorithms.base import GBML
 from lil_meta.models.algorithms.chain import PretrainThen
 from lil_meta.models.algorithms.lil_pretrain import LILPretrain
 from lil_meta.models.backbones.conv4 import Conv4
 from naive_reference import Flat, kl, path_length, straight_step
-from tests_helpers import tiny_batch
+from tests_helpers import as_double, tiny_batch
 
 LR, STEPS, MOMENTUM, WEIGHT = 0.4, 3, 0.9, 0.1
 
@@ -40,7 +39,7 @@ def network(seed=0):
 
 
 def double_batch(tasks=2):
-    return TaskBatch(*(t.double() if t.is_floating_point() else t for t in tiny_batch(tasks=tasks, size=16)))
+    return as_double(tiny_batch(tasks=tasks, size=16))
 
 
 @pytest.mark.parametrize("engine", ["loop", "vmap"])
