@@ -23,9 +23,9 @@ import statistics
 import sys
 import time
 
+from lil_meta.engine.adapted_task import AdaptedTask
 from lil_meta.engine.cpu_memory import keep_freed_memory
 from lil_meta.engine.errors import UserInputError
-from lil_meta.engine.inner_loop import AdaptedTask
 from lil_meta.tools.bench_rows import Runner, core
 
 

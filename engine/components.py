@@ -45,9 +45,13 @@ MOVED_KEYS = {
     "precompute_features": "execution.precompute_features",
     "metrics_period": "diagnostics.metrics_period", "hessian_ratio": "diagnostics.hessian_ratio",
     "linearized_metrics": "diagnostics.linearized_metrics",
-    "inner_lr_mode": "rates.mode", "learn_inner_lr": "rates.learn",
+    "inner_lr_mode": "rates.mode", "learn_inner_lr": "rates.learn", "per_step_inner_lr": "rates.per_step",
 }
 ALGORITHM_NODES = ("algorithm", "pretrain.algorithm")
+# What the schema writes into every algorithm node (engine/config.py); a component that takes
+# none of a key drops it where it still holds this value (e.g. ProtoNet has no inner loop).
+ALGORITHM_SCHEMA = {"name": "maml", "inner_lr": 0.5, "inner_steps": 3, "inner_steps_test": 3,
+                    "execution": {"engine": "auto", "channels_last": "auto", "checkpoint_inner_steps": False}}
 
 
 def component_arguments(path: str) -> set[str]:
@@ -83,6 +87,25 @@ def migrate_moved_keys(cfg: DictConfig, warn: bool = True) -> None:
                 OmegaConf.update(node, new, raw[old], force_add=True, merge=True)
             if warn:
                 logger.warning("%s", deprecation(f"{path}.{old}", f"{path}.{new}"))
+
+
+def drop_schema_keys_not_taken(cfg: DictConfig) -> None:
+    """In each algorithm node naming a registered component, remove the keys the schema put
+    there that the component does not take, where they still hold the schema's value (an
+    algorithm without an inner loop has no ``inner_lr``)."""
+    for path in ALGORITHM_NODES:
+        node = OmegaConf.select(cfg, path)
+        if not isinstance(node, DictConfig) or str(node.get("name")) not in ALGORITHMS:
+            continue
+        taken = ALGORITHMS.argument_names_of(str(node.name))
+        if taken is None:
+            continue
+        with open_dict(node):
+            for key, default in ALGORITHM_SCHEMA.items():
+                if key != "name" and key in node and key not in taken:
+                    value = OmegaConf.to_container(node[key]) if isinstance(node[key], DictConfig) else node[key]
+                    if value == default:
+                        del node[key]
 
 
 def _flat_keys(node: Any, prefix: str = "") -> set[str]:

@@ -20,6 +20,7 @@ ones (``lil_meta.models``, ``lil_meta.datasets``); this module imports none.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import logging
 import os
@@ -38,9 +39,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from lil_meta.engine.components import (
+    ALGORITHM_SCHEMA,
     COMPONENT_NODES,
     component_arguments,
     deprecation,
+    drop_schema_keys_not_taken,
     fill_component_defaults,
     migrate_moved_keys,
     moved_key,
@@ -82,6 +85,7 @@ class SolverConfig:
     optimizer: str = "adam"
     weight_decay: float = 0.0
     lr_schedule: str = "constant"
+    min_lr: float = 0.0  # the cosine schedule's floor (MAML++'s cosine annealing), < lr
     warmup_iters: int = 0
     max_iter: int = 300
     checkpoint_period: int = 100
@@ -135,15 +139,7 @@ class PretrainConfig:
 
 @dataclass
 class Config:
-    algorithm: dict[str, Any] = field(
-        default_factory=lambda: {
-            "name": "maml",
-            "inner_lr": 0.5,
-            "inner_steps": 3,
-            "inner_steps_test": 3,
-            "execution": {"engine": "auto", "channels_last": "auto", "checkpoint_inner_steps": False},
-        }
-    )
+    algorithm: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(ALGORITHM_SCHEMA))
     losses: list[Any] = field(default_factory=lambda: [{"name": "cross_entropy"}])
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -375,8 +371,10 @@ def complete_config(data: str | dict | DictConfig, warn: bool = False) -> DictCo
     its default (:meth:`engine.checkpoint.Checkpointer.load`)."""
     cfg = OmegaConf.create(data)
     migrate_moved_keys(cfg, warn)
+    drop_schema_keys_not_taken(cfg)  # before filling: nothing is to follow a key dropped here
     fill_component_defaults(cfg)
     cfg = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+    drop_schema_keys_not_taken(cfg)  # the schema's merge writes them once more
     OmegaConf.resolve(cfg)
     return cfg
 

@@ -290,9 +290,14 @@ def build_optimizer(cfg: DictConfig, algorithm: torch.nn.Module) -> torch.optim.
 
 def build_lr_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer):
     """A per-iteration ``LambdaLR``: linear warmup over ``solver.warmup_iters``, then
-    ``constant`` or ``cosine`` (decay to 0 at ``solver.max_iter``)."""
+    ``constant`` or ``cosine`` (decay to ``solver.min_lr`` at ``solver.max_iter``; MAML++'s
+    cosine annealing of the meta learning rate)."""
     schedule = str(cfg.solver.lr_schedule).lower()
     warmup, max_iter = int(cfg.solver.warmup_iters), int(cfg.solver.max_iter)
+    floor = float(cfg.solver.get("min_lr", 0.0)) / float(cfg.solver.lr)
+    if not 0.0 <= floor < 1.0:
+        raise ConfigError(f"solver.min_lr: must be >= 0 and below solver.lr={cfg.solver.lr}, got "
+                          f"{cfg.solver.get('min_lr')}")
     if schedule not in ("constant", "cosine"):
         raise ConfigError(f"solver.lr_schedule: unknown schedule '{cfg.solver.lr_schedule}' "
                           "(choose constant or cosine)")
@@ -305,6 +310,6 @@ def build_lr_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer):
         if schedule == "constant":
             return 1.0
         progress = min(1.0, (it - warmup) / max(1, max_iter - warmup))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -12,16 +12,14 @@ connected to θ⁰ in the outer autograd graph. First-order variants detach ever
 
 :func:`adapt` runs the S steps of one task as an :class:`InnerLoop` says (update rule, support
 loss, first or second order, checkpointing, vmapped) and returns an :class:`Adaptation` (θˢ, the
-first step Δ⁰ and the typed :class:`Trajectory`); :class:`AdaptedTask` is what the outer-loss
-terms see of one task, and computes more on request (the straight step's logits, another
-trajectory).
+first step Δ⁰ and the typed :class:`Trajectory`); :class:`engine.adapted_task.AdaptedTask` is
+what the outer-loss terms see of one task.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -87,11 +85,13 @@ class Trajectory(NamedTuple):
 
 class Adaptation(NamedTuple):
     """What :func:`adapt` returns: θˢ (``params``), the first step Δ⁰ = θ¹ − θ⁰ (``first_step``,
-    the direction of the straight step θ̂; θ⁰'s zeros when S = 0) and the :class:`Trajectory`."""
+    the direction of the straight step θ̂; θ⁰'s zeros when S = 0), the :class:`Trajectory` and
+    the points θ¹ … θˢ the loop walked (``path``; the graph holds them anyway)."""
 
     params: Params
     first_step: Params
     trajectory: Trajectory
+    path: tuple[Params, ...] = ()
 
 
 def logits_at(model: nn.Module, adapted: Mapping[str, torch.Tensor], frozen: Mapping[str, torch.Tensor], x,
@@ -176,7 +176,7 @@ def adapt(model: nn.Module, adapted: Params, frozen: Params, support_x: torch.Te
         ratios = _hessian_ratios(model, inner, thetas, grads, frozen, (support_x, support_y))
     trajectory = Trajectory(norms[:steps], norms[steps], all_grad_norms[:steps], grad_norm, ratios)
     first_step = {name: thetas[1][name] - t for name, t in thetas[0].items()}
-    return Adaptation(thetas[-1], first_step, trajectory)
+    return Adaptation(thetas[-1], first_step, trajectory, tuple(thetas[1:]))
 
 
 def straight_step(theta0: Params, d0: Params, length: torch.Tensor, first_norm: torch.Tensor) -> Params:
@@ -295,81 +295,6 @@ def _recomputed_in_backward(support_grad: Callable[..., Params]) -> Callable[...
         return dict(zip(names, out, strict=True))
 
     return call
-
-
-@dataclass(kw_only=True)
-class AdaptedTask:
-    """One task after its inner loop, as an outer-loss term sees it (:mod:`losses.base`).
-
-    ``logits`` f(xq|θˢ), ``theta0`` the adapted tensors at θ⁰, ``adaptation`` what
-    :func:`adapt` returned, ``inner`` the :class:`InnerLoop` it ran. The methods compute more on
-    request, only for the terms that ask, with the task's own network, support set and inner
-    loop: the logits at any point over A (:meth:`logits_at`), at the straight step θ̂
-    (:meth:`straight_logits`, computed once however many terms ask) and after another
-    trajectory (:meth:`retrace`). Per task: under ``vmap`` every tensor is one task's slice.
-    """
-
-    model: nn.Module
-    frozen: Params
-    support_x: torch.Tensor
-    support_y: torch.Tensor
-    query_x: torch.Tensor
-    theta0: Params
-    adaptation: Adaptation
-    logits: torch.Tensor
-    inner: InnerLoop
-    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    @property
-    def vmapped(self) -> bool:
-        return self.inner.vmapped
-
-    @property
-    def trajectory(self) -> Trajectory:
-        return self.adaptation.trajectory
-
-    @property
-    def steps(self) -> int:
-        """S, the inner steps this task took."""
-        return int(self.trajectory.step_norms.shape[-1])
-
-    def logits_at(self, params: Params, frozen: Params | None = None) -> torch.Tensor:
-        """f(xq|θ) at the adapted tensors ``params`` (the held-fixed ones: the task's, or ``frozen``)."""
-        return logits_at(self.model, params, self.frozen if frozen is None else frozen, self.query_x,
-                         vmapped=self.inner.vmapped)
-
-    def straight_point(self, length: torch.Tensor | None = None) -> Params:
-        """θ̂ = θ⁰ + T · Δ⁰/‖Δ⁰‖ (eq. 7–8), T the trajectory length unless ``length`` is given."""
-        traj = self.trajectory
-        if self.steps == 0:
-            return self.adaptation.params
-        return straight_step(self.theta0, self.adaptation.first_step,
-                             traj.length if length is None else length, traj.step_norms[0])
-
-    def straight_logits(self) -> torch.Tensor:
-        """f(xq|θ̂) at the straight step of the trajectory's own length (LIL's phase term)."""
-        if "straight" not in self._cache:
-            self._cache["straight"] = self.logits if self.steps == 0 else self.logits_at(self.straight_point())
-        return self._cache["straight"]
-
-    def retrace(self, *, steps: int | None = None, lr_scale: float = 1.0, graph: bool = True,
-                start: Params | None = None, frozen: Params | None = None,
-                first_order: bool | None = None) -> Adaptation:
-        """Another trajectory on the same support set with the algorithm's update rule: from θ⁰
-        (or ``start``, e.g. a teacher's tensors, with its ``frozen`` ones), ``steps`` steps
-        (default S) at every rate times ``lr_scale``. ``graph=False`` builds no graph (a
-        constant target); with a graph it is first- or second-order like the task's own loop."""
-        update = self.inner.update
-        rule = update if lr_scale == 1.0 else (lambda p, g, k: update(p, g, k, lr_scale=lr_scale))
-        inner = dataclasses.replace(self.inner, update=rule, checkpoint_steps=self.inner.checkpoint_steps and graph,
-                                    first_order=self.inner.first_order if first_order is None else first_order)
-        run = lambda: adapt(  # noqa: E731
-            self.model, self.theta0 if start is None else start, self.frozen if frozen is None else frozen,
-            self.support_x, self.support_y, steps=self.steps if steps is None else steps, inner=inner)
-        if graph:
-            return run()
-        with torch.no_grad():
-            return run()
 
 
 def map_tasks(fn: Callable[..., Any], shared: Sequence[Any], per_task: Sequence[torch.Tensor], engine: str):

@@ -152,6 +152,13 @@ class Registry:
 
         return {k: plain(v) for k, v in found.items() if _plain_value(v)}
 
+    def argument_names_of(self, name: str) -> set[str] | None:
+        """The keyword arguments component ``name`` takes (``None``: any, it takes ``**kwargs``
+        through to a constructor that does)."""
+        target, presets = self.get(name)
+        names, open_kwargs = _arguments(target)
+        return None if open_kwargs else set(names) | set(presets)
+
     def argument_names(self, supplied=()) -> set[str]:
         """Every keyword argument some registered component of this kind takes, less ``supplied``."""
         names: set[str] = set()

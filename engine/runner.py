@@ -202,8 +202,8 @@ def prepare_run(args: argparse.Namespace) -> Run:
                 ", ".join(f"{k}={v}" for k, v in precision_switches().items()))
     for level, note in folder.notes:
         logger.log(level, "%s", note)
-    if not args.eval_only:
-        core = getattr(components.algorithm, "main", components.algorithm)
+    core = getattr(components.algorithm, "main", components.algorithm)
+    if not args.eval_only and hasattr(core, "policy"):  # an algorithm with an inner loop
         policy = core.policy(device)
         logger.info("inner loop: %s engine (algorithm.execution.engine=%s; auto = vmap over tasks on CUDA, the "
                     "per-task loop on CPU, where each measured faster)", policy.engine, core.execution.engine)

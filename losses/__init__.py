@@ -17,15 +17,25 @@ from collections.abc import Mapping, Sequence
 
 from lil_meta.engine.errors import ConfigError
 from lil_meta.engine.registry import LOSSES
-from lil_meta.losses import cross_entropy, phase, pseudo_amplitude, shot, shot_one_step  # noqa: F401  (registration)
+from lil_meta.losses import (  # noqa: F401  (registration)
+    cross_entropy,
+    multi_step,
+    phase,
+    pseudo_amplitude,
+    reptile,
+    shot,
+    shot_one_step,
+)
 from lil_meta.losses.base import OuterInputs, OuterLoss, kl_divergence, task_accuracy
 
 __all__ = ["OuterInputs", "OuterLoss", "build_losses", "kl_divergence", "task_accuracy"]
 
 
-def build_losses(specs: Sequence[Mapping], path: str = "losses") -> list[OuterLoss]:
-    """Build every term of a ``losses`` list; keys must be unique so output names are too."""
-    terms = [LOSSES.build(dict(spec), f"{path}[{i}]") for i, spec in enumerate(specs)]
+def build_losses(specs: Sequence[Mapping], path: str = "losses", defaults: Mapping | None = None) -> list[OuterLoss]:
+    """Build every term of a ``losses`` list; keys must be unique so output names are too.
+    ``defaults``: arguments a term takes when its spec does not set them (e.g. the multi-step
+    loss's ``anneal_iters`` from ``solver.max_iter``)."""
+    terms = [LOSSES.build(dict(spec), f"{path}[{i}]", defaults=dict(defaults or {})) for i, spec in enumerate(specs)]
     keys = [t.key for t in terms]
     duplicate = next((k for k in keys if keys.count(k) > 1), None)
     if duplicate:

@@ -5,7 +5,7 @@ and reports it as ``loss_<key>``, the unweighted value under ``metric`` when the
 one, and whatever else the term reports. A term works in up to two places:
 
 - :meth:`OuterLoss.per_task` runs once per task inside the task mapper (under ``vmap`` or in
-  the per-task loop) with the task's :class:`~engine.inner_loop.AdaptedTask`; there it can ask
+  the per-task loop) with the task's :class:`~engine.adapted_task.AdaptedTask`; there it can ask
   the engine for more than the inner loop computed — the straight-step logits
   (``task.straight_logits()``), the logits at any point over A (``task.logits_at(θ)``), another
   trajectory from θ⁰ on the same support set (``task.retrace(steps=…, lr_scale=…, graph=…)``).
@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from lil_meta.engine.inner_loop import AdaptedTask, Trajectory
+from lil_meta.engine.adapted_task import AdaptedTask
+from lil_meta.engine.inner_loop import Trajectory
 
 
 @dataclass

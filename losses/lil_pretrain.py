@@ -15,7 +15,7 @@ import copy
 import torch
 from torch import nn
 
-from lil_meta.engine.inner_loop import AdaptedTask
+from lil_meta.engine.adapted_task import AdaptedTask
 from lil_meta.losses.base import OuterInputs, OuterLoss, task_accuracy
 from lil_meta.losses.phase import phase_kl
 

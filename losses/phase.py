@@ -2,7 +2,7 @@
 
 import torch
 
-from lil_meta.engine.inner_loop import AdaptedTask
+from lil_meta.engine.adapted_task import AdaptedTask
 from lil_meta.engine.registry import LOSSES
 from lil_meta.losses.base import OuterInputs, OuterLoss, kl_divergence
 

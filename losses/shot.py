@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from lil_meta.engine.adapted_task import AdaptedTask
 from lil_meta.engine.errors import ConfigError
-from lil_meta.engine.inner_loop import AdaptedTask
 from lil_meta.engine.registry import LOSSES
 from lil_meta.losses.base import OuterInputs, OuterLoss, kl_divergence
 

@@ -72,7 +72,9 @@ def build_algorithm(cfg: DictConfig) -> GBML | PretrainThen:
     with ``pretrain.iters > 0``, a :class:`PretrainThen` of ``pretrain.algorithm`` and it over
     the same network."""
     import_extra_modules(cfg)
-    losses = build_losses([_plain(spec) for spec in cfg.losses])
+    # the multi-step loss anneals over a tenth of training unless its spec says otherwise
+    losses = build_losses([_plain(spec) for spec in cfg.losses],
+                          defaults={"anneal_iters": max(1, int(cfg.solver.max_iter) // 10)})
     main_spec = _with_defaults(_plain(cfg.algorithm), {"diagnostics.metrics_period": cfg.log.period})
     network = build_backbone(cfg)
     check_network(network, _probe(cfg, network))

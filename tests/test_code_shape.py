@@ -17,7 +17,8 @@ MAX_POSITIONAL = 6
 STEP_TRACE = [
     "tools/train_net.py", "engine/runner.py", "engine/build.py", "engine/run_folder.py", "engine/trainer.py",
     "engine/task_chunks.py", "engine/step_check.py", "engine/events.py", "engine/prefetch.py", "engine/launch.py",
-    "engine/hooks.py", "engine/evaluation.py", "engine/inner_loop.py", "engine/kernels/group_norms.py",
+    "engine/hooks.py", "engine/evaluation.py", "engine/inner_loop.py", "engine/adapted_task.py",
+    "engine/kernels/group_norms.py",
     "engine/kernels/triton_group_norms.py", "datasets/sampler.py", "datasets/task_batch.py",
     "models/algorithms/base.py", "models/algorithms/head_features.py", "models/algorithms/inner_lr.py",
     "models/algorithms/metrics.py", "models/algorithms/chain.py", "models/algorithms/lil_pretrain.py",

@@ -18,7 +18,7 @@ LAYERS = [
                 "lil_meta.engine.interrupt", "lil_meta.engine.launch", "lil_meta.engine.cpu_memory",
                 "lil_meta.engine.precision"]),
     ("config", ["lil_meta.engine.config", "lil_meta.engine.config_values", "lil_meta.engine.components"]),
-    ("inner-loop maths", ["lil_meta.engine.inner_loop", "lil_meta.engine.kernels"]),
+    ("inner-loop maths", ["lil_meta.engine.inner_loop", "lil_meta.engine.adapted_task", "lil_meta.engine.kernels"]),
     ("components", ["lil_meta.datasets", "lil_meta.losses", "lil_meta.models"]),
     ("engine top", ["lil_meta.engine"]),  # every other module of engine/
     ("entry points", ["lil_meta.tools"]),

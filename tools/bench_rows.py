@@ -48,7 +48,10 @@ def core(algo):
 
 def _path(algo, device) -> str:
     main = core(algo)
-    return f"{device.type}/{main.policy(device).engine}/nhwc={main.policy(device).channels_last}"
+    if not hasattr(main, "policy"):  # no inner loop (ProtoNet)
+        return f"{device.type}/{type(main).__name__.lower()}"
+    policy = main.policy(device)
+    return f"{device.type}/{policy.engine}/nhwc={policy.channels_last}"
 
 
 class _SameBatch:

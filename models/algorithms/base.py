@@ -40,8 +40,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lil_meta.datasets.task_batch import TaskBatch
+from lil_meta.engine.adapted_task import AdaptedTask
 from lil_meta.engine.errors import ConfigError
-from lil_meta.engine.inner_loop import AdaptedTask, InnerLoop, Params, adapt, logits_at, map_tasks
+from lil_meta.engine.inner_loop import InnerLoop, Params, adapt, logits_at, map_tasks
 from lil_meta.losses import OuterInputs, OuterLoss, task_accuracy
 from lil_meta.losses.cross_entropy import CrossEntropy
 from lil_meta.models.algorithms.head_features import check_network, head_only, head_task_network
@@ -113,7 +114,12 @@ class GBML(nn.Module):
         adapted, _ = self.split_parameters()
         if not adapted:
             raise ConfigError(f"algorithm: no parameter adapts in the inner loop (adapt={adapt})")
-        self.inner_lrs = InnerLR(inner_lr, adapted, self.rates.mode, self.rates.learn)
+        if self.rates.per_step and self.inner_steps_test > self.inner_steps:
+            raise ConfigError(f"algorithm.inner_steps_test: {self.inner_steps_test} evaluation steps, but per-step "
+                              f"inner rates (algorithm.rates.per_step) exist for the {self.inner_steps} training "
+                              f"steps only; set inner_steps_test <= {self.inner_steps}")
+        self.inner_lrs = InnerLR(inner_lr, adapted, self.rates.mode, self.rates.learn,
+                                 steps=self.inner_steps if self.rates.per_step else None)
         self._vmap_networks: dict[int, nn.Module] = {}  # model id -> its copy for the vmap engine
         self._policies: dict[str, ExecutionPolicy] = {}  # device -> the execution resolved there
 
@@ -140,16 +146,21 @@ class GBML(nn.Module):
         return F.cross_entropy(logits, labels)
 
     def inner_update(self, params: Params, grads: Params, step: int, lr_scale: float = 1.0) -> Params:
-        """(b) One inner step ``θᵏ⁺¹ = θᵏ − α ⊙ gᵏ``, α from ``self.inner_lrs`` (by name), every
-        rate times ``lr_scale`` (a term's rescaled trajectory, :meth:`AdaptedTask.retrace`)."""
+        """(b) One inner step ``θᵏ⁺¹ = θᵏ − αₖ ⊙ gᵏ``, αₖ from ``self.inner_lrs`` (by name and step),
+        every rate times ``lr_scale`` (a term's rescaled trajectory, :meth:`AdaptedTask.retrace`)."""
         lrs = self.inner_lrs
         if lr_scale == 1.0:
-            return {name: p - lrs[name] * grads[name] for name, p in params.items()}
-        return {name: p - (lrs[name] * lr_scale) * grads[name] for name, p in params.items()}
+            return {name: p - lrs.at(name, step) * grads[name] for name, p in params.items()}
+        return {name: p - (lrs.at(name, step) * lr_scale) * grads[name] for name, p in params.items()}
 
     def inner_steps_now(self) -> int:
         """S for this forward: ``inner_steps`` in training, ``inner_steps_test`` in eval mode."""
         return self.inner_steps if self.training else self.inner_steps_test
+
+    def first_order_at(self, step: int) -> bool:
+        """Whether training step ``step`` detaches the inner gradients (``first_order``; MAML++'s
+        schedule overrides it, :class:`~models.algorithms.mamlpp.MAMLPlusPlus`)."""
+        return self.first_order
 
     def head_only(self, adapted: Params) -> bool:
         """Whether the inner loop runs on the head over precomputed features (ANIL)."""
@@ -229,13 +240,14 @@ class GBML(nn.Module):
             self._vmap_networks = {key: for_vmapped_tasks(self.model)}
         return self._vmap_networks[key]
 
-    def inner_loop(self, vmapped: bool) -> InnerLoop:
+    def inner_loop(self, vmapped: bool, first_order: bool | None = None) -> InnerLoop:
         """The :class:`~engine.inner_loop.InnerLoop` every task of this forward runs."""
-        return InnerLoop(self.inner_update, self.inner_loss, self.first_order, self.execution.checkpoint_inner_steps,
+        first_order = self.first_order if first_order is None else first_order
+        return InnerLoop(self.inner_update, self.inner_loss, first_order, self.execution.checkpoint_inner_steps,
                          vmapped)
 
     def task_forward(self, adapted: Params, frozen: Params, support_x, support_y, query_x, *,
-                     diagnostics: bool, vmapped: bool) -> TaskOutputs:
+                     diagnostics: bool, vmapped: bool, first_order: bool | None = None) -> TaskOutputs:
         """One task: adapt on the support set (:func:`~engine.inner_loop.adapt`), then what the
         outputs and the loss terms need (:class:`~models.algorithms.metrics.TaskOutputs`): the
         query logits at θˢ, the trajectory, on logging steps and in eval mode the diagnostics'
@@ -250,7 +262,7 @@ class GBML(nn.Module):
         net = self.network(vmapped)
         if self.head_only(adapted):
             net, frozen, support_x, query_x = head_task_network(net, frozen, support_x, query_x)
-        steps, inner = self.inner_steps_now(), self.inner_loop(vmapped)
+        steps, inner = self.inner_steps_now(), self.inner_loop(vmapped, first_order)
         run = lambda **diag: adapt(net, adapted, frozen, support_x, support_y, steps=steps, inner=inner,  # noqa: E731
                                    **diag)
         diag = {"final_grad": diagnostics, "hessian_ratios": diagnostics and self.diagnostics.hessian_ratio}
@@ -258,7 +270,7 @@ class GBML(nn.Module):
             net, adapted, theta_s, frozen, query_x, vmapped=vmapped,
             linearized=self.diagnostics.linearized_metrics and steps > 0)
         init = (None, None, None)
-        if diagnostics and steps > 0 and not self.first_order and torch.is_grad_enabled():
+        if diagnostics and steps > 0 and not inner.first_order and torch.is_grad_enabled():
             with torch.no_grad():
                 probe = run(**diag)
             init = logged(probe.params)
@@ -287,10 +299,12 @@ class GBML(nn.Module):
         batch = self.prepared(batch)
         period = self.diagnostics.metrics_period
         diagnostics = self.training and period > 0 and step % period == 0
+        first_order = self.first_order_at(step) if self.training else self.first_order
         adapted, frozen = self.split_parameters()
 
         def task_fn(adapted, frozen, sx, sy, qx, *, vmapped):
-            return self.task_forward(adapted, frozen, sx, sy, qx, diagnostics=diagnostics, vmapped=vmapped)
+            return self.task_forward(adapted, frozen, sx, sy, qx, diagnostics=diagnostics, vmapped=vmapped,
+                                     first_order=first_order)
 
         per_task = map_tasks(task_fn, (adapted, frozen), (batch.support_x, batch.support_y, batch.query_x),
                              self.policy(batch.support_x.device).engine)

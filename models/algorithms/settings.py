@@ -32,10 +32,13 @@ def _one_of(path: str, value: str, choices: tuple[str, ...]) -> None:
 @dataclass(frozen=True)
 class Rates:
     """The inner rates α: ``mode`` ``scalar``, ``per_tensor`` or ``per_element``, ``learn``
-    (meta-learned: Meta-SGD is ``per_element`` + learned). Every rate starts at ``inner_lr``."""
+    (meta-learned: Meta-SGD is ``per_element`` + learned), ``per_step``: one rate per inner step
+    besides (MAML++'s LSLR is ``per_tensor`` + learned + per step). Every rate starts at
+    ``inner_lr``."""
 
     mode: str = "scalar"
     learn: bool = False
+    per_step: bool = False
 
     def __post_init__(self) -> None:
         _one_of("algorithm.rates.mode", self.mode, RATE_MODES)

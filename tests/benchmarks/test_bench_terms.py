@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import bench_terms
-from lil_meta.engine.inner_loop import AdaptedTask
+from lil_meta.engine.adapted_task import AdaptedTask
 from tests_helpers import ROOT
 
 TINY = ["model.backbone.hidden=4", "solver.meta_batch=2", "data.query=2", "algorithm.inner_steps=1",

@@ -119,6 +119,11 @@ def test_lr_schedules():
     assert warm[:3] == pytest.approx([0.05, 0.1, 0.1])
     assert warm[3] == pytest.approx(0.05 * (1 + torch.cos(torch.tensor(torch.pi / 4)).item()))
     assert warm[-1] < warm[3]
+    floored = lrs(max_iter=4, lr=0.1, lr_schedule="cosine", min_lr=0.01)  # MAML++'s cosine annealing
+    assert floored[0] == pytest.approx(0.1) and floored[2] == pytest.approx(0.01 + 0.09 * 0.5)
+    assert lrs(max_iter=9, lr=0.1, lr_schedule="cosine", min_lr=0.02)[-1] > 0.02
+    with pytest.raises(ConfigError, match=r"solver\.min_lr: must be >= 0 and below solver\.lr=0\.1, got 0\.2"):
+        lrs(lr=0.1, lr_schedule="cosine", min_lr=0.2)
     with pytest.raises(ConfigError, match="solver.lr_schedule"):
         lrs(lr_schedule="step")
     with pytest.raises(ConfigError, match="solver.optimizer"):

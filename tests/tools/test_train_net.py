@@ -277,3 +277,20 @@ def test_a_bf16_run_trains_and_says_so(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["precision"] == "bf16" and 0 <= results["test_acc"] <= 100
     assert weights(out / "model_final.pth")["model.head.weight"].dtype == torch.float32
+
+
+def test_mamlpp_resumes_bit_identically_across_its_switch_to_second_order(tmp_path):
+    """MAML++'s schedules (first order before iteration 3, the multi-step loss's weights) follow
+    the step index alone: a run stopped at the switch and resumed ends with the weights of an
+    unbroken one. (Its cosine lr follows solver.max_iter, which a stop by max_iter changes.)"""
+    mamlpp = ["algorithm.name=mamlpp", "+algorithm.first_order_until=3",
+              "losses=[{name: multi_step_ce, anneal_iters: 4}]"]
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    ok(train_net("--output-dir", whole, *mamlpp))
+    ok(train_net("--output-dir", broken, *mamlpp, "solver.max_iter=3"))
+    ok(train_net("--output-dir", broken, "--resume", *mamlpp))
+    a, b = weights(whole / "model_final.pth"), weights(broken / "model_final.pth")
+    assert any(k.startswith("inner_lrs.") for k in a) and a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert "iteration 3: second-order inner gradients from here on" in (whole / "log.txt").read_text()
