@@ -16,6 +16,7 @@ from lil_meta.engine.inner_loop import (
     Trajectory,
     adapt,
     logits_at,
+    query_step,
     straight_step,
 )
 
@@ -58,10 +59,13 @@ class AdaptedTask:
         """S, the inner steps this task took."""
         return int(self.trajectory.step_norms.shape[-1])
 
-    def logits_at(self, params: Params, frozen: Params | None = None) -> torch.Tensor:
-        """f(xq|θ) at the adapted tensors ``params`` (the held-fixed ones: the task's, or ``frozen``)."""
+    def logits_at(self, params: Params, frozen: Params | None = None, point: int | None = None) -> torch.Tensor:
+        """f(xq|θ) at the adapted tensors ``params`` (the held-fixed ones: the task's, or ``frozen``),
+        as the query forward at trajectory point ``point`` (default S: in place of θˢ), which
+        matters to a network that takes the inner step (:func:`~engine.inner_loop.query_step`)."""
+        step = query_step(self.steps if point is None else point)
         return logits_at(self.model, params, self.frozen if frozen is None else frozen, self.query_x,
-                         vmapped=self.inner.vmapped)
+                         vmapped=self.inner.vmapped, step=step)
 
     def straight_point(self, length: torch.Tensor | None = None) -> Params:
         """θ̂ = θ⁰ + T · Δ⁰/‖Δ⁰‖ (eq. 7–8), T the trajectory length unless ``length`` is given."""
@@ -76,7 +80,8 @@ class AdaptedTask:
         multi-step loss): the loop's own points, no second inner loop; the last is ``logits``."""
         if "steps" not in self._cache:
             path = self.adaptation.path
-            self._cache["steps"] = torch.stack([self.logits_at(p) for p in path[:-1]] + [self.logits]) if path \
+            points = [self.logits_at(p, point=k) for k, p in enumerate(path[:-1], start=1)]
+            self._cache["steps"] = torch.stack(points + [self.logits]) if path \
                 else self.logits[None]
         return self._cache["steps"]
 

@@ -30,7 +30,8 @@ SUPPLIED = ("model", "losses")
 # Arguments whose default is another key of the config, not the constructor's default (dotted:
 # a key of a group).
 FOLLOWS = {
-    "model.backbone": {"num_classes": "data.way", "in_channels": "data.channels", "image_size": "data.image_size"},
+    "model.backbone": {"num_classes": "data.way", "in_channels": "data.channels", "image_size": "data.image_size",
+                       "bn_steps": "algorithm.inner_steps"},
     "algorithm": {"diagnostics.metrics_period": "log.period"},
     "pretrain.algorithm": {"diagnostics.metrics_period": "log.period"},
 }
@@ -127,6 +128,15 @@ def _fill(node: DictConfig, values: dict[str, Any]) -> None:
                 _fill(node[key], value)
 
 
+def _followable(cfg: DictConfig, source: str) -> bool:
+    """Whether a key may follow ``source``: not where ``source`` is an algorithm argument that the
+    algorithm the config names does not take (ProtoNet has no ``inner_steps`` to follow)."""
+    path, _, key = source.rpartition(".")
+    name = OmegaConf.select(cfg, f"{path}.name") if path in ALGORITHM_NODES else None
+    taken = ALGORITHMS.argument_names_of(str(name)) if name is not None and str(name) in ALGORITHMS else None
+    return taken is None or key in taken
+
+
 def fill_component_defaults(cfg: DictConfig) -> None:
     """Write into each component node the arguments it does not set, with the values the
     component would be built with anyway, so that every argument is a plain ``key=value`` key and
@@ -149,6 +159,8 @@ def fill_component_defaults(cfg: DictConfig) -> None:
         if path == "pretrain.algorithm":
             follows.update({k: f"algorithm.{k}" for k in SHARED_WITH_PRETRAIN if k in main_sets})
         for key, source in follows.items():
+            if not _followable(cfg, source):
+                continue
             group, _, inner = key.rpartition(".")
             target = values.get(group) if group else values
             if isinstance(target, dict) and inner in target and key.split(".")[0] not in presets:

@@ -94,9 +94,28 @@ class Adaptation(NamedTuple):
     path: tuple[Params, ...] = ()
 
 
+def takes_step(model: nn.Module) -> bool:
+    """Whether the network computes differently at each inner step (MAML++'s per-step
+    BatchNorm weights): it then takes the step, ``model(x, step=k)``."""
+    return bool(getattr(model, "takes_step", False))
+
+
+def query_step(point: int) -> int:
+    """The network's step for the query forward at θᵏ: ``k − 1`` (the row that served the
+    support forward of the step that reached θᵏ), 0 at θ⁰. The support forward at θᵏ is step
+    ``k``. Only a network that :func:`takes_step` reads it (MAML++'s BNWB convention)."""
+    return max(point - 1, 0)
+
+
+def network_call(model: nn.Module, params: Mapping[str, torch.Tensor], x: torch.Tensor, step: int | None = None):
+    """``functional_call(model, params, x)``, handing ``step`` to a network that takes one."""
+    return functional_call(model, params, (x,), {"step": step} if takes_step(model) else None)
+
+
 def logits_at(model: nn.Module, adapted: Mapping[str, torch.Tensor], frozen: Mapping[str, torch.Tensor], x,
-              *, vmapped: bool = False):
-    """``f(x | θ)`` with θ assembled from the adapted and the held-fixed tensors.
+              *, vmapped: bool = False, step: int | None = None):
+    """``f(x | θ)`` with θ assembled from the adapted and the held-fixed tensors; ``step``: the
+    inner step, for a network that :func:`takes_step` (else unused).
 
     On channels-last images (``algorithm.execution.channels_last``, per-task loop) the convolutions hand
     back their weight gradients channels-last too; they are made contiguous before they reach
@@ -107,7 +126,7 @@ def logits_at(model: nn.Module, adapted: Mapping[str, torch.Tensor], frozen: Map
     if x.dim() == 4 and not vmapped and not x.is_contiguous() \
             and x.is_contiguous(memory_format=torch.channels_last):
         params = {n: _ContiguousGrad.apply(t) if t.dim() == 4 and t.requires_grad else t for n, t in params.items()}
-    return functional_call(model, params, (x,))
+    return network_call(model, params, x, step)
 
 
 class _ContiguousGrad(torch.autograd.Function):
@@ -139,13 +158,15 @@ def adapt(model: nn.Module, adapted: Params, frozen: Params, support_x: torch.Te
     one more support gradient at θˢ, without graph, for AC; ``hessian_ratios``: hₖ of eq. 5
     (:func:`_hessian_ratios`, no graph). The norms come from one fused call each
     (:func:`engine.kernels.group_norms`) over the parameter copies the loop holds anyway.
+    A network that :func:`takes_step` is handed step ``k`` for the support forward at θᵏ (and
+    for gˢ, the query forward's step at θˢ, :func:`query_step`).
 
     ``inner.checkpoint_steps`` keeps no graph of the second-order inner gradients in the
     forward pass and recomputes each step's in the backward pass (:func:`_recomputed_in_backward`):
     less memory, one more support forward and backward per step.
     """
     update, inner_loss, vmapped = inner.update, inner.loss, inner.vmapped
-    support_grad = grad(lambda a, f, x, y: inner_loss(logits_at(model, a, f, x, vmapped=vmapped), y))
+    support_grad = grad(lambda a, f, x, y, k: inner_loss(logits_at(model, a, f, x, vmapped=vmapped, step=k), y))
     constant_grad = _constant_grad(support_grad, model, inner_loss, vmapped)
     if inner.first_order or not torch.is_grad_enabled():
         step_grad = constant_grad
@@ -157,7 +178,7 @@ def adapt(model: nn.Module, adapted: Params, frozen: Params, support_x: torch.Te
         step_grad = _graphed_grad(support_grad, model, inner_loss)
     thetas, grads = [adapted], []
     for step in range(steps):
-        g = step_grad(thetas[-1], frozen, support_x, support_y)
+        g = step_grad(thetas[-1], frozen, support_x, support_y, step)
         grads.append(g)
         thetas.append(update(thetas[-1], g, step))
     if not steps:
@@ -166,7 +187,7 @@ def adapt(model: nn.Module, adapted: Params, frozen: Params, support_x: torch.Te
                           Trajectory(none, support_x.new_zeros(()), none))
     final = grad_norm = ratios = None
     if final_grad:
-        final = constant_grad(thetas[-1], frozen, support_x, support_y)
+        final = constant_grad(thetas[-1], frozen, support_x, support_y, query_step(steps))
     norms = group_norms(_flat(thetas[1:] + thetas[-1:]), _flat(thetas[:-1] + thetas[:1]), steps + 1)
     all_grad_norms = group_norms(_flat(grads + ([final] if final is not None else [])), [],
                                  steps + (final is not None))
@@ -207,7 +228,7 @@ def _hessian_ratios(model: nn.Module, inner: InnerLoop, thetas: list[Params], gr
     for k in range(len(thetas) - 1):
         theta = {name: t.detach() for name, t in thetas[k].items()}
         delta = {name: (thetas[k + 1][name] - t).detach() for name, t in thetas[k].items()}
-        hvp = _hessian_vector_product(model, inner, theta, delta, fixed, (x, support_y))
+        hvp = _hessian_vector_product(model, inner, theta, delta, fixed, (x, support_y), step=k)
         curvature = sum((delta[n] * hvp[n]).sum() for n in theta)
         descent = -sum((grads[k][n].detach() * delta[n]).sum() for n in theta)
         ratios.append(0.5 * curvature / descent)
@@ -215,13 +236,13 @@ def _hessian_ratios(model: nn.Module, inner: InnerLoop, thetas: list[Params], gr
 
 
 def _hessian_vector_product(model: nn.Module, inner: InnerLoop, theta: Params, vector: Params, frozen: Params,
-                            support: tuple[torch.Tensor, torch.Tensor]) -> Params:
+                            support: tuple[torch.Tensor, torch.Tensor], *, step: int) -> Params:
     """H(θ)·v for the support loss, by differentiating gᵀv once more (reverse over reverse;
     H is symmetric). Under vmap through ``torch.func``, otherwise plain autograd on leaves."""
     support_x, support_y = support
 
     def loss_at(a: Params) -> torch.Tensor:
-        return inner.loss(logits_at(model, a, frozen, support_x, vmapped=inner.vmapped), support_y)
+        return inner.loss(logits_at(model, a, frozen, support_x, vmapped=inner.vmapped, step=step), support_y)
 
     if inner.vmapped:
         _, hvp_fn = torch.func.vjp(grad(loss_at), theta)
@@ -242,10 +263,10 @@ def _graphed_grad(support_grad: Callable[..., Params], model: nn.Module, inner_l
     ``torch.autograd.grad(create_graph=True)`` (the per-task loop); ``support_grad`` where an
     adapted tensor has no gradient to take (``requires_grad=False``)."""
 
-    def call(adapted: Params, frozen: Params, support_x: torch.Tensor, support_y: torch.Tensor) -> Params:
+    def call(adapted: Params, frozen: Params, support_x: torch.Tensor, support_y: torch.Tensor, step: int) -> Params:
         if not all(t.requires_grad for t in adapted.values()):
-            return support_grad(adapted, frozen, support_x, support_y)
-        loss = inner_loss(logits_at(model, adapted, frozen, support_x), support_y)
+            return support_grad(adapted, frozen, support_x, support_y, step)
+        loss = inner_loss(logits_at(model, adapted, frozen, support_x, step=step), support_y)
         grads = torch.autograd.grad(loss, list(adapted.values()), create_graph=True, allow_unused=True,
                                     materialize_grads=True)
         return dict(zip(adapted, grads, strict=True))
@@ -260,14 +281,14 @@ def _constant_grad(support_grad: Callable[..., Params], model: nn.Module, inner_
     copies, whose backward runs with grad mode off and so takes the fused kernels (e.g.
     BatchNorm's); under vmap, ``support_grad`` with no outer graph."""
 
-    def call(adapted: Params, frozen: Params, support_x: torch.Tensor, support_y: torch.Tensor) -> Params:
+    def call(adapted: Params, frozen: Params, support_x: torch.Tensor, support_y: torch.Tensor, step: int) -> Params:
         if vmapped:
             with torch.no_grad():
-                return support_grad(adapted, frozen, support_x, support_y)
+                return support_grad(adapted, frozen, support_x, support_y, step)
         leaves = {name: t.detach().requires_grad_() for name, t in adapted.items()}
         with torch.enable_grad():
             loss = inner_loss(logits_at(model, leaves, {n: t.detach() for n, t in frozen.items()},
-                                        support_x.detach()), support_y)
+                                        support_x.detach(), step=step), support_y)
             grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True, materialize_grads=True)
         return dict(zip(leaves, grads, strict=True))
 
@@ -283,12 +304,12 @@ def _recomputed_in_backward(support_grad: Callable[..., Params]) -> Callable[...
     reads is one: the held-fixed tensors (BOIL's head gets its outer gradient through the
     inner loop) and the support inputs (ANIL's are features, differentiable in the body)."""
 
-    def call(adapted: Params, frozen: Params, support_x: torch.Tensor, support_y: torch.Tensor) -> Params:
+    def call(adapted: Params, frozen: Params, support_x: torch.Tensor, support_y: torch.Tensor, step: int) -> Params:
         names, fixed = list(adapted), list(frozen)
 
         def flat_grad(x, *tensors):
             g = support_grad(dict(zip(names, tensors[:len(names)], strict=True)),
-                             dict(zip(fixed, tensors[len(names):], strict=True)), x, support_y)
+                             dict(zip(fixed, tensors[len(names):], strict=True)), x, support_y, step)
             return tuple(g[n] for n in names)
 
         out = checkpoint(flat_grad, support_x, *adapted.values(), *frozen.values(), use_reentrant=True)

@@ -42,7 +42,7 @@ from torch import nn
 from lil_meta.datasets.task_batch import TaskBatch
 from lil_meta.engine.adapted_task import AdaptedTask
 from lil_meta.engine.errors import ConfigError
-from lil_meta.engine.inner_loop import InnerLoop, Params, adapt, logits_at, map_tasks
+from lil_meta.engine.inner_loop import InnerLoop, Params, adapt, logits_at, map_tasks, query_step
 from lil_meta.losses import OuterInputs, OuterLoss, task_accuracy
 from lil_meta.losses.cross_entropy import CrossEntropy
 from lil_meta.models.algorithms.head_features import check_network, head_only, head_task_network
@@ -62,7 +62,7 @@ from lil_meta.models.algorithms.settings import (
     Rates,
     as_group,
 )
-from lil_meta.models.backbones.layers import for_vmapped_tasks, nhwc_per_task
+from lil_meta.models.backbones.layers import for_vmapped_tasks, nhwc_per_task, per_step_parameters
 from lil_meta.models.backbones.task_conv import TaskConv2d
 
 ADAPT = ("all", "head", "body")
@@ -114,6 +114,7 @@ class GBML(nn.Module):
         adapted, _ = self.split_parameters()
         if not adapted:
             raise ConfigError(f"algorithm: no parameter adapts in the inner loop (adapt={adapt})")
+        self._check_per_step_network(adapted)
         if self.rates.per_step and self.inner_steps_test > self.inner_steps:
             raise ConfigError(f"algorithm.inner_steps_test: {self.inner_steps_test} evaluation steps, but per-step "
                               f"inner rates (algorithm.rates.per_step) exist for the {self.inner_steps} training "
@@ -122,6 +123,21 @@ class GBML(nn.Module):
                                  steps=self.inner_steps if self.rates.per_step else None)
         self._vmap_networks: dict[int, nn.Module] = {}  # model id -> its copy for the vmap engine
         self._policies: dict[str, ExecutionPolicy] = {}  # device -> the execution resolved there
+
+    def _check_per_step_network(self, adapted: Params) -> None:
+        """Per-step BatchNorm weights (BNWB) are held fixed in the inner loop and have a row for
+        every inner step, in training and evaluation."""
+        names, rows = per_step_parameters(self.model)
+        if not names:
+            return
+        if names & adapted.keys():
+            raise ConfigError(f"algorithm: per-step BatchNorm weights are learned in the outer loop only; "
+                              f"adapted_names() lists {sorted(names & adapted.keys())}")
+        steps = max(self.inner_steps, self.inner_steps_test)
+        if steps > rows:
+            raise ConfigError(f"model.backbone.bn_steps: per-step BatchNorm weights have {rows} rows, but the inner "
+                              f"loop takes {steps} steps (algorithm.inner_steps / inner_steps_test); set "
+                              f"inner_steps_test <= {rows}")
 
     @property
     def inner_lr(self) -> float:
@@ -135,8 +151,10 @@ class GBML(nn.Module):
     # ---- hooks a variant overrides -------------------------------------------------------
     def adapted_names(self) -> list[str]:
         """(a) Names of the parameters adapted in the inner loop: all of them (MAML), only
-        ``head.*`` (ANIL) or all but ``head.*`` (BOIL), after ``adapt``."""
-        names = [name for name, _ in self.model.named_parameters()]
+        ``head.*`` (ANIL) or all but ``head.*`` (BOIL), after ``adapt``; never per-step
+        BatchNorm weights (MAML++'s BNWB), which the outer loop alone learns."""
+        per_step, _ = per_step_parameters(self.model)  # MAML++'s BNWB: outer-learned only
+        names = [name for name, _ in self.model.named_parameters() if name not in per_step]
         if self.adapt == "all":
             return names
         return [n for n in names if n.startswith("head.") == (self.adapt == "head")]
@@ -268,7 +286,7 @@ class GBML(nn.Module):
         diag = {"final_grad": diagnostics, "hessian_ratios": diagnostics and self.diagnostics.hessian_ratio}
         logged = lambda theta_s: diagnostic_logits(  # noqa: E731
             net, adapted, theta_s, frozen, query_x, vmapped=vmapped,
-            linearized=self.diagnostics.linearized_metrics and steps > 0)
+            linearized=self.diagnostics.linearized_metrics and steps > 0, step=query_step(steps))
         init = (None, None, None)
         if diagnostics and steps > 0 and not inner.first_order and torch.is_grad_enabled():
             with torch.no_grad():
@@ -281,7 +299,7 @@ class GBML(nn.Module):
             adaptation = run(**diag)
             if diagnostics or not self.training:
                 init = logged(adaptation.params)
-        logits = logits_at(net, adaptation.params, frozen, query_x, vmapped=vmapped)
+        logits = logits_at(net, adaptation.params, frozen, query_x, vmapped=vmapped, step=query_step(steps))
         task = AdaptedTask(model=net, frozen=frozen, support_x=support_x, support_y=support_y, query_x=query_x,
                            theta0=adapted, adaptation=adaptation, logits=logits, inner=inner)
         extras = {term.key: term.per_task(task) for term in self.losses if term.asks_per_task}

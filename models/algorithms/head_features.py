@@ -16,7 +16,7 @@ from torch import nn
 from torch.func import functional_call
 
 from lil_meta.engine.errors import ConfigError
-from lil_meta.engine.inner_loop import Params
+from lil_meta.engine.inner_loop import Params, takes_step
 
 __all__ = ["check_network", "head_only", "head_task_network"]
 
@@ -53,8 +53,9 @@ def check_network(model: nn.Module, probe: torch.Tensor | None = None) -> None:
                           "-> flat features) with model(x) == model.head(model.features(x))")
     if probe is None:
         return
+    step = {"step": 0} if takes_step(model) else {}
     with torch.no_grad():
-        whole, parts = model(probe), head(model.features(probe))
+        whole, parts = model(probe, **step), head(model.features(probe, **step))
     if whole.shape != parts.shape or not torch.allclose(whole, parts, rtol=1e-5, atol=1e-6):
         raise ConfigError(f"model.backbone: the network ({name}) computes model(x) otherwise than "
                           "model.head(model.features(x)); its forward must be the head over the features")
@@ -63,8 +64,9 @@ def check_network(model: nn.Module, probe: torch.Tensor | None = None) -> None:
 def head_only(model: nn.Module, adapted: Params, enabled: bool) -> bool:
     """True when the inner loop can run on the head alone, over precomputed features: ``enabled``
     (``algorithm.execution.precompute_features``), the adapted set is exactly ``model.head``'s
-    parameters and every other tensor of the network lives in ``model.features``."""
-    if not (enabled and isinstance(getattr(model, "features", None), nn.Module)
+    parameters and every other tensor of the network lives in ``model.features``, whose output
+    does not depend on the inner step (no per-step BatchNorm weights)."""
+    if takes_step(model) or not (enabled and isinstance(getattr(model, "features", None), nn.Module)
             and isinstance(getattr(model, "head", None), nn.Module)):
         return False
     head = {f"head.{n}" for n, _ in model.head.named_parameters()}

@@ -9,8 +9,9 @@ algorithms where it makes sense.
   gradients for the training iterations before N, second order from N on (this class);
 - CA, cosine annealing of the meta learning rate: ``solver.lr_schedule: cosine`` with
   ``solver.min_lr``;
-- BNWB, per-step BatchNorm weights and biases: the backbone's, not yet built here
-  (docs/variants.md says where it stands).
+- BNWB, per-step BatchNorm weights and biases: the backbone's, ``model.backbone.per_step_bn:
+  true`` (:class:`~models.backbones.layers.TaskBatchNorm2d`; the engine hands the network the
+  inner step, :func:`~engine.inner_loop.query_step`).
 
 ``configs/mamlpp_{1,5}shot.yaml`` set them all.
 """

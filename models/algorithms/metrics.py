@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import torch
 
-from lil_meta.engine.inner_loop import Trajectory, logits_at
+from lil_meta.engine.inner_loop import Trajectory, logits_at, network_call, query_step
 
 
 class TaskOutputs(NamedTuple):
@@ -82,18 +82,19 @@ def describe_nonfinite(out: dict, flags=NONFINITE_FLAGS, rank: int = 0) -> str |
     return "; ".join(where) or None
 
 
-def linearized_logits(model, theta0: dict, delta: dict, frozen: dict, query_x: torch.Tensor):
+def linearized_logits(model, theta0: dict, delta: dict, frozen: dict, query_x: torch.Tensor, step: int | None = None):
     """``(f⁰, f_lin)``: the query logits at θ⁰ and those of the tangent (kernel) model
     f_lin = f⁰ + J·Δ, J·Δ the forward-mode derivative of θ ↦ f(xq|θ) at θ⁰ in the direction
     Δ = θˢ − θ⁰ over the adapted tensors (``torch.func.jvp``; the held-fixed tensors and
     BatchNorm's batch statistics as in the forward itself). No graph: a diagnostic (paper §4.3,
     eq. 13–19). ``model`` must be forward-differentiable: PyTorch's layers are, and so are
-    this project's own (:mod:`models.backbones.layers`, by their ``jvp``)."""
+    this project's own (:mod:`models.backbones.layers`, by their ``jvp``). ``step``: the network's
+    inner step (:func:`~engine.inner_loop.network_call`), that of the query forward at θˢ."""
     fixed = {name: t.detach() for name, t in frozen.items()}
     x = query_x.detach().contiguous()
 
     def logits(adapted):
-        return torch.func.functional_call(model, {**fixed, **adapted}, (x,))
+        return network_call(model, {**fixed, **adapted}, x, step)
 
     primal = {name: t.detach() for name, t in theta0.items()}
     tangent = {name: delta[name].detach() for name in primal}
@@ -102,17 +103,20 @@ def linearized_logits(model, theta0: dict, delta: dict, frozen: dict, query_x: t
 
 
 def diagnostic_logits(net, theta0: dict, theta_s: dict, frozen: dict, query_x: torch.Tensor, *, vmapped: bool,
-                      linearized: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+                      linearized: bool, step: int | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """One task's query logits for the diagnostics, without graph: ``(logits_init, lin_init_logits,
     lin_logits)``, the logits at θ⁰ and, with ``linearized``, the kernel predictor's
     (:func:`linearized_logits` along θˢ − θ⁰; else ``None``). The tangent pass runs through
-    ``net`` itself (the engine's network; under vmap, its vmap form)."""
+    ``net`` itself (the engine's network; under vmap, its vmap form). For a network that takes
+    the inner step, θ⁰'s logits are its query forward at θ⁰ (step 0) and the kernel predictor
+    linearises the function that gives the logits at θˢ (``step``, that forward's)."""
     with torch.no_grad():
-        init = logits_at(net, theta0, frozen, query_x, vmapped=vmapped)
+        init = logits_at(net, theta0, frozen, query_x, vmapped=vmapped, step=query_step(0))
     if not linearized:
         return init, None, None
     delta = {name: theta_s[name].detach() - t.detach() for name, t in theta0.items()}
-    return (init, *linearized_logits(net, theta0, delta, frozen, query_x))
+    return (init, *linearized_logits(net, theta0, delta, frozen, query_x, step))
 
 
 def kernel_metrics(logits: torch.Tensor, init_logits: torch.Tensor, lin_logits: torch.Tensor,

@@ -46,6 +46,9 @@ class ProtoNet(nn.Module):
     def __init__(self, model: nn.Module, losses: list[OuterLoss] | None = None):
         super().__init__()
         check_network(model)
+        if getattr(model, "takes_step", False):
+            raise ConfigError("model.backbone.per_step_bn: per-step BatchNorm weights have one row per inner step; "
+                              "protonet has no inner loop (set per_step_bn=false)")
         terms = list(losses) if losses is not None else [CrossEntropy()]
         other = [t.key for t in terms if not isinstance(t, CrossEntropy)]
         if other:

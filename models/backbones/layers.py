@@ -294,19 +294,66 @@ class TaskBatchNorm2d(nn.BatchNorm2d):
     (:class:`_BatchStatsNorm`), on the per-task loop and under ``vmap`` over tasks alike (there
     the tasks fold into the channels). An input of another dtype than the weights (a
     ``bf16`` autocast forward) is normalised in the weights' dtype.
+
+    With ``steps`` > 0 (MAML++'s per-step weights and biases, BNWB) ``weight`` and ``bias`` are
+    ``[steps, C]`` (names unchanged): the forward at inner step ``k`` uses row ``k``, and the
+    network passes ``k`` explicitly (``forward(x, step=k)``; :func:`engine.inner_loop.logits_at`
+    says which step each forward is). The rows start as a plain layer's (ones, zeros).
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5):
-        super().__init__(num_features, eps=eps, affine=True, track_running_stats=False)
+    takes_step = True
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._batch_stats(x, self.weight, self.bias, self.eps)
+    def __init__(self, num_features: int, eps: float = 1e-5, steps: int = 0):
+        super().__init__(num_features, eps=eps, affine=True, track_running_stats=False)
+        if steps < 0:
+            raise ValueError(f"TaskBatchNorm2d: steps must be >= 0, got {steps}")
+        self.steps = int(steps)
+        if self.steps:
+            self.weight = nn.Parameter(torch.ones(self.steps, num_features))
+            self.bias = nn.Parameter(torch.zeros(self.steps, num_features))
+
+    def forward(self, x: torch.Tensor, step: int | None = None) -> torch.Tensor:
+        weight, bias = self.weight, self.bias
+        if self.steps:
+            if step is None or not 0 <= step < self.steps:
+                raise ValueError(f"TaskBatchNorm2d: per-step weights (model.backbone.per_step_bn) hold rows for "
+                                 f"inner steps 0..{self.steps - 1}; the forward was asked for step {step} (call "
+                                 "the network as model(x, step=k), with k inside the trained inner steps)")
+            weight, bias = weight[step], bias[step]
+        return self._batch_stats(x, weight, bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f", steps={self.steps}" if self.steps else "")
 
     @staticmethod
     def _batch_stats(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
         if x.dtype != weight.dtype:
             x = x.to(weight.dtype)
         return _BatchStatsNorm.apply(x, weight, bias, eps)[0]
+
+
+class StepSequential(nn.Sequential):
+    """``nn.Sequential`` that hands the inner step to the children that take one (a
+    ``takes_step`` attribute: :class:`TaskBatchNorm2d`, nested ``StepSequential``); ``step=None``
+    (the default) is a plain ``nn.Sequential``."""
+
+    takes_step = True
+
+    def forward(self, x: torch.Tensor, step: int | None = None) -> torch.Tensor:
+        for module in self:
+            x = module(x, step=step) if getattr(module, "takes_step", False) else module(x)
+        return x
+
+
+def per_step_parameters(model: nn.Module) -> tuple[set[str], int]:
+    """The names of ``model``'s per-step BatchNorm weights and biases (:class:`TaskBatchNorm2d`
+    with ``steps``) and the fewest rows any of them has (0: none)."""
+    names, rows = set(), []
+    for prefix, module in model.named_modules():
+        if isinstance(module, TaskBatchNorm2d) and module.steps:
+            names |= {f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(recurse=False)}
+            rows.append(module.steps)
+    return names, min(rows, default=0)
 
 
 def nhwc_per_task(images: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,8 @@ from torch import nn
 
 from lil_meta.engine.errors import ConfigError
 from lil_meta.engine.registry import BACKBONES
-from lil_meta.models.backbones.layers import TaskBatchNorm2d, TaskMaxPool2d
+from lil_meta.models.backbones.conv4 import check_bn_steps
+from lil_meta.models.backbones.layers import StepSequential, TaskBatchNorm2d, TaskMaxPool2d
 from lil_meta.models.backbones.task_conv import TaskConv2d
 
 
@@ -48,10 +49,11 @@ class DropBlock(nn.Module):
         return f"rate={self.rate}, block_size={self.block_size}"
 
 
-def conv_bn(in_channels: int, out_channels: int, kernel_size: int = 3) -> list[nn.Module]:
-    """conv (no bias: the BatchNorm shift makes it redundant) → BatchNorm (batch statistics)."""
+def conv_bn(in_channels: int, out_channels: int, kernel_size: int = 3, bn_steps: int = 0) -> list[nn.Module]:
+    """conv (no bias: the BatchNorm shift makes it redundant) → BatchNorm (batch statistics;
+    ``bn_steps`` > 0: per-step weights)."""
     return [TaskConv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
-            TaskBatchNorm2d(out_channels)]
+            TaskBatchNorm2d(out_channels, steps=bn_steps)]
 
 
 class ResidualBlock(nn.Module):
@@ -61,21 +63,24 @@ class ResidualBlock(nn.Module):
     The pool runs before the last LeakyReLU: both are monotone, so the function and its
     gradients are those of activation-then-pool, at a quarter of the activation's work."""
 
-    def __init__(self, in_channels: int, out_channels: int, drop_rate: float = 0.0, block_size: int = 1):
+    takes_step = True
+
+    def __init__(self, in_channels: int, out_channels: int, drop_rate: float = 0.0, block_size: int = 1,
+                 bn_steps: int = 0):
         super().__init__()
         act = lambda: nn.LeakyReLU(0.1)  # noqa: E731
-        self.body = nn.Sequential(
-            *conv_bn(in_channels, out_channels), act(),
-            *conv_bn(out_channels, out_channels), act(),
-            *conv_bn(out_channels, out_channels),
+        self.body = StepSequential(
+            *conv_bn(in_channels, out_channels, bn_steps=bn_steps), act(),
+            *conv_bn(out_channels, out_channels, bn_steps=bn_steps), act(),
+            *conv_bn(out_channels, out_channels, bn_steps=bn_steps),
         )
-        self.shortcut = nn.Sequential(*conv_bn(in_channels, out_channels, kernel_size=1))
+        self.shortcut = StepSequential(*conv_bn(in_channels, out_channels, kernel_size=1, bn_steps=bn_steps))
         self.act = act()
         self.pool = TaskMaxPool2d(2)
         self.drop = DropBlock(drop_rate, block_size) if drop_rate > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.act(self.pool(self.body(x) + self.shortcut(x))))
+    def forward(self, x: torch.Tensor, step: int | None = None) -> torch.Tensor:
+        return self.drop(self.act(self.pool(self.body(x, step=step) + self.shortcut(x, step=step))))
 
 
 @BACKBONES.register("resnet12")
@@ -95,11 +100,15 @@ class ResNet12(nn.Module):
     task's support or query set) is normalised by its own statistics, in training and at test
     time alike (:class:`TaskBatchNorm2d`). ``features`` (the body, images → flat features) and
     ``head`` (``nn.Linear``) are separate so algorithms can adapt either alone (ANIL, BOIL).
+    ``per_step_bn`` and ``bn_steps``: MAML++'s per-step BatchNorm weights, as in :class:`Conv4`.
     """
 
     def __init__(self, num_classes: int = 5, in_channels: int = 3, image_size: int = 84,
-                 widths: Sequence[int] = (64, 128, 256, 512), drop_block: float = 0.0):
+                 widths: Sequence[int] = (64, 128, 256, 512), drop_block: float = 0.0, *, per_step_bn: bool = False,
+                 bn_steps: int = 1):
         super().__init__()
+        rows = check_bn_steps(per_step_bn, bn_steps)
+        self.takes_step = bool(per_step_bn)
         widths = [int(w) for w in widths]
         if image_size < 16:
             raise ConfigError(f"data.image_size: resnet12 needs >= 16 (four 2x poolings), got {image_size}")
@@ -110,13 +119,13 @@ class ResNet12(nn.Module):
             raise ConfigError(f"model.backbone.drop_block: a rate in [0, 1), got {drop_block}")
         blocks, channels = [], in_channels
         for i, width in enumerate(widths):
-            blocks.append(ResidualBlock(channels, width, drop_block if i >= 2 else 0.0, 5))
+            blocks.append(ResidualBlock(channels, width, drop_block if i >= 2 else 0.0, 5, bn_steps=rows))
             channels = width
-        self.features = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.features = StepSequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Linear(channels, num_classes)
         for m in self.features.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, a=0.1, mode="fan_out", nonlinearity="leaky_relu")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+    def forward(self, x: torch.Tensor, step: int | None = None) -> torch.Tensor:
+        return self.head(self.features(x, step=step))

@@ -80,7 +80,8 @@ def test_full_run_writes_everything(full_run):
     assert results["host"]["threads"] >= 1 and results["host"]["torch"] == torch.__version__
     saved = OmegaConf.load(out / "config.yaml")  # every constructor argument, as built
     assert dict(saved.model.backbone) == {"name": "conv4", "hidden": 8, "num_classes": 3, "in_channels": 1,
-                                          "image_size": 28}
+                                          "image_size": 28, "per_step_bn": False,
+                                          "bn_steps": saved.algorithm.inner_steps}
     assert saved.algorithm.diagnostics.metrics_period == 1 and saved.algorithm.first_order is False
     assert saved.solver.precision == "fp32" and saved.solver.fused == "auto"
     assert results["best_val_iter"] in (3, 6) and 0 <= results["test_acc"] <= 100
