@@ -25,12 +25,14 @@ from lil_meta.engine.errors import UserInputError
 
 __all__ = ["RunRecord", "Row", "Cell", "find_runs", "row_label", "column_label", "cells"]
 
-ALGORITHMS = {"maml": "MAML", "fomaml": "FOMAML", "anil": "ANIL", "boil": "BOIL",
+ALGORITHMS = {"maml": "MAML", "fomaml": "FOMAML", "anil": "ANIL", "boil": "BOIL", "mamlpp": "MAML++",
+              "reptile": "Reptile", "protonet": "ProtoNet",
               "reference_maml": "MAML (reference)", "reference_fomaml": "FOMAML (reference)"}  # tools/reference_maml.py
 DATASETS = {"glyphs": "glyphs", "mini_imagenet": "miniImageNet", "tiered_imagenet": "tieredImageNet",
             "cub": "CUB", "cars": "Cars", "omniglot": "Omniglot", "cifar_fs": "CIFAR-FS"}
 # row order within a shot: the Table 1 pair, then each algorithm's baseline and its variants
-FAMILY_ORDER = ["init", "MAML (reference)", "MAML", "FOMAML (reference)", "FOMAML", "ANIL", "BOIL"]
+FAMILY_ORDER = ["init", "MAML (reference)", "MAML", "FOMAML (reference)", "FOMAML", "ANIL", "BOIL", "MAML++", "Reptile",
+                "ProtoNet"]
 VARIANT_ORDER = ["Random-init", "LIL-init", "", " + PC", " + AC", " + LIL", " + SHOT", " + SHOT (one-step)"]
 BACKBONES = {"conv4": "", "resnet12": "ResNet-12 "}
 
