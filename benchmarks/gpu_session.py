@@ -18,7 +18,9 @@ Last, the table of targets (docs/performance.md, "The GPU session") is printed a
 - S3 ResNet-12 at meta-batch 4 against ``higher``, and the largest meta-batch that fits;
 - S4 a profile of two steps (GPU busy fraction, kernels, top kernels) and 20 steps under
   ``torch.cuda.set_sync_debug_mode("error")`` (``benchmarks/gpu_profile.py``);
-- S5 fp32 against tf32 against bf16: speed here, meta-gradient error from S1.
+- S5 fp32 against tf32 against bf16: speed here, meta-gradient error from S1;
+- S6 the candidate speedups against the plain step: ``cudnn.benchmark``, channels-last, a CUDA
+  graph of the step, and what sampling episodes on the host costs (``benchmarks/gpu_speedups.py``).
 
 On the device the project's packages that its image lacks travel as wheels (``make gpu-wheels``;
 docs/performance.md gives the command line). The whole run is sized to end within 8 minutes on
@@ -39,8 +41,8 @@ from pathlib import Path
 import torch
 
 # seconds per section: together under 8 minutes, so that one run and a rerun fit 15 device-minutes
-TIMEOUTS = {"S0": 30, "S1": 100, "S2": 150, "S3": 80, "S4": 60, "S5": 50}
-DRY_TIMEOUTS = {"S0": 60, "S1": 240, "S2": 240, "S3": 120, "S4": 120, "S5": 120}
+TIMEOUTS = {"S0": 30, "S1": 100, "S2": 140, "S3": 70, "S4": 60, "S5": 40, "S6": 40}
+DRY_TIMEOUTS = {"S0": 60, "S1": 240, "S2": 240, "S3": 120, "S4": 120, "S5": 120, "S6": 120}
 
 
 def environment(emit, dry_run: bool) -> None:
@@ -79,8 +81,10 @@ def numerics(emit, dry_run: bool) -> None:
 def _sections() -> dict:
     import gpu_bench  # noqa: PLC0415
     import gpu_profile  # noqa: PLC0415
+    import gpu_speedups  # noqa: PLC0415
 
-    return {"S0": environment, "S1": numerics, **gpu_bench.SECTIONS, **gpu_profile.SECTIONS}
+    return {"S0": environment, "S1": numerics, **gpu_bench.SECTIONS, **gpu_profile.SECTIONS,
+            **gpu_speedups.SECTIONS}
 
 
 def run_section(name: str, out: Path, dry_run: bool) -> int:

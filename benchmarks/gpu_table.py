@@ -77,6 +77,18 @@ def _profile(records: list[dict]) -> list[tuple[str, float | None, str, bool | N
     return rows
 
 
+def _candidates(records: list[dict]) -> list[tuple[str, float | None, str, bool | None]]:
+    """S6: each candidate's step time over the plain step's (below 1: faster), or its error."""
+    rows = []
+    for r in (x for x in records if x.get("section") == "S6" and x.get("row") not in (None, "plain")):
+        plain = _row(records, "S6", shot=r["shot"], meta_batch=r["meta_batch"], row="plain")
+        ok = plain and "s_per_iter" in plain and "s_per_iter" in r
+        label = f"S6 {r['row']} / plain step, {r['shot']}-shot meta-batch {r['meta_batch']}"
+        rows.append((label, r["s_per_iter"] / plain["s_per_iter"] if ok else None,
+                     "stated" if ok else r.get("error", "no time"), None))
+    return rows
+
+
 def table(results: Path, statuses: list[dict], dry_run: bool) -> str:
     records = _records(results)
     device = next((r.get("device") for r in records if r.get("section") == "S0"), "?")
@@ -84,7 +96,7 @@ def table(results: Path, statuses: list[dict], dry_run: bool) -> str:
              "| check | value | target | verdict |", "| --- | ---: | --- | --- |"]
     for s in statuses:
         lines.append(f"| {s['section']} ran | {s['seconds']} s | ok | {'PASS' if s['status'] == 'ok' else 'FAIL: ' + s['status']} |")
-    for check, value, target, ok in _numerics(records) + _speedups(records) + _profile(records):
+    for check, value, target, ok in _numerics(records) + _speedups(records) + _profile(records) + _candidates(records):
         shown = "—" if value is None else (f"{value:.3g}" if isinstance(value, float) else str(value))
         verdict = "dry run" if dry_run else ("stated" if ok is None else ("PASS" if ok else "FAIL"))
         lines.append(f"| {check} | {shown} | {target} | {verdict} |")

@@ -20,16 +20,18 @@ def test_the_dry_run_runs_every_section_and_fp32_meets_its_derived_tolerance(tmp
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     statuses = {r["session"]["section"]: r["session"]["status"] for r in records if "session" in r}
-    assert statuses == {s: "ok" for s in ("S0", "S1", "S2", "S3", "S4", "S5")}
-    assert {r.get("section") for r in records} >= {"S0", "S1", "S2", "S3", "S4", "S5"}
+    assert statuses == {s: "ok" for s in ("S0", "S1", "S2", "S3", "S4", "S5", "S6")}
+    assert {r.get("section") for r in records} >= {"S0", "S1", "S2", "S3", "S4", "S5", "S6"}
     # fp32 on the CPU against fp64: within the tolerance derived from the measured amplification
     fp32 = [r for r in records if r.get("section") == "S1" and r.get("precision") == "fp32"]
     assert {(r["case"], r["engine"]) for r in fp32} == {(c, e) for c in ("random", "trained") for e in ("loop", "vmap")}
     assert all(r["ok"] for r in fp32), [(r["case"], r["engine"], r["rel_err"], r["tolerance"]) for r in fp32]
     rows = {(r["row"], r["shot"]) for r in records if r.get("section") == "S2"}
     assert {("maml vmap", 1), ("maml loop", 5), ("naive", 1), ("higher", 5), ("anil vmap", 1)} <= rows
+    candidates = {(r["row"], r["shot"]) for r in records if r.get("section") == "S6" and "s_per_iter" in r}
+    assert candidates == {(row, shot) for row in ("plain", "channels_last", "sampled batches") for shot in (1, 5)}
     text = (out / "table.md").read_text()
-    assert text.count("| PASS |") == 6 and "FAIL" not in text and text.strip() in proc.stdout
+    assert text.count("| PASS |") == 7 and "FAIL" not in text and text.strip() in proc.stdout
 
 
 def _s2(shot, row, seconds, per_task):
@@ -48,6 +50,10 @@ def test_the_table_judges_each_target_from_the_records(tmp_path):
         _s2(1, "naive", 0.3, 400.0),
         _s2(5, "maml vmap", 0.2, 900.0), _s2(5, "higher", 0.5, None), _s2(5, "maml_lil vmap", 0.22, None),
         {"section": "S4", "shot": 5, "meta_batch": 32, "gpu_busy": 0.9, "sync_free_steps": False},
+        {"section": "S6", "shot": 1, "meta_batch": 4, "row": "plain", "s_per_iter": 0.04},
+        {"section": "S6", "shot": 1, "meta_batch": 4, "row": "cuda graph", "s_per_iter": 0.03},
+        {"section": "S6", "shot": 5, "meta_batch": 32, "row": "plain", "s_per_iter": 0.5},
+        {"section": "S6", "shot": 5, "meta_batch": 32, "row": "cudnn.benchmark", "error": "out of memory"},
     ]
     path = tmp_path / "results.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -64,3 +70,7 @@ def test_the_table_judges_each_target_from_the_records(tmp_path):
     assert verdict["S2 peak memory per task / naive loop's, 1-shot, meta-batch 32"] == "FAIL"  # 1.25
     assert verdict["S4 GPU busy, 5-shot meta-batch 32"] == "PASS"
     assert verdict["S4 20 steps under sync-debug 'error', meta-batch 32"] == "FAIL"
+    graph = next(line for line in lines if line.startswith("| S6 cuda graph / plain step, 1-shot meta-batch 4 |"))
+    assert "| 0.75 | stated |" in graph
+    oom = next(line for line in lines if line.startswith("| S6 cudnn.benchmark / plain step, 5-shot meta-batch 32 |"))
+    assert "| — | out of memory |" in oom
