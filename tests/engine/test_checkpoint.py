@@ -246,6 +246,25 @@ def test_a_checkpoint_records_the_settings_a_resume_compares(tmp_path):
     assert "intra-op threads" in resume_notes(state, cfg, 4)[0]
 
 
+def test_the_resume_note_on_a_stretched_cosine_schedule_gives_the_schedules_own_factors(tmp_path):
+    """With ``solver.min_lr`` the schedule decays to a floor; the note's two factors are the ones
+    the lr scheduler of each config computes at the resumed iteration."""
+    from lil_meta.engine.defaults import build_lr_scheduler
+    from lil_meta.engine.resume import resume_notes
+
+    def cfg_for(max_iter):
+        return make_cfg(**{"solver.lr_schedule": "cosine", "solver.max_iter": max_iter, "solver.lr": 1e-3,
+                           "solver.min_lr": 4e-4})
+
+    Checkpointer(tmp_path, cfg=cfg_for(10)).save("model_0000007", model=model_state())
+    state = torch.load(tmp_path / "model_0000007.pth", weights_only=True)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    before, after = (build_lr_scheduler(cfg_for(n), optimizer).lr_lambdas[0](8) for n in (10, 20))
+    assert before < 0.5 < after  # the floor (0.4) matters: without it ``before`` would be 0.1
+    note = resume_notes(state, cfg_for(20), 8)[-1]
+    assert f"goes from {before:.3g} to {after:.3g} x solver.lr" in note, note
+
+
 def test_a_checkpoint_of_whole_batch_passes_resumes_under_auto_with_a_rounding_note(tmp_path):
     """A run saved with ``solver.task_chunk: 0`` (the default before ``auto``) resumes under
     ``auto``: the same config to the fingerprint, and a note that the sums are rounded otherwise."""
