@@ -84,10 +84,11 @@ ROUNDING_KEYS = ("solver.task_chunk", "solver.fused", "algorithm.execution.engin
 
 def run_settings(cfg: DictConfig | Mapping) -> dict[str, Any]:
     """The settings a checkpoint records besides its fingerprint: the :data:`ROUNDING_KEYS`,
-    ``solver.max_iter`` and ``solver.lr_schedule`` (compared on resume); ``num_threads`` is added
+    ``solver.max_iter`` and the schedule's keys (compared on resume); ``num_threads`` is added
     when it is saved."""
     flat = _flatten(OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg))
-    keys = (*ROUNDING_KEYS, "solver.max_iter", "solver.lr_schedule", "solver.warmup_iters")
+    keys = (*ROUNDING_KEYS, "solver.max_iter", "solver.lr_schedule", "solver.warmup_iters", "solver.lr",
+            "solver.min_lr")
     return {k: flat[k] for k in keys if k in flat and isinstance(flat[k], (int, float, str, bool))}
 
 

@@ -63,7 +63,9 @@ def _factor(settings: dict[str, Any], it: int) -> float | None:
     if it < warmup:
         return (it + 1) / warmup
     progress = min(1.0, (it - warmup) / max(1, max_iter - warmup))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+    lr = float(settings.get("solver.lr", 0.0))
+    floor = float(settings.get("solver.min_lr", 0.0)) / lr if lr > 0 else 0.0  # older checkpoints: none recorded
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def resume_notes(state: dict[str, Any], cfg: DictConfig, start_iter: int) -> list[str]:
