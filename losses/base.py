@@ -28,7 +28,16 @@ import torch
 from torch import nn
 
 from lil_meta.engine.adapted_task import AdaptedTask
+from lil_meta.engine.errors import ConfigError
 from lil_meta.engine.inner_loop import Trajectory
+
+
+def positive_int(term: str, key: str, value) -> int:
+    """``value`` as an ``int`` when it is a whole number ≥ 1; otherwise one ConfigError naming
+    the term's key and what it got."""
+    if int(value) != value or value < 1:
+        raise ConfigError(f"losses: {term}'s {key} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 @dataclass

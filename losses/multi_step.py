@@ -15,9 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from lil_meta.engine.adapted_task import AdaptedTask
-from lil_meta.engine.errors import ConfigError
 from lil_meta.engine.registry import LOSSES
-from lil_meta.losses.base import OuterInputs, OuterLoss
+from lil_meta.losses.base import OuterInputs, OuterLoss, positive_int
 
 
 def importance(steps: int, iteration: int, anneal_iters: int) -> torch.Tensor:
@@ -41,9 +40,7 @@ class MultiStepCE(OuterLoss):
 
     def __init__(self, weight: float = 1.0, anneal_iters: int = 1):
         super().__init__(weight)
-        if int(anneal_iters) != anneal_iters or anneal_iters < 1:
-            raise ConfigError(f"losses: multi_step_ce's anneal_iters must be a positive integer, got {anneal_iters!r}")
-        self.anneal_iters = int(anneal_iters)
+        self.anneal_iters = positive_int("multi_step_ce", "anneal_iters", anneal_iters)
         self.iteration = 0  # set from the trainer's step index before every step's forward
 
     def begin_step(self, step: int) -> None:

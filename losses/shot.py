@@ -14,9 +14,8 @@ from __future__ import annotations
 import torch
 
 from lil_meta.engine.adapted_task import AdaptedTask
-from lil_meta.engine.errors import ConfigError
 from lil_meta.engine.registry import LOSSES
-from lil_meta.losses.base import OuterInputs, OuterLoss, kl_divergence
+from lil_meta.losses.base import OuterInputs, OuterLoss, kl_divergence, positive_int
 
 
 @LOSSES.register("shot")
@@ -28,9 +27,7 @@ class SHOTLoss(OuterLoss):
 
     def __init__(self, weight: float = 0.1, ref_scale: int = 2):
         super().__init__(weight)
-        if int(ref_scale) != ref_scale or ref_scale < 1:
-            raise ConfigError(f"losses: shot's ref_scale must be a positive integer, got {ref_scale!r}")
-        self.ref_scale = int(ref_scale)
+        self.ref_scale = positive_int("shot", "ref_scale", ref_scale)
 
     def per_task(self, task: AdaptedTask) -> dict[str, torch.Tensor]:
         with torch.no_grad():

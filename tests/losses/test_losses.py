@@ -35,3 +35,15 @@ def test_build_losses_weights_and_errors():
         build_losses([{"name": "phase"}, {"name": "phase"}])
     with pytest.raises(ConfigError, match=r"losses\[0\].wieght: unknown argument"):
         build_losses([{"name": "phase", "wieght": 1}])
+
+
+@pytest.mark.parametrize(
+    "term, key, bad", [("multi_step_ce", "anneal_iters", 0), ("shot", "ref_scale", 1.5)]
+)
+def test_a_step_count_that_is_not_a_positive_integer_is_refused_by_name(term, key, bad):
+    from lil_meta.losses.multi_step import MultiStepCE
+    from lil_meta.losses.shot import SHOTLoss
+
+    cls = {"multi_step_ce": MultiStepCE, "shot": SHOTLoss}[term]
+    with pytest.raises(ConfigError, match=f"{term}'s {key} must be a positive integer, got {bad}"):
+        cls(**{key: bad})
