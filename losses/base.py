@@ -70,6 +70,13 @@ class OuterLoss(nn.Module):
     def begin_step(self, step: int) -> None:
         """Once per training step, before its forward passes (default: nothing)."""
 
+    def steps_walked(self, inner_steps: int) -> int:
+        """The most inner steps any trajectory this term retraces walks when the task's own
+        takes ``inner_steps`` (default: none beyond the task's own). Step-dependent parameters
+        (per-step rates, per-step BatchNorm rows) are checked against it when the algorithm
+        is built."""
+        return inner_steps
+
     def per_task(self, task: AdaptedTask) -> dict[str, torch.Tensor]:
         """Per-task tensors this term needs, computed inside the task mapper (default: none)."""
         return {}

@@ -42,6 +42,9 @@ class LILPretrainLoss(OuterLoss):
         self.teacher = copy.deepcopy(model).requires_grad_(False)
         self.teacher_steps, self.momentum = int(teacher_steps), float(momentum)
 
+    def steps_walked(self, inner_steps: int) -> int:
+        return max(inner_steps, self.teacher_steps)
+
     @torch.no_grad()
     def begin_step(self, step: int) -> None:
         """θₜ ← m·θₜ + (1 − m)·θ over parameters; buffers are copied. Once per training step,

@@ -29,6 +29,9 @@ class SHOTLoss(OuterLoss):
         super().__init__(weight)
         self.ref_scale = positive_int("shot", "ref_scale", ref_scale)
 
+    def steps_walked(self, inner_steps: int) -> int:
+        return self.ref_scale * inner_steps
+
     def per_task(self, task: AdaptedTask) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             ref = task.retrace(steps=self.ref_scale * task.steps, lr_scale=1.0 / self.ref_scale, graph=False)

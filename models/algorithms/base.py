@@ -115,10 +115,10 @@ class GBML(nn.Module):
         if not adapted:
             raise ConfigError(f"algorithm: no parameter adapts in the inner loop (adapt={adapt})")
         self._check_per_step_network(adapted)
-        if self.rates.per_step and self.inner_steps_test > self.inner_steps:
-            raise ConfigError(f"algorithm.inner_steps_test: {self.inner_steps_test} evaluation steps, but per-step "
-                              f"inner rates (algorithm.rates.per_step) exist for the {self.inner_steps} training "
-                              f"steps only; set inner_steps_test <= {self.inner_steps}")
+        steps, walker = self._longest_trajectory()
+        if self.rates.per_step and steps > self.inner_steps:
+            raise ConfigError(f"algorithm.rates.per_step: per-step inner rates exist for the {self.inner_steps} "
+                              f"training steps only, but {walker} takes {steps} steps")
         self.inner_lrs = InnerLR(inner_lr, adapted, self.rates.mode, self.rates.learn,
                                  steps=self.inner_steps if self.rates.per_step else None)
         self._vmap_networks: dict[int, nn.Module] = {}  # model id -> its copy for the vmap engine
@@ -133,11 +133,19 @@ class GBML(nn.Module):
         if names & adapted.keys():
             raise ConfigError(f"algorithm: per-step BatchNorm weights are learned in the outer loop only; "
                               f"adapted_names() lists {sorted(names & adapted.keys())}")
-        steps = max(self.inner_steps, self.inner_steps_test)
+        steps, walker = self._longest_trajectory()
         if steps > rows:
             raise ConfigError(f"model.backbone.bn_steps: per-step BatchNorm weights have {rows} rows, but the inner "
-                              f"loop takes {steps} steps (algorithm.inner_steps / inner_steps_test); set "
-                              f"inner_steps_test <= {rows}")
+                              f"loop takes {steps} steps in {walker}")
+
+    def _longest_trajectory(self) -> tuple[int, str]:
+        """The most inner steps any trajectory walks — training, evaluation, or one a loss term
+        retraces (:meth:`~losses.base.OuterLoss.steps_walked`) — and what sets that number."""
+        walks = [(self.inner_steps, "training (algorithm.inner_steps)"),
+                 (self.inner_steps_test, "evaluation (algorithm.inner_steps_test)")]
+        walks += [(term.steps_walked(self.inner_steps), f"the {term.key} term's retraced trajectory (losses)")
+                  for term in self.losses]
+        return max(walks, key=lambda walk: walk[0])
 
     @property
     def inner_lr(self) -> float:

@@ -66,6 +66,8 @@ def test_the_example_config_trains_through_train_net(tmp_path):
 
 
 def test_the_other_snippets_of_the_page_run():
+    from lil_meta.engine.errors import ConfigError
+
     """Each hook snippet, executed against fresh registries, builds a working algorithm."""
     algorithms, losses = Registry("algorithm"), Registry("loss")
     namespace = {"ALGORITHMS": algorithms, "LOSSES": losses, "GBML": GBML, "OuterLoss": OuterLoss, "torch": torch}
@@ -89,6 +91,8 @@ def test_the_other_snippets_of_the_page_run():
         assert torch.isfinite(out["loss"])
     assert out["loss_prox"] > 0 and out["finer_gap"] > 0 and out["finer_max"] ** 2 >= out["finer_gap"]
     torch.testing.assert_close(out["loss_finer"], 0.1 * out["finer_gap"])
+    with pytest.raises(ConfigError, match=r"the finer term's retraced trajectory \(losses\) takes 6 steps"):
+        GBML(model, inner_steps=3, losses=[CrossEntropy(), finer], rates={"per_step": True})
     # clipped: each tensor moves by at most inner_lr
     adapted, frozen = clip.split_parameters()
     g = {n: 100 * torch.ones_like(p) for n, p in adapted.items()}

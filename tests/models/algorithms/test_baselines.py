@@ -61,8 +61,9 @@ def test_lslr_learns_one_rate_per_tensor_and_step(engine):
     torch.testing.assert_close(out["loss"], ref, rtol=1e-12, atol=0)
     for a, b in zip(gradients(out["loss"], algo), gradients(ref, algo), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)  # the rates' gradients included
-    with pytest.raises(ConfigError, match=r"algorithm\.inner_steps_test: 5 evaluation steps, but per-step inner "
-                                          r"rates .* exist for the 3 training steps only"):
+    with pytest.raises(ConfigError, match=r"algorithm\.rates\.per_step: per-step inner rates exist for the 3 "
+                                          r"training steps only, but evaluation \(algorithm\.inner_steps_test\) "
+                                          r"takes 5 steps"):
         GBML(model, inner_steps=S, inner_steps_test=5, rates={"per_step": True})
 
 

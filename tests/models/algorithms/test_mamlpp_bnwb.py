@@ -115,6 +115,18 @@ def test_more_inner_steps_than_rows_and_per_step_weights_under_protonet_are_refu
         ProtoNet(built().model)
 
 
+def test_a_term_retracing_more_steps_than_the_per_step_parameters_hold_is_refused_at_build():
+    """SHOT's reference walks ref_scale·S steps: per-step rows and rates exist for S only."""
+    shot = "losses=[{name: multi_step_ce},{name: shot, ref_scale: 2}]"
+    with pytest.raises(ConfigError, match=r"model\.backbone\.bn_steps: per-step BatchNorm weights have 3 rows, but "
+                                          r"the inner loop takes 6 steps in the shot term's retraced trajectory"):
+        built(shot)
+    with pytest.raises(ConfigError, match=r"algorithm\.rates\.per_step: per-step inner rates exist for the 3 "
+                                          r"training steps only, but the shot term's retraced trajectory"):
+        built(shot, "model.backbone.per_step_bn=false")
+    built("losses=[{name: multi_step_ce},{name: shot, ref_scale: 1}]")  # a reference of S steps fits
+
+
 def test_anil_with_per_step_weights_runs_the_whole_network_at_every_step():
     """The body's output depends on the step: no features computed once per task."""
     model = built().model
