@@ -78,8 +78,13 @@ class CifarFS(SplitFileDataset):
         return self._pool
 
     def read_split(self, layout: str, split: str) -> SourceSplit:
-        images, fine, names = self._load_pool()
+        names = self._load_pool()[2]
         classes = self.split_classes(split, names, f"the fine_label_names of {self._folder / 'meta'}")
+        return self._pool_split(classes)
+
+    def _pool_split(self, classes: list[str]) -> SourceSplit:
+        """The pool's images of the fine classes ``classes``, labelled by their place in it."""
+        images, fine, names = self._load_pool()
         pos = {names.index(c): k for k, c in enumerate(classes)}
         rows = np.flatnonzero(np.isin(fine, list(pos)))
         labels = np.array([pos[int(f)] for f in fine[rows]], dtype=np.int64)

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from lil_meta.datasets.cifar_fs import CifarFS
 from lil_meta.datasets.source import SourceSplit, load_pickle
 from lil_meta.engine.errors import DataError
@@ -57,7 +55,7 @@ class FC100(CifarFS):
         return names, parent
 
     def read_split(self, layout: str, split: str) -> SourceSplit:
-        images, fine, names = self._load_pool()
+        names = self._load_pool()[2]
         supers, parent = self._superclasses()
         chosen = self.split_classes(split, supers,
                                     f"the coarse_label_names of {self._folder / 'meta'}")
@@ -65,11 +63,4 @@ class FC100(CifarFS):
         for superclass in chosen:
             k = supers.index(superclass)
             classes += sorted(names[f] for f, c in parent.items() if c == k)
-        pos = {names.index(c): i for i, c in enumerate(classes)}
-        rows = np.flatnonzero(np.isin(fine, list(pos)))
-        labels = np.array([pos[int(f)] for f in fine[rows]], dtype=np.int64)
-        order = np.argsort(labels, kind="stable")
-        rows, labels = rows[order], labels[order]
-        where = str(self._folder / "{train,test}")
-        return SourceSplit(classes, labels, lambda i: images[rows[i]],
-                           [f"{where} (class {c})" for c in classes])
+        return self._pool_split(classes)
