@@ -113,16 +113,6 @@ def atomic_write(path: str | os.PathLike, content: bytes | str | Callable[[IO[by
     if isinstance(content, str):
         content = content.encode()
     write = (lambda f: f.write(content)) if isinstance(content, bytes | bytearray | memoryview) else content
-    tmp = _temp_name(path)
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
-            raise disk_full_error(path, exc) from None
-        raise
+    with atomic_path(path) as tmp, open(tmp, "xb") as f:
+        write(f)
     return path
