@@ -114,8 +114,8 @@ class GBML(nn.Module):
         adapted, _ = self.split_parameters()
         if not adapted:
             raise ConfigError(f"algorithm: no parameter adapts in the inner loop (adapt={adapt})")
-        self._check_per_step_network(adapted)
         steps, walker = self._longest_trajectory()
+        self._check_per_step_network(adapted, steps, walker)
         if self.rates.per_step and steps > self.inner_steps:
             raise ConfigError(f"algorithm.rates.per_step: per-step inner rates exist for the {self.inner_steps} "
                               f"training steps only, but {walker} takes {steps} steps")
@@ -124,16 +124,15 @@ class GBML(nn.Module):
         self._vmap_networks: dict[int, nn.Module] = {}  # model id -> its copy for the vmap engine
         self._policies: dict[str, ExecutionPolicy] = {}  # device -> the execution resolved there
 
-    def _check_per_step_network(self, adapted: Params) -> None:
+    def _check_per_step_network(self, adapted: Params, steps: int, walker: str) -> None:
         """Per-step BatchNorm weights (BNWB) are held fixed in the inner loop and have a row for
-        every inner step, in training and evaluation."""
+        each of the ``steps`` of the longest trajectory (``walker`` walks it)."""
         names, rows = per_step_parameters(self.model)
         if not names:
             return
         if names & adapted.keys():
             raise ConfigError(f"algorithm: per-step BatchNorm weights are learned in the outer loop only; "
                               f"adapted_names() lists {sorted(names & adapted.keys())}")
-        steps, walker = self._longest_trajectory()
         if steps > rows:
             raise ConfigError(f"model.backbone.bn_steps: per-step BatchNorm weights have {rows} rows, but the inner "
                               f"loop takes {steps} steps in {walker}")

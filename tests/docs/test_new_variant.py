@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lil_meta.engine.errors import ConfigError
 from lil_meta.engine.registry import Registry
 from lil_meta.losses import OuterLoss
 from lil_meta.losses.cross_entropy import CrossEntropy
@@ -66,8 +67,6 @@ def test_the_example_config_trains_through_train_net(tmp_path):
 
 
 def test_the_other_snippets_of_the_page_run():
-    from lil_meta.engine.errors import ConfigError
-
     """Each hook snippet, executed against fresh registries, builds a working algorithm."""
     algorithms, losses = Registry("algorithm"), Registry("loss")
     namespace = {"ALGORITHMS": algorithms, "LOSSES": losses, "GBML": GBML, "OuterLoss": OuterLoss, "torch": torch}
@@ -102,7 +101,6 @@ def test_the_other_snippets_of_the_page_run():
 
 @pytest.mark.parametrize("key", ["proxx", "inner_lrr"])
 def test_the_example_variant_checks_its_config_keys(key, monkeypatch):
-    from lil_meta.engine.errors import ConfigError
     from lil_meta.engine.registry import ALGORITHMS
 
     monkeypatch.syspath_prepend(str(EXAMPLE.parent))
